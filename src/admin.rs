@@ -1,0 +1,220 @@
+//! Answers the gateway writes itself: health, readiness, metrics, status, model lists, key
+//! validation. Both listeners (proxy and admin) call these same functions.
+
+use crate::config::VirtualKey;
+use crate::error::{ErrorCode, GatewayError};
+use crate::metrics;
+use crate::state::{Snapshot, State};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A complete answer: status, content type, body.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl Reply {
+    fn json(status: u16, v: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: Bytes::from(v.to_string()),
+        }
+    }
+}
+
+/// RFC 3339 of a system time.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `GET /v1/health`: liveness.
+pub fn health() -> Reply {
+    Reply::json(200, json!({"status": "ok"}))
+}
+
+/// `GET /v1/healthz`: readiness with per-component detail.
+pub fn healthz(state: &State) -> Reply {
+    let snap = state.current();
+    let reload_error = state.last_reload_error.read().ok().and_then(|g| g.clone());
+    let config = json!({
+        "status": "ok",
+        "version": snap.version,
+        "loaded_at": rfc3339(snap.loaded_at),
+        "last_reload_error": reload_error,
+    });
+    Reply::json(
+        200,
+        json!({"status": "ok", "components": {"config": config}}),
+    )
+}
+
+/// `GET /metrics`.
+pub fn metrics_reply() -> Reply {
+    Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        body: Bytes::from(metrics::render()),
+    }
+}
+
+/// `GET /api/status`: what a status page polls.
+pub fn status(state: &State) -> Reply {
+    let snap = state.current();
+    let reach = state.reachability.read().ok().map(|g| g.clone()).unwrap_or_default();
+    let providers: Vec<serde_json::Value> = snap
+        .config
+        .providers
+        .iter()
+        .map(|p| {
+            let r = reach.get(&p.name);
+            json!({
+                "name": p.name,
+                "type": p.kind.as_str(),
+                "enabled": p.enabled,
+                "credential_configured": p.api_key.is_some(),
+                "reachable": r.map(|r| r.reachable),
+                "latency_ms": r.and_then(|r| r.latency_ms),
+                "checked_at": r.map(|r| r.checked_at.clone()),
+                "error": r.and_then(|r| r.error.clone()),
+            })
+        })
+        .collect();
+    let all_up = providers
+        .iter()
+        .all(|p| p["reachable"].as_bool().unwrap_or(true) || p["enabled"] == false);
+    Reply::json(
+        200,
+        json!({
+            "status": if all_up { "ok" } else { "degraded" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": rfc3339(state.started_at),
+            "uptime_seconds": state.started.elapsed().as_secs(),
+            "config_version": snap.version,
+            "providers": providers,
+        }),
+    )
+}
+
+/// `GET /v1/models`: the models this key may call, in OpenAI's list shape.
+pub fn models(snap: &Snapshot, key: &VirtualKey) -> Reply {
+    let created = unix(snap.loaded_at);
+    let data: Vec<serde_json::Value> = snap
+        .config
+        .model_order
+        .iter()
+        .filter_map(|n| snap.config.models.get(n))
+        .filter(|m| m.enabled && key.may_use(&m.name))
+        .map(|m| {
+            json!({
+                "id": m.name,
+                "object": "model",
+                "created": created,
+                "owned_by": m.provider.name,
+            })
+        })
+        .collect();
+    Reply::json(200, json!({"object": "list", "data": data}))
+}
+
+/// `POST /v1/keys/validate`.
+pub fn key_info(snap: &Snapshot, key: &VirtualKey) -> Reply {
+    let mut models: Vec<&str> = snap
+        .config
+        .model_order
+        .iter()
+        .filter(|n| key.may_use(n))
+        .map(String::as_str)
+        .collect();
+    models.sort_unstable();
+    let expires = key.expires_at.and_then(|t| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+    });
+    Reply::json(
+        200,
+        json!({
+            "valid": true,
+            "key": {
+                "id": key.id,
+                "name": key.name,
+                "prefix": key.prefix,
+                "type": key.kind.as_str(),
+                "organisation_id": key.organisation_id,
+                "team_id": key.team_id,
+                "user_id": key.user_id,
+                "expires_at": expires,
+            },
+            "models": models,
+            "mcp_servers": [],
+        }),
+    )
+}
+
+/// The admin listener: health, readiness, metrics, status. Nothing here needs a key; bind it
+/// to an internal address.
+pub struct AdminApp {
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, http: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = http.req_header().uri.path().to_string();
+        let get = http.req_header().method == http::Method::GET
+            || http.req_header().method == http::Method::HEAD;
+        let reply = match path.as_str() {
+            "/v1/health" | "/health" if get => health(),
+            "/v1/healthz" | "/healthz" if get => healthz(&self.state),
+            "/metrics" if get => metrics_reply(),
+            "/api/status" if get => status(&self.state),
+            "/v1/health" | "/health" | "/v1/healthz" | "/healthz" | "/metrics" | "/api/status" => {
+                error_reply(&GatewayError::new(
+                    ErrorCode::MethodNotAllowed,
+                    "use GET",
+                ))
+            }
+            _ => error_reply(&GatewayError::new(
+                ErrorCode::NotFound,
+                format!("no route for {path}"),
+            )),
+        };
+        http::Response::builder()
+            .status(reply.status)
+            .header("content-type", reply.content_type)
+            .header("content-length", reply.body.len())
+            .body(reply.body.to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// A gateway error as a reply.
+pub fn error_reply(e: &GatewayError) -> Reply {
+    Reply {
+        status: e.status(),
+        content_type: "application/json",
+        body: e.body(),
+    }
+}

@@ -1,0 +1,144 @@
+//! `wharf-mock`: a mock OpenAI provider for tests, benchmarks and demos.
+//!
+//! ```text
+//! wharf-mock --listen 127.0.0.1:9999 [--api-key KEY] [--latency-ms N]
+//!            [--ttft-ms N] [--itl-ms N] [--tokens N] [--embedding-dim N]
+//!            [--record] [--threads N]
+//! ```
+//!
+//! Prints `wharf-mock listening on <addr>` once it accepts connections.
+//!
+//! Per-request knobs (request headers): `x-mock-latency-ms`,
+//! `x-mock-ttft-ms`, `x-mock-itl-ms`, `x-mock-tokens`, `x-mock-status`,
+//! `x-mock-retry-after`, `x-mock-fault` (`reset`, `close`, `hang`,
+//! `drop-mid-stream`, `reset-mid-stream`, `stall-mid-stream`),
+//! `x-mock-drop-after` and `x-mock-echo-headers`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wharf::mock::{MockConfig, MockServer};
+
+#[derive(Debug, Parser)]
+#[command(name = "wharf-mock", version, about = "Mock OpenAI-compatible LLM provider")]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    listen: String,
+    /// Require `Authorization: Bearer <KEY>` (any bearer token is accepted
+    /// when unset).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Delay before the head of non-streaming responses, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Delay before the first SSE event, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    ttft_ms: u64,
+    /// Delay between SSE events, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    itl_ms: u64,
+    /// Completion tokens per answer.
+    #[arg(long, default_value_t = 16)]
+    tokens: u32,
+    /// Length of embedding vectors.
+    #[arg(long, default_value_t = 8)]
+    embedding_dim: usize,
+    /// Keep received requests in memory and print them as JSON lines on
+    /// stderr at shutdown.
+    #[arg(long)]
+    record: bool,
+    /// Worker threads (default: one per CPU; 1 runs a single-threaded
+    /// runtime).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("wharf-mock: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let cfg = MockConfig {
+        api_key: args.api_key,
+        latency_ms: args.latency_ms,
+        ttft_ms: args.ttft_ms,
+        itl_ms: args.itl_ms,
+        tokens: args.tokens,
+        embedding_dim: args.embedding_dim,
+        record: args.record,
+    };
+    let server = match MockServer::start(&args.listen, cfg).await {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("wharf-mock: cannot listen on {}: {err}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "wharf-mock listening on {}", server.addr());
+        let _ = stdout.flush();
+    }
+    shutdown_signal().await;
+
+    let count = server.request_count();
+    if args.record {
+        let mut stderr = std::io::stderr().lock();
+        for req in server.requests() {
+            let line = serde_json::json!({
+                "method": req.method,
+                "path": req.path,
+                "headers": req.headers,
+                "body": String::from_utf8_lossy(&req.body),
+            });
+            let _ = writeln!(stderr, "{line}");
+        }
+    }
+    eprintln!("wharf-mock: served {count} requests");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

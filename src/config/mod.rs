@@ -1,0 +1,844 @@
+//! Validated configuration: the internal types the gateway runs on.
+//!
+//! `load(path)` = read → parse ([`raw`]) → validate (this file). Validation collects every
+//! problem with its key path (`providers[1].base_url: ...`) instead of stopping at the first.
+//! Start-up, `wharf check` and hot reload share this one path.
+
+pub mod raw;
+
+use crate::keys::KeyHash;
+use http::{HeaderName, HeaderValue};
+use raw::{RawConfig, RawKey, RawModel, RawProvider};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Problems found in a configuration file, each with its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(e)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A provider credential: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    /// The secret, for injecting into an upstream request only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub usage: UsageConfig,
+    pub providers: Vec<Arc<Provider>>,
+    pub models: HashMap<String, Arc<Model>>,
+    /// Model names in file order (for `/v1/models`).
+    pub model_order: Vec<String>,
+    pub keys: HashMap<KeyHash, Arc<VirtualKey>>,
+    /// Non-fatal findings (e.g. a credential variable that is not set).
+    pub warnings: Vec<String>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin_listen: Option<String>,
+    pub threads: usize,
+    pub max_request_bytes: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upstream_keepalive_pool_size: usize,
+    pub log_level: String,
+    pub log_json: bool,
+    pub metrics_on_proxy: bool,
+    pub config_watch_interval: Duration,
+    pub client_body_timeout: Duration,
+    pub tls: Option<TlsConfig>,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+/// TLS on the client listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+    pub h2: bool,
+}
+
+/// `[usage]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageConfig {
+    pub path: Option<String>,
+    pub queue_capacity: usize,
+}
+
+/// Provider families (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    Google,
+    AzureOpenAi,
+    Vllm,
+    Custom,
+}
+
+impl ProviderKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "OPENAI" => ProviderKind::OpenAi,
+            "ANTHROPIC" => ProviderKind::Anthropic,
+            "GOOGLE" => ProviderKind::Google,
+            "AZURE_OPENAI" => ProviderKind::AzureOpenAi,
+            "VLLM" => ProviderKind::Vllm,
+            "CUSTOM" => ProviderKind::Custom,
+            _ => return None,
+        })
+    }
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "OPENAI",
+            ProviderKind::Anthropic => "ANTHROPIC",
+            ProviderKind::Google => "GOOGLE",
+            ProviderKind::AzureOpenAi => "AZURE_OPENAI",
+            ProviderKind::Vllm => "VLLM",
+            ProviderKind::Custom => "CUSTOM",
+        }
+    }
+
+    /// Whether native OpenAI routes (`/v1/chat/completions`, ...) may reach this family.
+    pub fn is_openai_family(self) -> bool {
+        matches!(
+            self,
+            ProviderKind::OpenAi | ProviderKind::AzureOpenAi | ProviderKind::Custom
+        )
+    }
+}
+
+/// An upstream provider.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `Host` header value (`host` or `host:port` for non-default ports).
+    pub authority: String,
+    /// Path prefix of the API root, e.g. `/v1` (no trailing slash).
+    pub base_path: String,
+    pub api_key: Option<Secret>,
+    pub api_key_env: Option<String>,
+    /// Header carrying the credential (lower case).
+    pub auth_header: HeaderName,
+    /// `api-version` for Azure OpenAI.
+    pub api_version: Option<String>,
+    pub read_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub enabled: bool,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Resolved addresses, refreshed off the request path.
+    pub addrs: arc_swap::ArcSwap<Vec<SocketAddr>>,
+}
+
+impl Provider {
+    /// Whether `host` is an IP literal (no DNS needed).
+    pub fn host_is_ip(&self) -> bool {
+        self.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    }
+}
+
+/// Model types (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelType {
+    Chat,
+    Reasoning,
+    Image,
+    Embeddings,
+    Audio,
+    Moderation,
+    Transcription,
+    Tts,
+}
+
+impl ModelType {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "chat" => ModelType::Chat,
+            "reasoning" => ModelType::Reasoning,
+            "image" => ModelType::Image,
+            "embeddings" | "embedding" => ModelType::Embeddings,
+            "audio" => ModelType::Audio,
+            "moderation" => ModelType::Moderation,
+            "transcription" => ModelType::Transcription,
+            "tts" => ModelType::Tts,
+            _ => return None,
+        })
+    }
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::Chat => "chat",
+            ModelType::Reasoning => "reasoning",
+            ModelType::Image => "image",
+            ModelType::Embeddings => "embeddings",
+            ModelType::Audio => "audio",
+            ModelType::Moderation => "moderation",
+            ModelType::Transcription => "transcription",
+            ModelType::Tts => "tts",
+        }
+    }
+}
+
+/// Prices in nanos-USD per 1M tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pricing {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub reasoning: u64,
+}
+
+/// A client-facing model.
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub slug: String,
+    pub kind: ModelType,
+    pub provider: Arc<Provider>,
+    pub pricing: Pricing,
+    pub enabled: bool,
+}
+
+/// Key types (SPEC §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Organisation,
+    Team,
+    User,
+}
+
+impl KeyType {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Organisation => "ORGANISATION",
+            KeyType::Team => "TEAM",
+            KeyType::User => "USER",
+        }
+    }
+}
+
+/// A virtual key as the gateway knows it: a hash and what it may do.
+#[derive(Debug)]
+pub struct VirtualKey {
+    pub id: String,
+    pub name: Option<String>,
+    pub prefix: Option<String>,
+    pub kind: KeyType,
+    pub organisation_id: String,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+    pub all_models: bool,
+    pub models: HashSet<String>,
+}
+
+impl VirtualKey {
+    /// Whether this key may call `model`.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.all_models || self.models.contains(model)
+    }
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &str) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(vec![format!("{path}: cannot read: {e}")]))?;
+    parse(&text)
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.message().to_string();
+        let at = inner
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        if path.is_empty() || path == "." {
+            ConfigError(vec![format!("{msg}{at}")])
+        } else {
+            ConfigError(vec![format!("{path}: {msg}{at}")])
+        }
+    })?;
+    validate(raw)
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut errs = Vec::new();
+    let mut warnings = Vec::new();
+    let server = validate_server(&raw.server, &mut errs);
+    if raw.usage.queue_capacity == 0 {
+        errs.push("usage.queue_capacity: must be at least 1".into());
+    }
+    let usage = UsageConfig {
+        path: raw.usage.path.clone(),
+        queue_capacity: raw.usage.queue_capacity.max(1),
+    };
+
+    let mut providers: Vec<Arc<Provider>> = Vec::new();
+    let mut by_name: HashMap<String, Arc<Provider>> = HashMap::new();
+    for (i, p) in raw.providers.iter().enumerate() {
+        let at = format!("providers[{i}]");
+        if let Some(p) = validate_provider(&at, p, &mut errs, &mut warnings) {
+            if by_name.contains_key(&p.name) {
+                errs.push(format!("{at}.name: duplicate provider name `{}`", p.name));
+                continue;
+            }
+            let p = Arc::new(p);
+            by_name.insert(p.name.clone(), p.clone());
+            providers.push(p);
+        }
+    }
+
+    let mut models = HashMap::new();
+    let mut model_order = Vec::new();
+    for (i, m) in raw.models.iter().enumerate() {
+        let at = format!("models[{i}]");
+        if let Some(m) = validate_model(&at, m, &by_name, &mut errs) {
+            if models.contains_key(&m.name) {
+                errs.push(format!("{at}.name: duplicate model name `{}`", m.name));
+                continue;
+            }
+            model_order.push(m.name.clone());
+            models.insert(m.name.clone(), Arc::new(m));
+        }
+    }
+
+    let mut keys = HashMap::new();
+    let mut key_ids = HashSet::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let at = format!("keys[{i}]");
+        if let Some((hash, k)) = validate_key(&at, k, &models, &mut errs) {
+            if !key_ids.insert(k.id.clone()) {
+                errs.push(format!("{at}.id: duplicate key id `{}`", k.id));
+                continue;
+            }
+            if keys.insert(hash, Arc::new(k)).is_some() {
+                errs.push(format!("{at}.hash: duplicate key hash"));
+            }
+        }
+    }
+
+    if !errs.is_empty() {
+        return Err(ConfigError(errs));
+    }
+    Ok(Config {
+        server,
+        usage,
+        providers,
+        models,
+        model_order,
+        keys,
+        warnings,
+    })
+}
+
+fn check_addr(at: &str, v: &str, errs: &mut Vec<String>) {
+    if v.parse::<SocketAddr>().is_err() {
+        errs.push(format!(
+            "{at}: `{v}` is not a socket address (expected e.g. 0.0.0.0:8080)"
+        ));
+    }
+}
+
+fn validate_server(s: &raw::RawServer, errs: &mut Vec<String>) -> ServerConfig {
+    check_addr("server.listen", &s.listen, errs);
+    if let Some(a) = &s.admin_listen {
+        check_addr("server.admin_listen", a, errs);
+        if *a == s.listen {
+            errs.push("server.admin_listen: must differ from server.listen".into());
+        }
+    }
+    if s.threads == 0 || s.threads > 1024 {
+        errs.push("server.threads: must be between 1 and 1024".into());
+    }
+    if s.max_request_bytes < 1024 {
+        errs.push("server.max_request_bytes: must be at least 1024".into());
+    }
+    if !matches!(
+        s.log_level.as_str(),
+        "trace" | "debug" | "info" | "warn" | "error"
+    ) {
+        errs.push(format!(
+            "server.log_level: `{}` is not one of trace, debug, info, warn, error",
+            s.log_level
+        ));
+    }
+    if !matches!(s.log_format.as_str(), "json" | "text") {
+        errs.push(format!(
+            "server.log_format: `{}` is not one of json, text",
+            s.log_format
+        ));
+    }
+    if s.config_watch_interval_ms == 0 {
+        errs.push("server.config_watch_interval_ms: must be at least 1".into());
+    }
+    let tls = s.tls.as_ref().map(|t| {
+        for (k, f) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+            if std::fs::metadata(f).is_err() {
+                errs.push(format!("server.tls.{k}: cannot read `{f}`"));
+            }
+        }
+        TlsConfig {
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            h2: t.h2,
+        }
+    });
+    ServerConfig {
+        listen: s.listen.clone(),
+        admin_listen: s.admin_listen.clone(),
+        threads: s.threads.max(1),
+        max_request_bytes: usize::try_from(s.max_request_bytes).unwrap_or(usize::MAX),
+        grace_period_seconds: s.grace_period_seconds,
+        graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        log_level: s.log_level.clone(),
+        log_json: s.log_format == "json",
+        metrics_on_proxy: s.metrics_on_proxy,
+        config_watch_interval: Duration::from_millis(s.config_watch_interval_ms.max(1)),
+        client_body_timeout: Duration::from_millis(s.client_body_timeout_ms.max(1)),
+        tls,
+        pid_file: s
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| "/tmp/wharf.pid".into()),
+        upgrade_sock: s
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| "/tmp/wharf_upgrade.sock".into()),
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+}
+
+fn validate_provider(
+    at: &str,
+    p: &RawProvider,
+    errs: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<Provider> {
+    let before = errs.len();
+    if !valid_name(&p.name) {
+        errs.push(format!(
+            "{at}.name: `{}` must be 1-128 characters of letters, digits, - _ . : / @",
+            p.name
+        ));
+    }
+    let kind = ProviderKind::parse(&p.kind);
+    if kind.is_none() {
+        errs.push(format!(
+            "{at}.type: `{}` is not one of OPENAI, ANTHROPIC, GOOGLE, AZURE_OPENAI, VLLM, CUSTOM",
+            p.kind
+        ));
+    }
+    let uri: Option<http::Uri> = match p.base_url.parse::<http::Uri>() {
+        Ok(u) => Some(u),
+        Err(e) => {
+            errs.push(format!("{at}.base_url: `{}` is not a URL: {e}", p.base_url));
+            None
+        }
+    };
+    let (mut tls, mut host, mut port, mut base_path) = (false, String::new(), 0u16, String::new());
+    if let Some(u) = &uri {
+        match u.scheme_str() {
+            Some("http") => tls = false,
+            Some("https") => tls = true,
+            _ => errs.push(format!(
+                "{at}.base_url: `{}` must start with http:// or https://",
+                p.base_url
+            )),
+        }
+        match u.host() {
+            Some(h) if !h.is_empty() => host = h.to_string(),
+            _ => errs.push(format!("{at}.base_url: `{}` has no host", p.base_url)),
+        }
+        if u.query().is_some() {
+            errs.push(format!("{at}.base_url: must not have a query string"));
+        }
+        port = u.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        base_path = u.path().trim_end_matches('/').to_string();
+    }
+    let kind_v = kind.unwrap_or(ProviderKind::OpenAi);
+    if base_path.is_empty() && kind_v != ProviderKind::Google {
+        // The API root of OpenAI-compatible servers (the SDKs' base URL ends in /v1).
+        base_path = match kind_v {
+            ProviderKind::AzureOpenAi => String::new(),
+            _ => "/v1".into(),
+        };
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let authority = if port == default_port {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    let api_key = match &p.api_key_env {
+        Some(var) => {
+            if var.is_empty() {
+                errs.push(format!("{at}.api_key_env: must name an environment variable"));
+                None
+            } else {
+                match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+                    _ => {
+                        warnings.push(format!(
+                            "{at}.api_key_env: environment variable `{var}` is not set; requests to provider `{}` will fail with provider_api_key_not_configured",
+                            p.name
+                        ));
+                        None
+                    }
+                }
+            }
+        }
+        None => None,
+    };
+    let auth_header = match &p.auth_header {
+        Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                errs.push(format!("{at}.auth_header: `{h}` is not a header name"));
+                http::header::AUTHORIZATION
+            }
+        },
+        None => match kind_v {
+            ProviderKind::AzureOpenAi => HeaderName::from_static("api-key"),
+            ProviderKind::Anthropic => HeaderName::from_static("x-api-key"),
+            ProviderKind::Google => HeaderName::from_static("x-goog-api-key"),
+            _ => http::header::AUTHORIZATION,
+        },
+    };
+    let mut headers = Vec::new();
+    for (k, v) in &p.headers {
+        match (
+            HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(k), Ok(v)) => headers.push((k, v)),
+            _ => errs.push(format!("{at}.headers.{k}: not a valid header")),
+        }
+    }
+    for (k, v) in [
+        ("timeout_ms", p.timeout_ms),
+        ("connect_timeout_ms", p.connect_timeout_ms),
+        ("idle_timeout_ms", p.idle_timeout_ms),
+    ] {
+        if v == 0 {
+            errs.push(format!("{at}.{k}: must be at least 1"));
+        }
+    }
+    if errs.len() > before {
+        return None;
+    }
+    let addrs = if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        vec![SocketAddr::new(ip, port)]
+    } else {
+        Vec::new()
+    };
+    Some(Provider {
+        name: p.name.clone(),
+        kind: kind_v,
+        tls,
+        host,
+        port,
+        authority,
+        base_path,
+        api_key,
+        api_key_env: p.api_key_env.clone(),
+        auth_header,
+        api_version: p.api_version.clone(),
+        read_timeout: Duration::from_millis(p.timeout_ms),
+        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+        idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+        enabled: p.enabled,
+        headers,
+        addrs: arc_swap::ArcSwap::from_pointee(addrs),
+    })
+}
+
+/// USD per 1M tokens → nanos-USD per 1M tokens.
+fn usd_to_nanos(at: &str, v: f64, errs: &mut Vec<String>) -> u64 {
+    if !v.is_finite() || !(0.0..=1.0e6).contains(&v) {
+        errs.push(format!(
+            "{at}: must be a non-negative price in USD per 1M tokens"
+        ));
+        return 0;
+    }
+    (v * 1e9).round() as u64
+}
+
+fn validate_model(
+    at: &str,
+    m: &RawModel,
+    providers: &HashMap<String, Arc<Provider>>,
+    errs: &mut Vec<String>,
+) -> Option<Model> {
+    let before = errs.len();
+    if !valid_name(&m.name) {
+        errs.push(format!(
+            "{at}.name: `{}` must be 1-128 characters of letters, digits, - _ . : / @",
+            m.name
+        ));
+    }
+    if m.slug.is_empty() || m.slug.len() > 256 || m.slug.contains(['"', '\\']) {
+        errs.push(format!("{at}.slug: `{}` is not a valid upstream model id", m.slug));
+    }
+    let kind = ModelType::parse(&m.kind);
+    if kind.is_none() {
+        errs.push(format!(
+            "{at}.type: `{}` is not one of chat, reasoning, image, embeddings, audio, moderation, transcription, tts",
+            m.kind
+        ));
+    }
+    let provider = providers.get(&m.provider).cloned();
+    if provider.is_none() {
+        errs.push(format!(
+            "{at}.provider: no provider named `{}` is configured",
+            m.provider
+        ));
+    }
+    let pr = &m.pricing;
+    let pricing = Pricing {
+        input: usd_to_nanos(&format!("{at}.pricing.input"), pr.input, errs),
+        output: usd_to_nanos(&format!("{at}.pricing.output"), pr.output, errs),
+        cached: usd_to_nanos(
+            &format!("{at}.pricing.cached"),
+            pr.cached.unwrap_or(pr.input),
+            errs,
+        ),
+        reasoning: usd_to_nanos(
+            &format!("{at}.pricing.reasoning"),
+            pr.reasoning.unwrap_or(pr.output),
+            errs,
+        ),
+    };
+    if errs.len() > before {
+        return None;
+    }
+    Some(Model {
+        name: m.name.clone(),
+        slug: m.slug.clone(),
+        kind: kind?,
+        provider: provider?,
+        pricing,
+        enabled: m.enabled,
+    })
+}
+
+fn validate_key(
+    at: &str,
+    k: &RawKey,
+    models: &HashMap<String, Arc<Model>>,
+    errs: &mut Vec<String>,
+) -> Option<(KeyHash, VirtualKey)> {
+    let before = errs.len();
+    if !valid_name(&k.id) {
+        errs.push(format!("{at}.id: `{}` is not a valid id", k.id));
+    }
+    let hash = KeyHash::from_hex(&k.hash);
+    if hash.is_none() {
+        errs.push(format!(
+            "{at}.hash: must be the 64-character hex SHA-256 of the key (never the key itself)"
+        ));
+    }
+    let kind = match k.kind.as_str() {
+        "ORGANISATION" => Some(KeyType::Organisation),
+        "TEAM" => Some(KeyType::Team),
+        "USER" => Some(KeyType::User),
+        other => {
+            errs.push(format!(
+                "{at}.type: `{other}` is not one of ORGANISATION, TEAM, USER"
+            ));
+            None
+        }
+    };
+    if k.organisation_id.is_empty() {
+        errs.push(format!("{at}.organisation_id: must not be empty"));
+    }
+    if kind == Some(KeyType::Team) && k.team_id.is_none() {
+        errs.push(format!("{at}.team_id: a TEAM key needs a team_id"));
+    }
+    if kind == Some(KeyType::User) && k.user_id.is_none() {
+        errs.push(format!("{at}.user_id: a USER key needs a user_id"));
+    }
+    let expires_at = k.expires_at.as_ref().and_then(|s| {
+        match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+            Ok(t) => Some(t.unix_timestamp()),
+            Err(e) => {
+                errs.push(format!(
+                    "{at}.expires_at: `{s}` is not an RFC 3339 timestamp: {e}"
+                ));
+                None
+            }
+        }
+    });
+    let mut all_models = false;
+    let mut granted = HashSet::new();
+    for (j, m) in k.models.iter().enumerate() {
+        if m == "*" {
+            all_models = true;
+        } else if !models.contains_key(m) {
+            errs.push(format!(
+                "{at}.models[{j}]: no model named `{m}` is configured"
+            ));
+        } else {
+            granted.insert(m.clone());
+        }
+    }
+    if errs.len() > before {
+        return None;
+    }
+    Some((
+        hash?,
+        VirtualKey {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            prefix: k.prefix.clone(),
+            kind: kind?,
+            organisation_id: k.organisation_id.clone(),
+            team_id: k.team_id.clone(),
+            user_id: k.user_id.clone(),
+            expires_at,
+            revoked: k.revoked,
+            all_models,
+            models: granted,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[[providers]]
+name = "p"
+type = "OPENAI"
+base_url = "http://127.0.0.1:1"
+
+[[models]]
+name = "m"
+slug = "s"
+provider = "p"
+pricing = { input = 0.15, output = 0.6 }
+
+[[keys]]
+id = "k"
+hash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+organisation_id = "o"
+models = ["m"]
+"#;
+
+    #[test]
+    fn minimal_config_loads() {
+        let c = parse(MIN).expect("valid");
+        let m = &c.models["m"];
+        assert_eq!(m.pricing.input, 150_000_000);
+        assert_eq!(m.pricing.cached, 150_000_000);
+        assert_eq!(m.pricing.reasoning, 600_000_000);
+        assert_eq!(m.provider.base_path, "/v1");
+        assert_eq!(m.provider.authority, "127.0.0.1:1");
+        assert_eq!(c.server.listen, "0.0.0.0:8080");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let bad = MIN.replace("base_url", "bse_url");
+        let e = parse(&bad).expect_err("invalid");
+        let s = e.to_string();
+        assert!(s.contains("providers[0]"), "{s}");
+        assert!(s.contains("bse_url"), "{s}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_paths() {
+        let bad = MIN
+            .replace("provider = \"p\"", "provider = \"nope\"")
+            .replace("models = [\"m\"]", "models = [\"m\", \"x\"]")
+            .replace("OPENAI", "OPENAIX");
+        let e = parse(&bad).expect_err("invalid");
+        let s = e.to_string();
+        assert!(s.contains("providers[0].type"), "{s}");
+        assert!(s.contains("models[0].provider"), "{s}");
+        assert!(s.contains("keys[0].models"), "{s}");
+    }
+
+    #[test]
+    fn bad_hash_rejected() {
+        let bad = MIN.replace("2cf24dba", "zzzz");
+        let s = parse(&bad).expect_err("invalid").to_string();
+        assert!(s.contains("keys[0].hash"), "{s}");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret::new("sk-1".into())), "Secret(***)");
+    }
+}

@@ -1,0 +1,253 @@
+//! Raw configuration: the TOML file exactly as written, nothing validated yet.
+//!
+//! Every struct denies unknown fields so that a typo is an error with its path, never a silently
+//! ignored setting. Defaults live in named `default_*` functions.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listeners, workers, limits.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Usage record sink.
+    #[serde(default)]
+    pub usage: RawUsage,
+    /// Upstream providers.
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    /// Client-facing models.
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    /// Virtual keys (SHA-256 hashes only).
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Option<String>,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: u64,
+    #[serde(default = "default_grace_period")]
+    pub grace_period_seconds: u64,
+    #[serde(default = "default_shutdown_timeout")]
+    pub graceful_shutdown_timeout_seconds: u64,
+    #[serde(default = "default_keepalive_pool")]
+    pub upstream_keepalive_pool_size: usize,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    #[serde(default = "default_true")]
+    pub metrics_on_proxy: bool,
+    #[serde(default = "default_watch_ms")]
+    pub config_watch_interval_ms: u64,
+    /// Longest wait for a client's request body.
+    #[serde(default = "default_body_timeout_ms")]
+    pub client_body_timeout_ms: u64,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            threads: default_threads(),
+            max_request_bytes: default_max_request_bytes(),
+            grace_period_seconds: default_grace_period(),
+            graceful_shutdown_timeout_seconds: default_shutdown_timeout(),
+            upstream_keepalive_pool_size: default_keepalive_pool(),
+            log_level: default_log_level(),
+            log_format: default_log_format(),
+            metrics_on_proxy: true,
+            config_watch_interval_ms: default_watch_ms(),
+            client_body_timeout_ms: default_body_timeout_ms(),
+            tls: None,
+            pid_file: None,
+            upgrade_sock: None,
+        }
+    }
+}
+
+/// `[server.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: String,
+    pub key_file: String,
+    #[serde(default = "default_true")]
+    pub h2: bool,
+}
+
+/// `[usage]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    /// JSON Lines file the usage records are appended to.
+    pub path: Option<String>,
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl Default for RawUsage {
+    fn default() -> Self {
+        RawUsage {
+            path: None,
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+}
+
+/// `[[providers]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub base_url: String,
+    /// Name of the environment variable that holds the provider credential.
+    pub api_key_env: Option<String>,
+    /// Header that carries the credential for `CUSTOM` providers (default `authorization`).
+    pub auth_header: Option<String>,
+    /// `api-version` query parameter for `AZURE_OPENAI`.
+    pub api_version: Option<String>,
+    /// Longest wait for one read from the provider: the first byte, or the gap between two
+    /// streamed chunks.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Extra headers sent with every upstream request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `[[models]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub name: String,
+    pub slug: String,
+    #[serde(rename = "type", default = "default_model_type")]
+    pub kind: String,
+    pub provider: String,
+    #[serde(default)]
+    pub pricing: RawPricing,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// Prices in USD per 1M tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPricing {
+    #[serde(default)]
+    pub input: f64,
+    #[serde(default)]
+    pub output: f64,
+    /// Cached input tokens; defaults to the input price.
+    pub cached: Option<f64>,
+    /// Reasoning tokens; defaults to the output price.
+    pub reasoning: Option<f64>,
+}
+
+/// `[[keys]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: String,
+    pub name: Option<String>,
+    /// Lower-case hex SHA-256 of the secret.
+    pub hash: String,
+    /// Short display prefix of the secret (never the secret).
+    pub prefix: Option<String>,
+    #[serde(rename = "type", default = "default_key_type")]
+    pub kind: String,
+    pub organisation_id: String,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    /// RFC 3339 timestamp.
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub revoked: bool,
+    /// Granted model names; `"*"` grants every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_admin_listen() -> Option<String> {
+    Some("127.0.0.1:9090".into())
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+fn default_max_request_bytes() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_grace_period() -> u64 {
+    5
+}
+fn default_shutdown_timeout() -> u64 {
+    5
+}
+fn default_keepalive_pool() -> usize {
+    256
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_log_format() -> String {
+    "json".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_watch_ms() -> u64 {
+    1000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+fn default_queue_capacity() -> usize {
+    65536
+}
+fn default_timeout_ms() -> u64 {
+    300_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_model_type() -> String {
+    "chat".into()
+}
+fn default_key_type() -> String {
+    "ORGANISATION".into()
+}

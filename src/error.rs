@@ -1,0 +1,214 @@
+//! Gateway errors: one enum, one place that turns it into an HTTP answer.
+//!
+//! Every gateway-originated error is JSON (`{"error":{"code","message","type"}}`, SPEC §3). The
+//! code, status and OpenAI-style `type` are properties of the variant, so the mapping is
+//! exhaustive and checked by the compiler.
+
+use bytes::Bytes;
+use serde_json::json;
+
+/// A gateway-originated error: a SPEC §3 code plus a client-safe message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct GatewayError {
+    /// The SPEC code, e.g. `model_not_allowed`.
+    pub code: ErrorCode,
+    /// A message safe to show the client (never a key, never a prompt).
+    pub message: String,
+    /// Extra JSON fields merged into the `error` object (e.g. rate-limit `scope`).
+    pub extra: Vec<(&'static str, serde_json::Value)>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+/// The error codes of SPEC §3 that the gateway emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 400: unreadable body (empty, not UTF-8, truncated).
+    InvalidRequestBody,
+    /// 400: undecodable payload (bad JSON, wrong types).
+    InvalidRequest,
+    /// 400: model not configured.
+    ModelNotFound,
+    /// 400: a model of another family on a native route.
+    ProviderNotAllowed,
+    /// 400: the model's provider is not configured.
+    ProviderNotConfigured,
+    /// 400: the provider's credential is missing.
+    ProviderApiKeyNotConfigured,
+    /// 400: the provider type cannot serve this route.
+    ProviderTypeUnsupported,
+    /// 401: key missing or unknown.
+    Unauthorized,
+    /// 401: key expired.
+    ApiKeyExpired,
+    /// 401: key revoked.
+    ApiKeyRevoked,
+    /// 403: no grant for the model.
+    ModelNotAllowed,
+    /// 403: provider disabled.
+    ProviderDisabled,
+    /// 404: unknown route.
+    NotFound,
+    /// 405: wrong method.
+    MethodNotAllowed,
+    /// 408: the request body did not arrive in time.
+    RequestTimeout,
+    /// 411: a body of unknown length too large to replay.
+    LengthRequired,
+    /// 413: body over the limit.
+    PayloadTooLarge,
+    /// 501: the provider has no such endpoint.
+    Unsupported,
+    /// 502: the provider failed.
+    UpstreamError,
+    /// 502: the provider could not be reached.
+    UpstreamUnreachable,
+    /// 503: a dependency is down and nothing is cached.
+    DependencyUnavailable,
+    /// 504: the provider timed out.
+    UpstreamTimeout,
+    /// 500: a bug.
+    InternalError,
+}
+
+impl ErrorCode {
+    /// The wire code.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidRequestBody => "invalid_request_body",
+            InvalidRequest => "invalid_request",
+            ModelNotFound => "model_not_found",
+            ProviderNotAllowed => "provider_not_allowed",
+            ProviderNotConfigured => "provider_not_configured",
+            ProviderApiKeyNotConfigured => "provider_api_key_not_configured",
+            ProviderTypeUnsupported => "provider_type_unsupported",
+            Unauthorized => "unauthorized",
+            ApiKeyExpired => "api_key_expired",
+            ApiKeyRevoked => "api_key_revoked",
+            ModelNotAllowed => "model_not_allowed",
+            ProviderDisabled => "provider_disabled",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            RequestTimeout => "request_timeout",
+            LengthRequired => "length_required",
+            PayloadTooLarge => "payload_too_large",
+            Unsupported => "unsupported",
+            UpstreamError => "upstream_error",
+            UpstreamUnreachable => "upstream_unreachable",
+            DependencyUnavailable => "dependency_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+            InternalError => "internal_error",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidRequestBody
+            | InvalidRequest
+            | ModelNotFound
+            | ProviderNotAllowed
+            | ProviderNotConfigured
+            | ProviderApiKeyNotConfigured
+            | ProviderTypeUnsupported => 400,
+            Unauthorized | ApiKeyExpired | ApiKeyRevoked => 401,
+            ModelNotAllowed | ProviderDisabled => 403,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            RequestTimeout => 408,
+            LengthRequired => 411,
+            PayloadTooLarge => 413,
+            InternalError => 500,
+            Unsupported => 501,
+            UpstreamError | UpstreamUnreachable => 502,
+            DependencyUnavailable => 503,
+            UpstreamTimeout => 504,
+        }
+    }
+
+    /// The OpenAI-style error `type`, so OpenAI SDKs classify the error sensibly.
+    pub fn kind(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            Unauthorized | ApiKeyExpired | ApiKeyRevoked => "authentication_error",
+            ModelNotAllowed | ProviderDisabled => "permission_error",
+            NotFound => "not_found_error",
+            UpstreamError | UpstreamUnreachable | UpstreamTimeout | DependencyUnavailable
+            | InternalError => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl GatewayError {
+    /// An error with a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        GatewayError {
+            code,
+            message: message.into(),
+            extra: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// HTTP status of this error.
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+
+    /// The JSON body `{"error":{"code","message","type",...}}`.
+    pub fn body(&self) -> Bytes {
+        let mut err = json!({
+            "code": self.code.as_str(),
+            "message": self.message,
+            "type": self.code.kind(),
+        });
+        if let Some(obj) = err.as_object_mut() {
+            for (k, v) in &self.extra {
+                obj.insert((*k).to_string(), v.clone());
+            }
+        }
+        Bytes::from(json!({ "error": err }).to_string())
+    }
+
+    /// The same error as one SSE event, for failures after the first streamed byte.
+    pub fn sse_event(&self) -> Bytes {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&self.body());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_spec_shaped() {
+        let e = GatewayError::new(ErrorCode::ModelNotAllowed, "no grant");
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).expect("json");
+        assert_eq!(v["error"]["code"], "model_not_allowed");
+        assert_eq!(v["error"]["type"], "permission_error");
+        assert_eq!(v["error"]["message"], "no grant");
+        assert_eq!(e.status(), 403);
+    }
+
+    #[test]
+    fn sse_event_is_one_event() {
+        let e = GatewayError::new(ErrorCode::UpstreamError, "cut");
+        let ev = e.sse_event();
+        assert!(ev.starts_with(b"data: {"));
+        assert!(ev.ends_with(b"}\n\n"));
+    }
+}

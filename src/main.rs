@@ -1,0 +1,100 @@
+//! `wharf`: the gateway binary.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "wharf", version, about = "Wharf: an LLM and MCP gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file.
+        #[arg(short = 'c', long = "config", default_value = "conf/wharf.toml")]
+        config: String,
+        /// Take over the listening sockets of a running instance (after SIGQUIT to it).
+        #[arg(short = 'u', long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(short = 'd', long)]
+        daemon: bool,
+    },
+    /// Validate configuration files and exit (non-zero on any error).
+    Check {
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Generate a virtual key: prints the secret (once) and the SHA-256 hash for the config.
+    Keygen,
+    /// Print the SHA-256 hash of a virtual key read from standard input.
+    Hash,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            config,
+            upgrade,
+            daemon,
+        } => match wharf::server::serve(wharf::server::ServeOpts {
+            config_path: config,
+            upgrade,
+            daemon,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wharf: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Check { files } => {
+            let mut failed = false;
+            for f in files {
+                match wharf::config::load(&f) {
+                    Ok(c) => {
+                        println!(
+                            "{f}: ok ({} providers, {} models, {} keys)",
+                            c.providers.len(),
+                            c.models.len(),
+                            c.keys.len()
+                        );
+                        for w in c.warnings {
+                            println!("{f}: warning: {w}");
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        for line in e.0 {
+                            eprintln!("{f}: error: {line}");
+                        }
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Cmd::Keygen => {
+            let (secret, hash) = wharf::keys::generate();
+            println!("key:  {secret}");
+            println!("hash: {}", hash.to_hex());
+            ExitCode::SUCCESS
+        }
+        Cmd::Hash => {
+            let mut s = String::new();
+            if std::io::stdin().read_line(&mut s).is_err() {
+                return ExitCode::FAILURE;
+            }
+            println!("{}", wharf::keys::KeyHash::of(s.trim_end_matches(['\n', '\r'])).to_hex());
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Prometheus metrics (default registry), served at `/metrics`.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+];
+
+macro_rules! lazy_metric {
+    ($name:ident : $ty:ty = $init:expr) => {
+        #[allow(clippy::expect_used)]
+        pub static $name: Lazy<$ty> = Lazy::new(|| $init.expect("metric registers once"));
+    };
+}
+
+lazy_metric!(REQUESTS: IntCounterVec = register_int_counter_vec!(
+    "wharf_requests_total", "Requests by route, status class and provider",
+    &["route", "status_class", "provider"]));
+lazy_metric!(REQUEST_DURATION: HistogramVec = register_histogram_vec!(
+    "wharf_request_duration_seconds", "Whole request duration", &["route"], LATENCY_BUCKETS.to_vec()));
+lazy_metric!(GATEWAY_OVERHEAD: HistogramVec = register_histogram_vec!(
+    "wharf_gateway_overhead_seconds", "Time spent in Wharf itself, excluding the upstream wait",
+    &["route"], OVERHEAD_BUCKETS.to_vec()));
+lazy_metric!(TTFB: HistogramVec = register_histogram_vec!(
+    "wharf_upstream_ttfb_seconds", "Time to the first upstream response byte", &["provider"],
+    LATENCY_BUCKETS.to_vec()));
+lazy_metric!(TOKENS: IntCounterVec = register_int_counter_vec!(
+    "wharf_tokens_total", "Tokens by class", &["class", "provider", "model"]));
+lazy_metric!(COST: IntCounterVec = register_int_counter_vec!(
+    "wharf_cost_nanos_usd_total", "Cost in nanos-USD", &["provider", "model"]));
+lazy_metric!(UPSTREAM_ERRORS: IntCounterVec = register_int_counter_vec!(
+    "wharf_upstream_errors_total", "Upstream failures by provider and class", &["provider", "class"]));
+lazy_metric!(IN_FLIGHT: IntGauge = register_int_gauge!(
+    "wharf_requests_in_flight", "Requests being served"));
+lazy_metric!(USAGE_QUEUE_DEPTH: IntGauge = register_int_gauge!(
+    "wharf_usage_queue_depth", "Usage records waiting to be written"));
+lazy_metric!(USAGE_DROPPED: IntCounter = register_int_counter!(
+    "wharf_usage_records_dropped_total", "Usage records dropped because the queue was full"));
+lazy_metric!(USAGE_WRITTEN: IntCounter = register_int_counter!(
+    "wharf_usage_records_written_total", "Usage records written by the sink"));
+lazy_metric!(USAGE_WRITE_ERRORS: IntCounter = register_int_counter!(
+    "wharf_usage_write_errors_total", "Usage records the sink failed to write"));
+lazy_metric!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
+    "wharf_config_reloads_total", "Configuration reloads by result", &["result"]));
+lazy_metric!(CONFIG_VERSION: IntGauge = register_int_gauge!(
+    "wharf_config_version", "Generation of the configuration being served"));
+
+/// `2xx`, `4xx`, ...
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// Registers every metric so `/metrics` lists them before the first request.
+pub fn init() {
+    Lazy::force(&REQUESTS);
+    Lazy::force(&REQUEST_DURATION);
+    Lazy::force(&GATEWAY_OVERHEAD);
+    Lazy::force(&TTFB);
+    Lazy::force(&TOKENS);
+    Lazy::force(&COST);
+    Lazy::force(&UPSTREAM_ERRORS);
+    Lazy::force(&IN_FLIGHT);
+    Lazy::force(&USAGE_QUEUE_DEPTH);
+    Lazy::force(&USAGE_DROPPED);
+    Lazy::force(&USAGE_WRITTEN);
+    Lazy::force(&USAGE_WRITE_ERRORS);
+    Lazy::force(&CONFIG_RELOADS);
+    Lazy::force(&CONFIG_VERSION);
+}
+
+/// The text exposition of the default registry.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let enc = prometheus::TextEncoder::new();
+    if enc.encode(&prometheus::gather(), &mut buf).is_err() {
+        buf.clear();
+    }
+    buf
+}

@@ -1,0 +1,256 @@
+//! `wharf-mock`: a fast, faithful mock of the OpenAI HTTP API.
+//!
+//! The mock stands in for OpenAI in tests, benchmarks and demos. It speaks
+//! OpenAI's wire format (JSON bodies, SSE framing, error envelopes and the
+//! usual response headers) over a small HTTP/1.1 server written directly on
+//! top of tokio and `httparse`, so that it is never the bottleneck of a load
+//! test.
+//!
+//! Supported routes:
+//!
+//! * `POST /v1/chat/completions` (unary and `"stream": true`, with
+//!   `stream_options.include_usage`)
+//! * `POST /v1/responses` (unary and streaming with named events)
+//! * `POST /v1/embeddings` (`float` and `base64` encodings)
+//! * `GET /v1/models` and `GET /v1/models/{id}`
+//!
+//! Behaviour can be tuned per request with `x-mock-*` headers (latency,
+//! time-to-first-token, inter-token latency, completion length, forced error
+//! statuses and connection faults); see [`MockConfig`] for the defaults and
+//! the crate documentation of the binary for the full list.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use wharf::mock::{MockConfig, MockServer};
+//! let server = MockServer::start("127.0.0.1:0", MockConfig::default()).await?;
+//! println!("mock provider at {}", server.url());
+//! // ... point the gateway at server.addr() ...
+//! assert_eq!(server.request_count(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+mod conn;
+mod openai;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How many requests [`MockServer::requests`] keeps (the oldest are dropped).
+pub const MAX_RECORDED_REQUESTS: usize = 10_000;
+
+/// Largest request body the mock accepts; bigger bodies get `413`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Defaults for the mock provider. Most values can be overridden per request
+/// with `x-mock-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockConfig {
+    /// When set, `Authorization: Bearer <api_key>` must match exactly.
+    /// A bearer token is always required, even when this is `None`.
+    pub api_key: Option<String>,
+    /// Delay before the response head of non-streaming answers
+    /// (`x-mock-latency-ms`).
+    pub latency_ms: u64,
+    /// Delay between the response head and the first SSE event
+    /// (`x-mock-ttft-ms`).
+    pub ttft_ms: u64,
+    /// Delay between consecutive SSE events (`x-mock-itl-ms`).
+    pub itl_ms: u64,
+    /// Completion tokens (words) per answer (`x-mock-tokens`); the request's
+    /// `max_tokens` / `max_completion_tokens` / `max_output_tokens` cap it.
+    pub tokens: u32,
+    /// Length of the vectors returned by `/v1/embeddings` (a request's
+    /// `dimensions` overrides it).
+    pub embedding_dim: usize,
+    /// Keep a copy of every request for [`MockServer::requests`]. Turn it off
+    /// for benchmarks.
+    pub record: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            api_key: None,
+            latency_ms: 0,
+            ttft_ms: 0,
+            itl_ms: 0,
+            tokens: 16,
+            embedding_dim: 8,
+            record: true,
+        }
+    }
+}
+
+/// A request as the mock received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// Request method, e.g. `POST`.
+    pub method: String,
+    /// Request target including the query string, e.g. `/v1/models?x=1`.
+    pub path: String,
+    /// Headers in arrival order; names are lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body, with any chunked transfer-encoding removed.
+    pub body: Bytes,
+}
+
+impl RecordedRequest {
+    /// First value of the header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// State shared between the server handle and the connection tasks.
+pub(crate) struct Shared {
+    pub(crate) cfg: MockConfig,
+    log: Mutex<VecDeque<RecordedRequest>>,
+    count: AtomicUsize,
+}
+
+impl Shared {
+    fn log(&self) -> MutexGuard<'_, VecDeque<RecordedRequest>> {
+        // A panic while holding the lock cannot leave the queue in an
+        // inconsistent state, so a poisoned lock is still usable.
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn record(&self, req: &conn::Request) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if !self.cfg.record {
+            return;
+        }
+        let rec = RecordedRequest {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            headers: req.headers.clone(),
+            body: req.body.clone(),
+        };
+        let mut log = self.log();
+        if log.len() >= MAX_RECORDED_REQUESTS {
+            log.pop_front();
+        }
+        log.push_back(rec);
+    }
+}
+
+/// A running mock provider. Dropping it stops the listener and closes every
+/// connection it opened.
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    // Dropping the sender wakes every task waiting on the receivers.
+    _shutdown: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .field("config", &self.shared.cfg)
+            .finish()
+    }
+}
+
+impl MockServer {
+    /// Binds `addr` (e.g. `127.0.0.1:0`) and serves on the current tokio
+    /// runtime until the returned handle is dropped.
+    pub async fn start(addr: &str, cfg: MockConfig) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            cfg,
+            log: Mutex::new(VecDeque::new()),
+            count: AtomicUsize::new(0),
+        });
+        let (tx, rx) = watch::channel(());
+        tokio::spawn(accept_loop(listener, Arc::clone(&shared), rx));
+        Ok(MockServer {
+            addr,
+            shared,
+            _shutdown: tx,
+        })
+    }
+
+    /// The address the server listens on (with the real port when bound to
+    /// port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, handy as an upstream base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &MockConfig {
+        &self.shared.cfg
+    }
+
+    /// Every request received so far, oldest first (bounded to the last
+    /// [`MAX_RECORDED_REQUESTS`]; empty when recording is off).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.log().iter().cloned().collect()
+    }
+
+    /// The most recent request, if any was recorded.
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.shared.log().back().cloned()
+    }
+
+    /// Forgets the recorded requests and resets [`MockServer::request_count`].
+    pub fn clear(&self) {
+        let mut log = self.shared.log();
+        log.clear();
+        self.shared.count.store(0, Ordering::Relaxed);
+    }
+
+    /// Requests received since start (or the last [`MockServer::clear`]),
+    /// counted even when recording is off or the log is full.
+    pub fn request_count(&self) -> usize {
+        self.shared.count.load(Ordering::Relaxed)
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
+    loop {
+        let accepted = tokio::select! {
+            res = listener.accept() => res,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let shared = Arc::clone(&shared);
+                let mut shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = conn::serve(stream, shared) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                });
+            }
+            Err(err) => {
+                // Typically EMFILE/ENFILE: back off instead of spinning.
+                tracing::warn!(error = %err, "wharf-mock: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,1638 @@
+//! The OpenAI surface of the mock: routing, authentication, `x-mock-*`
+//! knobs and the JSON / SSE payloads.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use super::conn::Request;
+use super::MockConfig;
+
+/// What the connection should do with a request.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Abort the connection with a TCP RST, without answering.
+    Reset,
+    /// Close the connection cleanly, without answering.
+    Close,
+    /// Never answer; wait until the peer goes away.
+    Hang,
+    Reply(Reply),
+}
+
+/// A response to write.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub status: u16,
+    /// Headers besides the framing ones (content-length / transfer-encoding,
+    /// connection) and `openai-processing-ms`, which the writer adds.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body,
+    /// Delay before the head (unary bodies only).
+    pub latency: Duration,
+    /// Delay before the first SSE event.
+    pub ttft: Duration,
+    /// Delay between SSE events.
+    pub itl: Duration,
+    pub truncation: Option<Truncation>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Body {
+    Json(Vec<u8>),
+    /// Complete SSE events (`data: ...\n\n`), one per chunk.
+    Sse(Vec<String>),
+}
+
+/// Cut the answer short after some SSE events (unary bodies: after half the
+/// body).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Truncation {
+    /// Close the connection (FIN) without the terminating chunk.
+    Close { after: usize },
+    /// Abort the connection with RST.
+    Reset { after: usize },
+    /// Stop sending but keep the connection open until the peer leaves.
+    Stall { after: usize },
+}
+
+impl Truncation {
+    pub fn after_events(self) -> usize {
+        match self {
+            Truncation::Close { after } | Truncation::Reset { after } | Truncation::Stall { after } => {
+                after
+            }
+        }
+    }
+}
+
+const JSON: &str = "application/json";
+const EVENT_STREAM: &str = "text/event-stream";
+const FINGERPRINT: &str = "fp_mock";
+const OWNER: &str = "wharf-mock";
+/// Upper bound for `dimensions` on embeddings.
+const MAX_EMBEDDING_DIM: usize = 65_536;
+/// Models listed by `GET /v1/models`: (id, created).
+const MODELS: &[(&str, u64)] = &[
+    ("mock-gpt", 1_700_000_000),
+    ("mock-gpt-mini", 1_700_000_000),
+    ("mock-embedding", 1_700_000_000),
+    ("gpt-4o", 1_715_367_049),
+    ("gpt-4o-mini", 1_721_172_741),
+    ("text-embedding-3-small", 1_705_948_997),
+];
+/// The completion text, one word per token, repeated as needed.
+const WORDS: &[&str] = &[
+    "Hello",
+    "from",
+    "the",
+    "mock",
+    "provider.",
+    "This",
+    "is",
+    "a",
+    "deterministic",
+    "answer",
+    "streamed",
+    "one",
+    "word",
+    "per",
+    "token",
+    "so",
+    "that",
+    "gateways,",
+    "benchmarks",
+    "and",
+    "demos",
+    "see",
+    "realistic",
+    "traffic.",
+];
+
+// ---------------------------------------------------------------------------
+// Knobs
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Reset,
+    Close,
+    Hang,
+    DropMidStream,
+    ResetMidStream,
+    StallMidStream,
+}
+
+#[derive(Debug)]
+struct Knobs {
+    latency: Duration,
+    ttft: Duration,
+    itl: Duration,
+    tokens: u32,
+    status: Option<u16>,
+    retry_after: Option<String>,
+    fault: Option<Fault>,
+    drop_after: usize,
+    echo_headers: bool,
+}
+
+impl Knobs {
+    fn parse(cfg: &MockConfig, req: &Request) -> Result<Knobs, ApiError> {
+        fn number<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T>, ApiError> {
+            match req.header(name) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                    ApiError::invalid_request(format!(
+                        "Invalid value for header '{name}': expected a non-negative integer."
+                    ))
+                }),
+            }
+        }
+        let ms = |name: &str, default: u64| -> Result<Duration, ApiError> {
+            Ok(Duration::from_millis(number(req, name)?.unwrap_or(default)))
+        };
+        let fault = match req.header("x-mock-fault").map(str::trim) {
+            None | Some("") | Some("none") => None,
+            Some(v) => Some(match v.to_ascii_lowercase().as_str() {
+                "reset" => Fault::Reset,
+                "close" => Fault::Close,
+                "hang" => Fault::Hang,
+                "drop-mid-stream" => Fault::DropMidStream,
+                "reset-mid-stream" => Fault::ResetMidStream,
+                "stall-mid-stream" => Fault::StallMidStream,
+                _ => {
+                    return Err(ApiError::invalid_request(format!(
+                        "Invalid value for header 'x-mock-fault': '{v}'. Expected one of \
+                         reset, close, hang, drop-mid-stream, reset-mid-stream, stall-mid-stream."
+                    )))
+                }
+            }),
+        };
+        let status = match number::<u16>(req, "x-mock-status")? {
+            None => None,
+            Some(s) if (400..=599).contains(&s) => Some(s),
+            Some(s) if (200..=299).contains(&s) => None,
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "Invalid value for header 'x-mock-status': expected a status between 400 and 599.",
+                ))
+            }
+        };
+        Ok(Knobs {
+            latency: ms("x-mock-latency-ms", cfg.latency_ms)?,
+            ttft: ms("x-mock-ttft-ms", cfg.ttft_ms)?,
+            itl: ms("x-mock-itl-ms", cfg.itl_ms)?,
+            tokens: number(req, "x-mock-tokens")?.unwrap_or(cfg.tokens),
+            status,
+            retry_after: req.header("x-mock-retry-after").map(str::to_owned),
+            fault,
+            drop_after: number(req, "x-mock-drop-after")?.unwrap_or(3),
+            echo_headers: req
+                .header("x-mock-echo-headers")
+                .is_some_and(|v| matches!(v, "1" | "true" | "yes" | "on")),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// An OpenAI-style error answer.
+#[derive(Debug)]
+struct ApiError {
+    status: u16,
+    message: String,
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<&'static str>,
+    headers: Vec<(&'static str, String)>,
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: u16, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn invalid_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "invalid_request_error", message)
+    }
+
+    fn param(mut self, param: impl Into<String>) -> ApiError {
+        self.param = Some(param.into());
+        self
+    }
+
+    fn code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> ApiError {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn invalid_json() -> ApiError {
+        ApiError::invalid_request(
+            "We could not parse the JSON body of your request. (HINT: This likely means you \
+             aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but \
+             what was sent was not valid JSON. If you have trouble figuring out how to fix this, \
+             please contact us through our help center at help.openai.com.)",
+        )
+    }
+
+    fn missing(param: &str) -> ApiError {
+        ApiError::invalid_request(format!("Missing required parameter: '{param}'."))
+            .param(param)
+            .code("missing_required_parameter")
+    }
+
+    fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
+        ApiError::invalid_request(format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            describe(got)
+        ))
+        .param(param)
+        .code("invalid_type")
+    }
+
+    fn body(&self) -> Vec<u8> {
+        to_json(&ErrorEnvelope {
+            error: ErrorBody {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        })
+    }
+
+    fn into_reply(self) -> Reply {
+        let mut reply = json_reply(self.status, self.body());
+        reply.headers.extend(self.headers);
+        reply
+    }
+}
+
+/// "a string", "an array", ... as OpenAI phrases type mismatches.
+fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a decimal",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The error for a request that could not even be parsed as HTTP.
+pub(crate) fn protocol_error(status: u16, message: &str) -> Reply {
+    let mut reply = ApiError::new(status, "invalid_request_error", message).into_reply();
+    reply
+        .headers
+        .insert(0, ("x-request-id", new_request_id()));
+    reply
+}
+
+/// The error forced with `x-mock-status`.
+fn forced_error(status: u16, knobs: &Knobs, req: &Request) -> ApiError {
+    let err = match status {
+        400 => ApiError::invalid_request("Bad request (forced by x-mock-status)."),
+        401 => ApiError::new(
+            401,
+            "invalid_request_error",
+            "Incorrect API key provided: sk-mock***********. You can find your API key at \
+             https://platform.openai.com/account/api-keys.",
+        )
+        .code("invalid_api_key"),
+        403 => ApiError::new(
+            403,
+            "invalid_request_error",
+            "You are not allowed to access this resource.",
+        )
+        .code("unsupported_country_region_territory"),
+        404 => {
+            let model = requested_model(req);
+            ApiError::new(
+                404,
+                "invalid_request_error",
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            )
+            .code("model_not_found")
+        }
+        429 => ApiError::new(
+            429,
+            "requests",
+            format!(
+                "Rate limit reached for {} in organization org-wharfmock on requests per min \
+                 (RPM): Limit 10000, Used 10000, Requested 1. Please try again in 1s. Visit \
+                 https://platform.openai.com/account/rate-limits to learn more.",
+                requested_model(req)
+            ),
+        )
+        .code("rate_limit_exceeded")
+        .header("x-ratelimit-limit-requests", "10000")
+        .header("x-ratelimit-remaining-requests", "0")
+        .header("x-ratelimit-reset-requests", "1s"),
+        500 => ApiError::new(
+            500,
+            "server_error",
+            "The server had an error while processing your request. Sorry about that!",
+        ),
+        502 => ApiError::new(502, "server_error", "Bad gateway."),
+        503 => ApiError::new(
+            503,
+            "service_unavailable",
+            "The server is overloaded or not ready yet.",
+        )
+        .code("service_unavailable"),
+        504 => ApiError::new(504, "server_error", "Gateway timeout."),
+        s if s < 500 => ApiError::new(
+            s,
+            "invalid_request_error",
+            format!("Request failed with status {s} (forced by x-mock-status)."),
+        ),
+        s => ApiError::new(
+            s,
+            "server_error",
+            format!("The server had an error processing your request (status {s})."),
+        ),
+    };
+    match (&knobs.retry_after, status) {
+        (Some(value), _) => err.header("retry-after", value.clone()),
+        (None, 429) => err.header("retry-after", "1"),
+        (None, _) => err,
+    }
+}
+
+fn requested_model(req: &Request) -> String {
+    serde_json::from_slice::<Value>(&req.body)
+        .ok()
+        .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "mock-gpt".to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch
+// ---------------------------------------------------------------------------
+
+/// Decides how to answer one request.
+pub(crate) fn handle(cfg: &MockConfig, req: &Request) -> Action {
+    let knobs = match Knobs::parse(cfg, req) {
+        Ok(knobs) => knobs,
+        Err(err) => return Action::Reply(finish(err.into_reply(), req, false)),
+    };
+    let truncation = match knobs.fault {
+        Some(Fault::Reset) => return Action::Reset,
+        Some(Fault::Close) => return Action::Close,
+        Some(Fault::Hang) => return Action::Hang,
+        Some(Fault::DropMidStream) => Some(Truncation::Close {
+            after: knobs.drop_after,
+        }),
+        Some(Fault::ResetMidStream) => Some(Truncation::Reset {
+            after: knobs.drop_after,
+        }),
+        Some(Fault::StallMidStream) => Some(Truncation::Stall {
+            after: knobs.drop_after,
+        }),
+        None => None,
+    };
+    let mut reply = route(cfg, req, &knobs).unwrap_or_else(ApiError::into_reply);
+    match reply.body {
+        Body::Json(_) => reply.latency = knobs.latency,
+        Body::Sse(_) => {
+            reply.ttft = knobs.ttft;
+            reply.itl = knobs.itl;
+        }
+    }
+    // Only successful answers are cut short: errors are sent whole.
+    if reply.status < 400 {
+        reply.truncation = truncation;
+    }
+    Action::Reply(finish(reply, req, knobs.echo_headers))
+}
+
+/// Adds the headers every answer carries and the optional header echo.
+fn finish(mut reply: Reply, req: &Request, echo_headers: bool) -> Reply {
+    reply.headers.insert(0, ("x-request-id", new_request_id()));
+    reply.headers.push(("openai-version", "2020-10-01".to_owned()));
+    if echo_headers {
+        if let Body::Json(body) = &mut reply.body {
+            let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
+            append_field(body, "mock_echo_headers", &names);
+        }
+    }
+    reply
+}
+
+fn route(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
+    authenticate(cfg, req)?;
+    if let Some(status) = knobs.status {
+        return Err(forced_error(status, knobs, req));
+    }
+    let path = req.route();
+    let method = req.method.as_str();
+    match path {
+        "/v1/chat/completions" => {
+            allow(req, "POST")?;
+            chat_completions(req, knobs)
+        }
+        "/v1/responses" => {
+            allow(req, "POST")?;
+            responses(req, knobs)
+        }
+        "/v1/embeddings" => {
+            allow(req, "POST")?;
+            embeddings(cfg, req)
+        }
+        "/v1/models" => {
+            allow(req, "GET")?;
+            Ok(list_models())
+        }
+        _ => match path.strip_prefix("/v1/models/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => {
+                allow(req, "GET")?;
+                retrieve_model(id)
+            }
+            _ => Err(ApiError::invalid_request(format!("Invalid URL ({method} {path})"))
+                .with_status(404)),
+        },
+    }
+}
+
+impl ApiError {
+    fn with_status(mut self, status: u16) -> ApiError {
+        self.status = status;
+        self
+    }
+}
+
+fn allow(req: &Request, method: &'static str) -> Result<(), ApiError> {
+    if req.method == method || (method == "GET" && req.method == "HEAD") {
+        return Ok(());
+    }
+    Err(ApiError::invalid_request(format!(
+        "Invalid method for URL ({} {})",
+        req.method,
+        req.route()
+    ))
+    .with_status(405)
+    .header("allow", method))
+}
+
+fn authenticate(cfg: &MockConfig, req: &Request) -> Result<(), ApiError> {
+    let token = req.header("authorization").and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    });
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            401,
+            "invalid_request_error",
+            "You didn't provide an API key. You need to provide your API key in an \
+             Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as \
+             the password field (with blank username) if you're accessing the API from your \
+             browser and are prompted for a username. You can obtain an API key from \
+             https://platform.openai.com/account/api-keys.",
+        ));
+    };
+    match &cfg.api_key {
+        Some(expected) if expected != token => Err(ApiError::new(
+            401,
+            "invalid_request_error",
+            format!(
+                "Incorrect API key provided: {}. You can find your API key at \
+                 https://platform.openai.com/account/api-keys.",
+                mask_key(token)
+            ),
+        )
+        .code("invalid_api_key")),
+        _ => Ok(()),
+    }
+}
+
+/// `sk-abc*****wxyz`, as OpenAI shows rejected keys.
+fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 10 {
+        return "*".repeat(chars.len());
+    }
+    let mut out: String = chars[..3].iter().collect();
+    out.extend(std::iter::repeat_n('*', chars.len() - 7));
+    out.extend(&chars[chars.len() - 4..]);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("mock payloads always serialize")
+}
+
+fn json_reply(status: u16, body: Vec<u8>) -> Reply {
+    Reply {
+        status,
+        headers: vec![("content-type", JSON.to_owned())],
+        body: Body::Json(body),
+        latency: Duration::ZERO,
+        ttft: Duration::ZERO,
+        itl: Duration::ZERO,
+        truncation: None,
+    }
+}
+
+fn sse_reply(events: Vec<String>) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![
+            ("content-type", EVENT_STREAM.to_owned()),
+            ("cache-control", "no-cache".to_owned()),
+        ],
+        body: Body::Sse(events),
+        latency: Duration::ZERO,
+        ttft: Duration::ZERO,
+        itl: Duration::ZERO,
+        truncation: None,
+    }
+}
+
+/// `data: <json>\n\n`
+fn sse_data<T: Serialize>(value: &T) -> String {
+    let json = serde_json::to_string(value).expect("mock payloads always serialize");
+    let mut out = String::with_capacity(json.len() + 8);
+    out.push_str("data: ");
+    out.push_str(&json);
+    out.push_str("\n\n");
+    out
+}
+
+/// `event: <name>\ndata: <json>\n\n`
+fn sse_named<T: Serialize>(name: &str, value: &T) -> String {
+    let json = serde_json::to_string(value).expect("mock payloads always serialize");
+    let mut out = String::with_capacity(json.len() + name.len() + 16);
+    out.push_str("event: ");
+    out.push_str(name);
+    out.push_str("\ndata: ");
+    out.push_str(&json);
+    out.push_str("\n\n");
+    out
+}
+
+/// Inserts `"key": value` as the last member of a serialized JSON object.
+fn append_field<T: Serialize>(body: &mut Vec<u8>, key: &str, value: &T) {
+    if body.last() != Some(&b'}') {
+        return;
+    }
+    body.pop();
+    if body.last() != Some(&b'{') {
+        body.push(b',');
+    }
+    body.extend_from_slice(&to_json(&key));
+    body.push(b':');
+    body.extend_from_slice(&to_json(value));
+    body.push(b'}');
+}
+
+fn random_hex(len: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(len + 32);
+    while out.len() < len {
+        let _ = write!(out, "{:032x}", rand::random::<u128>());
+    }
+    out.truncate(len);
+    out
+}
+
+fn new_request_id() -> String {
+    format!("req_{}", random_hex(32))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn parse_object(req: &Request) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(&req.body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ApiError::invalid_json()),
+    }
+}
+
+fn require_model(obj: &Map<String, Value>) -> Result<&str, ApiError> {
+    match obj.get("model") {
+        None | Some(Value::Null) => Err(ApiError::invalid_request(
+            "you must provide a model parameter",
+        )),
+        Some(Value::String(model)) => Ok(model),
+        Some(other) => Err(ApiError::invalid_type("model", "a string", other)),
+    }
+}
+
+fn optional_u64(obj: &Map<String, Value>, name: &str) -> Result<Option<u64>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid_type(name, "an integer", v)),
+    }
+}
+
+fn flag(obj: &Map<String, Value>, name: &str) -> bool {
+    obj.get(name).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// Rough token estimate: a quarter of the characters, rounded up.
+fn text_tokens(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
+}
+
+/// Characters of text in a message `content` (a string or content parts).
+fn content_chars(content: &Value) -> usize {
+    match content {
+        Value::String(s) => s.chars().count(),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part {
+                Value::String(s) => s.chars().count(),
+                Value::Object(o) => o
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map_or(0, |s| s.chars().count()),
+                _ => 0,
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// How many completion tokens to produce and why the answer stops.
+fn completion_plan(tokens: u32, cap: Option<u64>) -> (u64, bool) {
+    let tokens = u64::from(tokens);
+    match cap {
+        Some(cap) if cap < tokens => (cap, true),
+        _ => (tokens, false),
+    }
+}
+
+/// The text of completion token `i` out of `n`: a word, followed by a space
+/// unless it is the last one.
+fn token_text(i: u64, n: u64) -> String {
+    let word = WORDS[(i % WORDS.len() as u64) as usize];
+    if i + 1 < n {
+        let mut s = String::with_capacity(word.len() + 1);
+        s.push_str(word);
+        s.push(' ');
+        s
+    } else {
+        word.to_owned()
+    }
+}
+
+fn completion_text(n: u64) -> String {
+    (0..n).map(|i| token_text(i, n)).collect()
+}
+
+/// Serializes as `[]`.
+#[derive(Debug, Clone, Copy)]
+struct EmptyArray;
+
+impl Serialize for EmptyArray {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_seq(Some(0))?.end()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Chat completions
+// ---------------------------------------------------------------------------
+
+#[derive(Serialize, Clone, Copy)]
+struct ChatUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: PromptTokensDetails,
+    completion_tokens_details: CompletionTokensDetails,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct PromptTokensDetails {
+    cached_tokens: u64,
+    audio_tokens: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct CompletionTokensDetails {
+    reasoning_tokens: u64,
+    audio_tokens: u64,
+    accepted_prediction_tokens: u64,
+    rejected_prediction_tokens: u64,
+}
+
+impl ChatUsage {
+    fn new(prompt: u64, completion: u64) -> ChatUsage {
+        ChatUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: 0,
+                audio_tokens: 0,
+            },
+            completion_tokens_details: CompletionTokensDetails {
+                reasoning_tokens: 0,
+                audio_tokens: 0,
+                accepted_prediction_tokens: 0,
+                rejected_prediction_tokens: 0,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ChatCompletion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [ChatChoice<'a>; 1],
+    usage: ChatUsage,
+    system_fingerprint: &'static str,
+}
+
+#[derive(Serialize)]
+struct ChatChoice<'a> {
+    index: u32,
+    message: ChatMessage<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+    refusal: Option<&'a str>,
+    annotations: EmptyArray,
+}
+
+#[derive(Serialize)]
+struct ChatChunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: &'static str,
+    choices: &'a [ChunkChoice<'a>],
+    /// Absent unless `include_usage`; then `null` on every chunk but the
+    /// last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<ChatUsage>>,
+}
+
+#[derive(Serialize)]
+struct ChunkChoice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<Option<&'a str>>,
+}
+
+fn chat_completions(req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
+    let obj = parse_object(req)?;
+    let model = require_model(&obj)?;
+    let messages = match obj.get("messages") {
+        None | Some(Value::Null) => return Err(ApiError::missing("messages")),
+        Some(Value::Array(messages)) if messages.is_empty() => {
+            return Err(ApiError::invalid_request(
+                "Invalid 'messages': empty array. Expected an array with minimum length 1, but \
+                 got an empty array instead.",
+            )
+            .param("messages")
+            .code("empty_array"))
+        }
+        Some(Value::Array(messages)) => messages,
+        Some(other) => return Err(ApiError::invalid_type("messages", "an array", other)),
+    };
+    let mut prompt_tokens = 0;
+    for (i, message) in messages.iter().enumerate() {
+        let Value::Object(message) = message else {
+            return Err(ApiError::invalid_type(
+                &format!("messages[{i}]"),
+                "an object",
+                message,
+            ));
+        };
+        if !message.get("role").is_some_and(Value::is_string) {
+            return Err(ApiError::missing(&format!("messages[{i}].role")));
+        }
+        let chars = message.get("content").map_or(0, content_chars);
+        prompt_tokens += text_tokens(chars) + 3;
+    }
+    let stream = flag(&obj, "stream");
+    let stream_options = obj.get("stream_options").filter(|v| !v.is_null());
+    if !stream && stream_options.is_some() {
+        return Err(ApiError::invalid_request(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+        )
+        .param("stream_options"));
+    }
+    let include_usage = stream_options
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let cap = match optional_u64(&obj, "max_completion_tokens")? {
+        Some(cap) => Some(cap),
+        None => optional_u64(&obj, "max_tokens")?,
+    };
+    let (completion_tokens, truncated) = completion_plan(knobs.tokens, cap);
+    let finish_reason = if truncated { "length" } else { "stop" };
+    let usage = ChatUsage::new(prompt_tokens, completion_tokens);
+    let id = format!("chatcmpl-{}", random_hex(32));
+    let created = unix_now();
+
+    if !stream {
+        let content = completion_text(completion_tokens);
+        let body = ChatCompletion {
+            id: &id,
+            object: "chat.completion",
+            created,
+            model,
+            choices: [ChatChoice {
+                index: 0,
+                message: ChatMessage {
+                    role: "assistant",
+                    content: &content,
+                    refusal: None,
+                    annotations: EmptyArray,
+                },
+                logprobs: None,
+                finish_reason,
+            }],
+            usage,
+            system_fingerprint: FINGERPRINT,
+        };
+        return Ok(json_reply(200, to_json(&body)));
+    }
+
+    let usage_field = include_usage.then_some(None);
+    let chunk = |delta: Delta<'_>, finish: Option<&'static str>| {
+        sse_data(&ChatChunk {
+            id: &id,
+            object: "chat.completion.chunk",
+            created,
+            model,
+            system_fingerprint: FINGERPRINT,
+            choices: &[ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage: usage_field,
+        })
+    };
+    let mut events = Vec::with_capacity(completion_tokens as usize + 4);
+    events.push(chunk(
+        Delta {
+            role: Some("assistant"),
+            content: Some(""),
+            refusal: Some(None),
+        },
+        None,
+    ));
+    for i in 0..completion_tokens {
+        let text = token_text(i, completion_tokens);
+        events.push(chunk(
+            Delta {
+                content: Some(&text),
+                ..Delta::default()
+            },
+            None,
+        ));
+    }
+    events.push(chunk(Delta::default(), Some(finish_reason)));
+    if include_usage {
+        events.push(sse_data(&ChatChunk {
+            id: &id,
+            object: "chat.completion.chunk",
+            created,
+            model,
+            system_fingerprint: FINGERPRINT,
+            choices: &[],
+            usage: Some(Some(usage)),
+        }));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    Ok(sse_reply(events))
+}
+
+// ---------------------------------------------------------------------------
+// Responses API
+// ---------------------------------------------------------------------------
+
+#[derive(Serialize, Clone, Copy)]
+struct ResponseUsage {
+    input_tokens: u64,
+    input_tokens_details: InputTokensDetails,
+    output_tokens: u64,
+    output_tokens_details: OutputTokensDetails,
+    total_tokens: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct InputTokensDetails {
+    cached_tokens: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct OutputTokensDetails {
+    reasoning_tokens: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct IncompleteDetails {
+    reason: &'static str,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Reasoning {
+    effort: Option<()>,
+    summary: Option<()>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct TextConfig {
+    format: TextFormat,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct TextFormat {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// A JSON object from the request, or `{}`.
+#[derive(Clone, Copy)]
+struct ObjectOrEmpty<'a>(Option<&'a Value>);
+
+impl Serialize for ObjectOrEmpty<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(v) => v.serialize(s),
+            None => s.serialize_map(Some(0))?.end(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResponseObject<'a> {
+    id: &'a str,
+    object: &'static str,
+    created_at: u64,
+    status: &'static str,
+    background: bool,
+    error: Option<()>,
+    incomplete_details: Option<IncompleteDetails>,
+    instructions: Option<&'a Value>,
+    max_output_tokens: Option<u64>,
+    model: &'a str,
+    output: &'a [MessageItem<'a>],
+    parallel_tool_calls: bool,
+    previous_response_id: Option<&'a str>,
+    reasoning: Reasoning,
+    store: bool,
+    temperature: f64,
+    text: TextConfig,
+    tool_choice: &'static str,
+    tools: EmptyArray,
+    top_p: f64,
+    truncation: &'static str,
+    usage: Option<ResponseUsage>,
+    user: Option<&'a str>,
+    metadata: ObjectOrEmpty<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageItem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    status: &'static str,
+    role: &'static str,
+    content: &'a [OutputText<'a>],
+}
+
+#[derive(Serialize)]
+struct OutputText<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+    annotations: EmptyArray,
+    logprobs: EmptyArray,
+}
+
+impl<'a> OutputText<'a> {
+    fn new(text: &'a str) -> OutputText<'a> {
+        OutputText {
+            kind: "output_text",
+            text,
+            annotations: EmptyArray,
+            logprobs: EmptyArray,
+        }
+    }
+}
+
+/// One streaming event of the Responses API; unused fields are left out.
+#[derive(Serialize)]
+struct ResponseEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<&'a ResponseObject<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<&'a MessageItem<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<&'a OutputText<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<EmptyArray>,
+}
+
+impl<'a> ResponseEvent<'a> {
+    fn new(kind: &'static str, sequence_number: u64) -> ResponseEvent<'a> {
+        ResponseEvent {
+            kind,
+            sequence_number,
+            response: None,
+            item_id: None,
+            output_index: None,
+            content_index: None,
+            item: None,
+            part: None,
+            delta: None,
+            text: None,
+            logprobs: None,
+        }
+    }
+}
+
+/// Characters of text in a Responses `input` item.
+fn input_item_chars(item: &Value) -> usize {
+    match item {
+        Value::String(s) => s.chars().count(),
+        Value::Object(o) => {
+            o.get("content").map_or(0, content_chars)
+                + ["output", "arguments"]
+                    .iter()
+                    .filter_map(|k| o.get(*k).and_then(Value::as_str))
+                    .map(|s| s.chars().count())
+                    .sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+fn responses(req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
+    let obj = parse_object(req)?;
+    let model = require_model(&obj)?;
+    let mut input_tokens = match obj.get("input") {
+        None | Some(Value::Null) => return Err(ApiError::missing("input")),
+        Some(Value::String(s)) => text_tokens(s.chars().count()) + 3,
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| text_tokens(input_item_chars(item)) + 3)
+            .sum(),
+        Some(other) => {
+            return Err(ApiError::invalid_type(
+                "input",
+                "a string or an array",
+                other,
+            ))
+        }
+    };
+    let instructions = obj.get("instructions").filter(|v| !v.is_null());
+    if let Some(instructions) = instructions {
+        input_tokens += text_tokens(content_chars(instructions)) + 3;
+    }
+    let max_output_tokens = optional_u64(&obj, "max_output_tokens")?;
+    let (output_tokens, truncated) = completion_plan(knobs.tokens, max_output_tokens);
+    let text = completion_text(output_tokens);
+    let usage = ResponseUsage {
+        input_tokens,
+        input_tokens_details: InputTokensDetails { cached_tokens: 0 },
+        output_tokens,
+        output_tokens_details: OutputTokensDetails {
+            reasoning_tokens: 0,
+        },
+        total_tokens: input_tokens + output_tokens,
+    };
+    let response_id = format!("resp_{}", random_hex(48));
+    let message_id = format!("msg_{}", random_hex(48));
+    let (final_status, item_status, incomplete) = if truncated {
+        (
+            "incomplete",
+            "incomplete",
+            Some(IncompleteDetails {
+                reason: "max_output_tokens",
+            }),
+        )
+    } else {
+        ("completed", "completed", None)
+    };
+    let parts = [OutputText::new(&text)];
+    let done_item = MessageItem {
+        kind: "message",
+        id: &message_id,
+        status: item_status,
+        role: "assistant",
+        content: &parts,
+    };
+    let output = std::slice::from_ref(&done_item);
+    let metadata = obj.get("metadata").filter(|v| v.is_object());
+
+    let full = ResponseObject {
+        id: &response_id,
+        object: "response",
+        created_at: unix_now(),
+        status: final_status,
+        background: false,
+        error: None,
+        incomplete_details: incomplete,
+        instructions,
+        max_output_tokens,
+        model,
+        output,
+        parallel_tool_calls: obj
+            .get("parallel_tool_calls")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        previous_response_id: obj.get("previous_response_id").and_then(Value::as_str),
+        reasoning: Reasoning {
+            effort: None,
+            summary: None,
+        },
+        store: obj.get("store").and_then(Value::as_bool).unwrap_or(true),
+        temperature: obj
+            .get("temperature")
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0),
+        text: TextConfig {
+            format: TextFormat { kind: "text" },
+        },
+        tool_choice: "auto",
+        tools: EmptyArray,
+        top_p: obj.get("top_p").and_then(Value::as_f64).unwrap_or(1.0),
+        truncation: "disabled",
+        usage: Some(usage),
+        user: obj.get("user").and_then(Value::as_str),
+        metadata: ObjectOrEmpty(metadata),
+    };
+
+    if !flag(&obj, "stream") {
+        return Ok(json_reply(200, to_json(&full)));
+    }
+
+    let in_progress = ResponseObject {
+        status: "in_progress",
+        incomplete_details: None,
+        output: &[],
+        usage: None,
+        ..full
+    };
+    let mut seq = 0u64;
+    let mut next_seq = || {
+        let s = seq;
+        seq += 1;
+        s
+    };
+    let mut events = Vec::with_capacity(output_tokens as usize + 10);
+
+    let mut ev = ResponseEvent::new("response.created", next_seq());
+    ev.response = Some(&in_progress);
+    events.push(sse_named(ev.kind, &ev));
+
+    let mut ev = ResponseEvent::new("response.in_progress", next_seq());
+    ev.response = Some(&in_progress);
+    events.push(sse_named(ev.kind, &ev));
+
+    let added_item = MessageItem {
+        kind: "message",
+        id: &message_id,
+        status: "in_progress",
+        role: "assistant",
+        content: &[],
+    };
+    let mut ev = ResponseEvent::new("response.output_item.added", next_seq());
+    ev.output_index = Some(0);
+    ev.item = Some(&added_item);
+    events.push(sse_named(ev.kind, &ev));
+
+    let empty_part = OutputText::new("");
+    let mut ev = ResponseEvent::new("response.content_part.added", next_seq());
+    ev.item_id = Some(&message_id);
+    ev.output_index = Some(0);
+    ev.content_index = Some(0);
+    ev.part = Some(&empty_part);
+    events.push(sse_named(ev.kind, &ev));
+
+    for i in 0..output_tokens {
+        let delta = token_text(i, output_tokens);
+        let mut ev = ResponseEvent::new("response.output_text.delta", next_seq());
+        ev.item_id = Some(&message_id);
+        ev.output_index = Some(0);
+        ev.content_index = Some(0);
+        ev.delta = Some(&delta);
+        ev.logprobs = Some(EmptyArray);
+        events.push(sse_named(ev.kind, &ev));
+    }
+
+    let mut ev = ResponseEvent::new("response.output_text.done", next_seq());
+    ev.item_id = Some(&message_id);
+    ev.output_index = Some(0);
+    ev.content_index = Some(0);
+    ev.text = Some(&text);
+    ev.logprobs = Some(EmptyArray);
+    events.push(sse_named(ev.kind, &ev));
+
+    let mut ev = ResponseEvent::new("response.content_part.done", next_seq());
+    ev.item_id = Some(&message_id);
+    ev.output_index = Some(0);
+    ev.content_index = Some(0);
+    ev.part = Some(&parts[0]);
+    events.push(sse_named(ev.kind, &ev));
+
+    let mut ev = ResponseEvent::new("response.output_item.done", next_seq());
+    ev.output_index = Some(0);
+    ev.item = Some(&done_item);
+    events.push(sse_named(ev.kind, &ev));
+
+    let final_kind = if truncated {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    let mut ev = ResponseEvent::new(final_kind, next_seq());
+    ev.response = Some(&full);
+    events.push(sse_named(ev.kind, &ev));
+
+    Ok(sse_reply(events))
+}
+
+// ---------------------------------------------------------------------------
+// Embeddings
+// ---------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct EmbeddingList<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingItem>,
+    model: &'a str,
+    usage: EmbeddingUsage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingItem {
+    object: &'static str,
+    index: usize,
+    embedding: EmbeddingValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct EmbeddingUsage {
+    prompt_tokens: u64,
+    total_tokens: u64,
+}
+
+/// One input to embed: its hash seed and its token count.
+struct EmbeddingInput {
+    seed: u64,
+    tokens: u64,
+}
+
+fn embedding_inputs(input: &Value) -> Option<Vec<EmbeddingInput>> {
+    fn text(s: &str) -> Option<EmbeddingInput> {
+        (!s.is_empty()).then(|| EmbeddingInput {
+            seed: fnv1a(0, s.as_bytes()),
+            tokens: text_tokens(s.chars().count()),
+        })
+    }
+    fn token_ids(ids: &[Value]) -> Option<EmbeddingInput> {
+        if ids.is_empty() {
+            return None;
+        }
+        let mut seed = fnv1a(0, b"tokens");
+        for id in ids {
+            seed = fnv1a(seed, &id.as_u64()?.to_le_bytes());
+        }
+        Some(EmbeddingInput {
+            seed,
+            tokens: ids.len() as u64,
+        })
+    }
+    match input {
+        Value::String(s) => Some(vec![text(s)?]),
+        Value::Array(items) if items.is_empty() => None,
+        Value::Array(items) if items.iter().all(Value::is_number) => Some(vec![token_ids(items)?]),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => text(s),
+                Value::Array(ids) => token_ids(ids),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// FNV-1a, continuing from `seed` (0 starts a fresh hash).
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    let mut hash = if seed == 0 { 0xcbf2_9ce4_8422_2325 } else { seed };
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// A deterministic unit vector derived from `seed`.
+fn embedding_vector(seed: u64, dim: usize) -> Vec<f32> {
+    let mut state = seed;
+    let mut values: Vec<f32> = (0..dim)
+        .map(|_| {
+            // splitmix64
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            // 24 random bits mapped onto [-1, 1).
+            (z >> 40) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for v in &mut values {
+            *v /= norm;
+        }
+    }
+    values
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn embeddings(cfg: &MockConfig, req: &Request) -> Result<Reply, ApiError> {
+    let obj = parse_object(req)?;
+    let model = require_model(&obj)?;
+    let inputs = match obj.get("input") {
+        None | Some(Value::Null) => return Err(ApiError::missing("input")),
+        Some(input) => embedding_inputs(input).ok_or_else(|| {
+            ApiError::invalid_request(
+                "'$.input' is invalid. Please check the API reference: \
+                 https://platform.openai.com/docs/api-reference.",
+            )
+        })?,
+    };
+    let dim = match optional_u64(&obj, "dimensions")? {
+        None => cfg.embedding_dim,
+        Some(d) if d >= 1 && d <= MAX_EMBEDDING_DIM as u64 => d as usize,
+        Some(d) => {
+            return Err(ApiError::invalid_request(format!(
+                "Invalid value for 'dimensions': {d}. Expected a value between 1 and \
+                 {MAX_EMBEDDING_DIM}."
+            ))
+            .param("dimensions"))
+        }
+    };
+    let base64_format = match obj.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "Invalid value for 'encoding_format': expected 'float' or 'base64'.",
+            )
+            .param("encoding_format"))
+        }
+    };
+    let prompt_tokens = inputs.iter().map(|i| i.tokens).sum();
+    let data = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let vector = embedding_vector(input.seed, dim);
+            let embedding = if base64_format {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                EmbeddingValue::Base64(base64(&bytes))
+            } else {
+                EmbeddingValue::Float(vector)
+            };
+            EmbeddingItem {
+                object: "embedding",
+                index,
+                embedding,
+            }
+        })
+        .collect();
+    let body = EmbeddingList {
+        object: "list",
+        data,
+        model,
+        usage: EmbeddingUsage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    };
+    Ok(json_reply(200, to_json(&body)))
+}
+
+// ---------------------------------------------------------------------------
+// Models
+// ---------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct ModelObject<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+#[derive(Serialize)]
+struct ModelList<'a> {
+    object: &'static str,
+    data: Vec<ModelObject<'a>>,
+}
+
+fn list_models() -> Reply {
+    let data = MODELS
+        .iter()
+        .map(|(id, created)| ModelObject {
+            id,
+            object: "model",
+            created: *created,
+            owned_by: OWNER,
+        })
+        .collect();
+    json_reply(
+        200,
+        to_json(&ModelList {
+            object: "list",
+            data,
+        }),
+    )
+}
+
+fn retrieve_model(id: &str) -> Result<Reply, ApiError> {
+    let Some((id, created)) = MODELS.iter().find(|(m, _)| *m == id) else {
+        return Err(ApiError::new(
+            404,
+            "invalid_request_error",
+            format!("The model '{id}' does not exist"),
+        )
+        .param("model")
+        .code("model_not_found"));
+    };
+    Ok(json_reply(
+        200,
+        to_json(&ModelObject {
+            id,
+            object: "model",
+            created: *created,
+            owned_by: OWNER,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_reference() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors() {
+        let a = embedding_vector(fnv1a(0, b"hello"), 32);
+        let b = embedding_vector(fnv1a(0, b"hello"), 32);
+        let c = embedding_vector(fnv1a(0, b"world"), 32);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let norm: f32 = a.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+        assert!(a.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn completion_text_concatenates_tokens() {
+        assert_eq!(completion_text(0), "");
+        assert_eq!(completion_text(1), "Hello");
+        assert_eq!(completion_text(3), "Hello from the");
+        let streamed: String = (0..40).map(|i| token_text(i, 40)).collect();
+        assert_eq!(streamed, completion_text(40));
+        assert_eq!(streamed.split(' ').count(), 40);
+    }
+
+    #[test]
+    fn keys_are_masked() {
+        assert_eq!(mask_key("short"), "*****");
+        assert_eq!(mask_key("sk-abcdefghijkl"), "sk-********ijkl");
+    }
+
+    #[test]
+    fn append_field_extends_objects() {
+        let mut body = b"{\"a\":1}".to_vec();
+        append_field(&mut body, "b", &["x"]);
+        assert_eq!(body, b"{\"a\":1,\"b\":[\"x\"]}");
+        let mut empty = b"{}".to_vec();
+        append_field(&mut empty, "b", &2);
+        assert_eq!(empty, b"{\"b\":2}");
+    }
+}

@@ -1,0 +1,327 @@
+//! Request body inspection and rewriting: pure functions over bytes.
+//!
+//! [`inspect`] validates the JSON once (syntax, the types of the fields the gateway relies on)
+//! and records *where* the `model` and `stream_options` values sit in the buffer. [`rewrite`]
+//! then splices the upstream slug (and `stream_options.include_usage`) into the original bytes,
+//! so every other byte the client sent reaches the provider unchanged and the rewrite costs one
+//! copy of the body, with no re-serialisation.
+
+use crate::error::{ErrorCode, GatewayError};
+use bytes::Bytes;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::ops::Range;
+
+/// What the body rewrite needs to know about the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `/v1/chat/completions` (and legacy completions): `messages`, OpenAI stream usage opt-in.
+    Chat,
+    /// `/v1/responses`: `input`; usage always arrives in `response.completed`.
+    Responses,
+    /// `/v1/embeddings`: `input`, never streams.
+    Embeddings,
+}
+
+/// Facts about a decoded request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// The requested model name.
+    pub model: String,
+    /// Byte range of the `model` JSON value (quotes included).
+    pub model_span: Range<usize>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// Byte range of the `stream_options` value, when present.
+    pub stream_options_span: Option<Range<usize>>,
+    /// `stream_options.include_usage` as the client sent it.
+    pub client_include_usage: bool,
+    /// `max_tokens` / `max_completion_tokens` / `max_output_tokens`.
+    pub max_tokens: Option<u64>,
+    /// Offset just after the opening `{`.
+    pub object_start: usize,
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    stream: Option<bool>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
+    messages: Option<Vec<IgnoredAny>>,
+    input: Option<IgnoredAny>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    n: Option<u32>,
+}
+
+fn bad(code: ErrorCode, msg: impl Into<String>) -> GatewayError {
+    GatewayError::new(code, msg)
+}
+
+fn span_of(body: &[u8], raw: &RawValue) -> Range<usize> {
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    start..start + raw.get().len()
+}
+
+/// Validates `body` for `kind` and finds the values the gateway rewrites.
+pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad(
+            ErrorCode::InvalidRequestBody,
+            "request body is empty; send a JSON object",
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        bad(
+            ErrorCode::InvalidRequestBody,
+            format!(
+                "request body is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let object_start = match text.find(|c: char| !c.is_ascii_whitespace()) {
+        Some(i) if text.as_bytes()[i] == b'{' => i + 1,
+        _ => {
+            return Err(bad(
+                ErrorCode::InvalidRequest,
+                "request body must be a JSON object",
+            ))
+        }
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let peek: Peek<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            bad(
+                ErrorCode::InvalidRequest,
+                format!("request body is not valid JSON: {inner}"),
+            )
+        } else {
+            bad(
+                ErrorCode::InvalidRequest,
+                format!("invalid value for `{path}`: {inner}"),
+            )
+        }
+    })?;
+    de.end().map_err(|e| {
+        bad(
+            ErrorCode::InvalidRequest,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+
+    let raw_model = peek
+        .model
+        .ok_or_else(|| bad(ErrorCode::InvalidRequest, "`model` is required"))?;
+    let model: String = serde_json::from_str(raw_model.get()).map_err(|_| {
+        bad(
+            ErrorCode::InvalidRequest,
+            format!("invalid value for `model`: expected a string, got {}", raw_model.get()),
+        )
+    })?;
+    if model.is_empty() {
+        return Err(bad(ErrorCode::InvalidRequest, "`model` must not be empty"));
+    }
+    match kind {
+        BodyKind::Chat if peek.messages.is_none() => {
+            return Err(bad(ErrorCode::InvalidRequest, "`messages` is required"))
+        }
+        BodyKind::Responses | BodyKind::Embeddings if peek.input.is_none() => {
+            return Err(bad(ErrorCode::InvalidRequest, "`input` is required"))
+        }
+        _ => {}
+    }
+    if let Some(t) = peek.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(bad(
+                ErrorCode::InvalidRequest,
+                "invalid value for `temperature`: must be between 0 and 2",
+            ));
+        }
+    }
+    let _ = (peek.top_p, peek.n);
+    let stream = peek.stream.unwrap_or(false);
+    if stream && kind == BodyKind::Embeddings {
+        return Err(bad(
+            ErrorCode::InvalidRequest,
+            "invalid value for `stream`: embeddings do not stream",
+        ));
+    }
+    let mut client_include_usage = false;
+    let mut stream_options_span = None;
+    if let Some(so) = peek.stream_options {
+        let v: serde_json::Value = serde_json::from_str(so.get()).map_err(|e| {
+            bad(ErrorCode::InvalidRequest, format!("invalid `stream_options`: {e}"))
+        })?;
+        match &v {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(o) => match o.get("include_usage") {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::Bool(b)) => client_include_usage = *b,
+                Some(_) => {
+                    return Err(bad(
+                        ErrorCode::InvalidRequest,
+                        "invalid value for `stream_options.include_usage`: expected a boolean",
+                    ))
+                }
+            },
+            _ => {
+                return Err(bad(
+                    ErrorCode::InvalidRequest,
+                    "invalid value for `stream_options`: expected an object",
+                ))
+            }
+        }
+        stream_options_span = Some(span_of(body, so));
+    }
+    Ok(Inspected {
+        model,
+        model_span: span_of(body, raw_model),
+        stream,
+        stream_options_span,
+        client_include_usage,
+        max_tokens: peek
+            .max_completion_tokens
+            .or(peek.max_tokens)
+            .or(peek.max_output_tokens),
+        object_start,
+    })
+}
+
+/// The body for the upstream: `model` replaced by `slug`; with `force_usage`, a streaming chat
+/// request also asks for `stream_options.include_usage`.
+pub fn rewrite(body: &[u8], insp: &Inspected, slug: &str, force_usage: bool) -> Bytes {
+    let slug_json = serde_json::to_string(slug).unwrap_or_else(|_| format!("\"{slug}\""));
+    let mut edits: Vec<(Range<usize>, Vec<u8>)> = vec![(insp.model_span.clone(), slug_json.into_bytes())];
+    if force_usage && insp.stream && !insp.client_include_usage {
+        match &insp.stream_options_span {
+            Some(span) => {
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&body[span.clone()]).unwrap_or(serde_json::Value::Null);
+                if !v.is_object() {
+                    v = serde_json::json!({});
+                }
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("include_usage".into(), serde_json::Value::Bool(true));
+                }
+                edits.push((span.clone(), v.to_string().into_bytes()));
+            }
+            None => edits.push((
+                insp.object_start..insp.object_start,
+                b"\"stream_options\":{\"include_usage\":true},".to_vec(),
+            )),
+        }
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    let mut pos = 0;
+    for (r, b) in edits {
+        out.extend_from_slice(&body[pos..r.start]);
+        out.extend_from_slice(&b);
+        pos = r.end;
+    }
+    out.extend_from_slice(&body[pos..]);
+    Bytes::from(out)
+}
+
+/// A rough input-token estimate (≈ 4 bytes a token over the body's string values), used only
+/// when a provider reports no usage.
+pub fn estimate_input_tokens(body: &[u8]) -> u64 {
+    fn walk(v: &serde_json::Value, acc: &mut usize) {
+        match v {
+            serde_json::Value::String(s) => *acc += s.len(),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, acc)),
+            serde_json::Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| k.as_str() != "model")
+                .for_each(|(_, x)| walk(x, acc)),
+            _ => {}
+        }
+    }
+    let mut chars = 0usize;
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        for key in ["messages", "input", "instructions", "prompt"] {
+            if let Some(x) = v.get(key) {
+                walk(x, &mut chars);
+            }
+        }
+    }
+    chars.div_ceil(4) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn chat(body: &str) -> Result<Inspected, GatewayError> {
+        inspect(BodyKind::Chat, body.as_bytes())
+    }
+
+    #[test]
+    fn model_is_spliced_and_rest_kept() {
+        let b = r#" {"messages":[{"role":"user","content":"hi \"x\""}], "model" : "gpt-4o",  "temperature":0.5}"#;
+        let i = chat(b).expect("ok");
+        assert_eq!(i.model, "gpt-4o");
+        let out = rewrite(b.as_bytes(), &i, "up-slug", true);
+        let s = std::str::from_utf8(&out).expect("utf8");
+        assert_eq!(s, b.replace("\"gpt-4o\"", "\"up-slug\""));
+    }
+
+    #[test]
+    fn stream_usage_is_requested() {
+        let b = r#"{"model":"m","messages":[],"stream":true}"#;
+        let i = chat(b).expect("ok");
+        assert!(i.stream && !i.client_include_usage);
+        let v: Value = serde_json::from_slice(&rewrite(b.as_bytes(), &i, "s", true)).expect("json");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "s");
+
+        let b = r#"{"model":"m","messages":[],"stream":true,"stream_options":{"foo":1}}"#;
+        let i = chat(b).expect("ok");
+        let v: Value = serde_json::from_slice(&rewrite(b.as_bytes(), &i, "s", true)).expect("json");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["foo"], 1);
+
+        let b = r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let i = chat(b).expect("ok");
+        assert!(i.client_include_usage);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = chat(r#"{"model":"m","messages":[],"stream":"yes"}"#).expect_err("bad");
+        assert!(e.message.contains("stream"), "{}", e.message);
+        let e = chat(r#"{"model":5,"messages":[]}"#).expect_err("bad");
+        assert!(e.message.contains("model"), "{}", e.message);
+        let e = chat(r#"{"model":"m","messages":{}}"#).expect_err("bad");
+        assert!(e.message.contains("messages"), "{}", e.message);
+        let e = chat(r#"{"model":"m","messages":[]"#).expect_err("bad");
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        let e = chat(r#"{"messages":[]}"#).expect_err("bad");
+        assert!(e.message.contains("`model` is required"), "{}", e.message);
+        let e = chat("[1]").expect_err("bad");
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+        let e = inspect(BodyKind::Chat, b"{\"model\":\"\xff\"}").expect_err("bad");
+        assert_eq!(e.code, ErrorCode::InvalidRequestBody);
+        let e = chat("").expect_err("bad");
+        assert_eq!(e.code, ErrorCode::InvalidRequestBody);
+        let e = chat(r#"{"model":"m","messages":[]} trailing"#).expect_err("bad");
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn estimate_counts_text() {
+        let b = br#"{"model":"m","messages":[{"role":"user","content":"abcdefgh"}]}"#;
+        assert_eq!(estimate_input_tokens(b), 3); // "user" + "abcdefgh" = 12 bytes
+    }
+}

@@ -1,0 +1,972 @@
+//! The data plane: Wharf's `ProxyHttp` implementation.
+//!
+//! Phase map (Pingora order):
+//!
+//! ```text
+//! request_filter           request id → route → auth → bounded body read → decode → model,
+//!                          grant, family → rewrite body (slug, include_usage)   [or answer: Ok(true)]
+//! upstream_peer            provider address, TLS/SNI, timeouts (per attempt)
+//! upstream_request_filter  path, Host, provider credential, strip client credentials, CL
+//! request_body_filter      emit the rewritten body (replayable, any size)
+//! upstream_response_filter status, provider request id, choose the response tap
+//! response_filter          x-request-id, x-wharf-* headers
+//! response_body_filter     usage tap (SSE events / unary JSON), usage-chunk removal
+//! fail_to_proxy            Pingora errors → SPEC JSON errors (or a final SSE error event)
+//! logging                  exactly one usage record, metrics, access log
+//! ```
+//!
+//! Every function here is short and delegates to a module named after its concern.
+
+pub mod body;
+pub mod routes;
+pub mod tap;
+
+use crate::admin::{self, Reply};
+use crate::config::{Model, ModelType, ProviderKind, VirtualKey};
+use crate::error::{ErrorCode, GatewayError};
+use crate::keys::{self, KeyHash};
+use crate::metrics;
+use crate::state::{Snapshot, State};
+use crate::usage::{Attempt, Tokens, UsageRecord, UsageSource};
+use async_trait::async_trait;
+use body::Inspected;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType, RetryType};
+use routes::Route;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tap::{ResponseTap, TapMode};
+
+/// Pingora's retry-buffer capacity (`BODY_BUF_LIMIT`): the pre-read trick keeps only the tail.
+const RETRY_BUF: usize = 64 * 1024;
+
+/// The gateway service.
+pub struct Gateway {
+    pub state: Arc<State>,
+}
+
+/// Counts a request in flight for as long as its context lives.
+pub struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        metrics::IN_FLIGHT.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::IN_FLIGHT.dec();
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    started_at: SystemTime,
+    snap: Arc<Snapshot>,
+    request_id: String,
+    route: Option<Route>,
+    key: Option<Arc<VirtualKey>>,
+    model: Option<Arc<Model>>,
+    /// The rewritten body sent upstream (replayed on every attempt).
+    body: Option<Bytes>,
+    request_bytes: u64,
+    insp: Option<Inspected>,
+    upstream_uri: Option<http::Uri>,
+    tap: ResponseTap,
+    /// Status the client got (set by gateway answers; else read from the session).
+    status: Option<u16>,
+    error_code: Option<String>,
+    denied_by: Option<&'static str>,
+    attempts: Vec<Attempt>,
+    attempt_start: Option<Instant>,
+    upstream_status: Option<u16>,
+    ttfb: Option<Duration>,
+    upstream_done: Option<Instant>,
+    provider_request_id: Option<String>,
+    overhead: Duration,
+    recorded: bool,
+    _in_flight: InFlight,
+}
+
+impl Ctx {
+    fn provider_name(&self) -> Option<&str> {
+        self.model.as_ref().map(|m| m.provider.name.as_str())
+    }
+}
+
+/// Writes a complete JSON (or text) answer from the gateway itself.
+async fn write_reply(
+    s: &mut Session,
+    ctx: &mut Ctx,
+    reply: Reply,
+    extra: &[(&str, String)],
+) -> Result<bool> {
+    let mut h = ResponseHeader::build(reply.status, Some(4 + extra.len()))?;
+    h.insert_header("content-type", reply.content_type)?;
+    h.insert_header("content-length", reply.body.len().to_string())?;
+    h.insert_header("x-request-id", ctx.request_id.as_str())?;
+    for (k, v) in extra {
+        h.insert_header(k.to_string(), v.as_str())?;
+    }
+    // An unread request body would have to be drained before the connection could be reused.
+    if !s.as_mut().is_body_done() {
+        s.set_keepalive(None);
+    }
+    ctx.status = Some(reply.status);
+    let head_only = s.req_header().method == http::Method::HEAD;
+    s.write_response_header(Box::new(h), head_only).await?;
+    if !head_only {
+        s.write_response_body(Some(reply.body), true).await?;
+    }
+    Ok(true)
+}
+
+/// Answers with a gateway error and remembers it for the usage record.
+async fn write_error(
+    s: &mut Session,
+    ctx: &mut Ctx,
+    e: GatewayError,
+    gate: &'static str,
+) -> Result<bool> {
+    ctx.error_code = Some(e.code.as_str().to_string());
+    ctx.denied_by = Some(gate);
+    let mut extra = Vec::new();
+    if let Some(r) = e.retry_after {
+        extra.push(("retry-after", r.to_string()));
+    }
+    if e.code == ErrorCode::MethodNotAllowed {
+        if let Some((_, v)) = e.extra.iter().find(|(k, _)| *k == "allow") {
+            extra.push(("allow", v.as_str().unwrap_or_default().to_string()));
+        }
+    }
+    if e.code == ErrorCode::Unauthorized {
+        extra.push(("www-authenticate", "Bearer".to_string()));
+    }
+    write_reply(s, ctx, admin::error_reply(&e), &extra).await
+}
+
+/// A well-formed client request id is kept; anything else is replaced.
+fn request_id_from(h: &RequestHeader) -> String {
+    if let Some(v) = h.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty()
+            && v.len() <= 128
+            && v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return v.to_string();
+        }
+    }
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Outcome of the bounded body read.
+enum BodyRead {
+    Ok(Bytes),
+    Reject(GatewayError),
+}
+
+/// Reads the whole request body, bounded by `max`, so that Pingora replays exactly its last
+/// ≤ 64 KiB (the retry buffer) and `request_body_filter` can substitute the full rewritten
+/// body on every attempt, whatever the size (see the Pingora notes, "pre-read").
+async fn read_body(s: &mut Session, max: usize, timeout: Duration) -> Result<BodyRead> {
+    let cl = match s.req_header().headers.get(http::header::CONTENT_LENGTH) {
+        Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                return Ok(BodyRead::Reject(GatewayError::new(
+                    ErrorCode::InvalidRequestBody,
+                    "invalid Content-Length header",
+                )))
+            }
+        },
+        None => None,
+    };
+    if let Some(n) = cl {
+        if n > max {
+            return Ok(BodyRead::Reject(too_large(max)));
+        }
+    }
+    if s.as_mut().is_body_empty() {
+        return Ok(BodyRead::Ok(Bytes::new()));
+    }
+    let mut buf = BytesMut::with_capacity(cl.unwrap_or(16 * 1024).min(max));
+    if cl.is_none() {
+        s.as_mut().enable_retry_buffering();
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(n) = cl {
+            if n.saturating_sub(buf.len()) <= RETRY_BUF {
+                s.as_mut().enable_retry_buffering();
+            }
+        }
+        let chunk = match tokio::time::timeout_at(deadline, s.read_request_body()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Ok(BodyRead::Reject(GatewayError::new(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        timeout.as_millis()
+                    ),
+                )))
+            }
+        };
+        match chunk {
+            Some(c) => {
+                if buf.len() + c.len() > max {
+                    return Ok(BodyRead::Reject(too_large(max)));
+                }
+                buf.extend_from_slice(&c);
+            }
+            None => break,
+        }
+    }
+    if cl.is_none() && s.as_ref().retry_buffer_truncated() {
+        return Ok(BodyRead::Reject(GatewayError::new(
+            ErrorCode::LengthRequired,
+            format!("a request body over {RETRY_BUF} bytes needs a Content-Length header"),
+        )));
+    }
+    Ok(BodyRead::Ok(buf.freeze()))
+}
+
+fn too_large(max: usize) -> GatewayError {
+    GatewayError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body exceeds the limit of {max} bytes"),
+    )
+}
+
+/// Finds and checks the key (SPEC §1.2); `Err` carries the 401.
+fn authenticate(snap: &Snapshot, req: &RequestHeader) -> Result<Arc<VirtualKey>, GatewayError> {
+    let (secret, _src) = keys::extract_credential(&req.headers, req.uri.query()).ok_or_else(|| {
+        GatewayError::new(
+            ErrorCode::Unauthorized,
+            "missing API key: send Authorization: Bearer <key>",
+        )
+    })?;
+    let key = snap
+        .config
+        .keys
+        .get(&KeyHash::of(secret))
+        .cloned()
+        .ok_or_else(|| GatewayError::new(ErrorCode::Unauthorized, "invalid API key"))?;
+    if key.revoked {
+        return Err(GatewayError::new(
+            ErrorCode::ApiKeyRevoked,
+            "this API key has been revoked",
+        ));
+    }
+    if let Some(exp) = key.expires_at {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if now >= exp {
+            return Err(GatewayError::new(
+                ErrorCode::ApiKeyExpired,
+                "this API key has expired",
+            ));
+        }
+    }
+    Ok(key)
+}
+
+/// Resolves the model for `route`, checking grant, family and type (pipeline step 5–6).
+fn resolve_model(
+    snap: &Snapshot,
+    key: &VirtualKey,
+    route: Route,
+    name: &str,
+) -> Result<Arc<Model>, GatewayError> {
+    let model = snap
+        .config
+        .models
+        .get(name)
+        .filter(|m| m.enabled)
+        .cloned()
+        .ok_or_else(|| {
+            GatewayError::new(
+                ErrorCode::ModelNotFound,
+                format!("model `{name}` does not exist"),
+            )
+        })?;
+    if !key.may_use(name) {
+        return Err(GatewayError::new(
+            ErrorCode::ModelNotAllowed,
+            format!("this API key may not use model `{name}`"),
+        ));
+    }
+    let p = &model.provider;
+    if !p.kind.is_openai_family() {
+        return Err(GatewayError::new(
+            ErrorCode::ProviderNotAllowed,
+            format!(
+                "model `{name}` is served by a {} provider; {} only reaches OpenAI-compatible providers",
+                p.kind.as_str(),
+                route.name()
+            ),
+        ));
+    }
+    let type_ok = match route {
+        Route::Embeddings => model.kind == ModelType::Embeddings,
+        _ => matches!(model.kind, ModelType::Chat | ModelType::Reasoning),
+    };
+    if !type_ok {
+        return Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "model `{name}` is a {} model and cannot be used on {}",
+                model.kind.as_str(),
+                route.name()
+            ),
+        ));
+    }
+    if !p.enabled {
+        return Err(GatewayError::new(
+            ErrorCode::ProviderDisabled,
+            format!("provider `{}` is disabled", p.name),
+        ));
+    }
+    if p.api_key.is_none() && p.api_key_env.is_some() {
+        return Err(GatewayError::new(
+            ErrorCode::ProviderApiKeyNotConfigured,
+            format!("provider `{}` has no credential configured", p.name),
+        ));
+    }
+    Ok(model)
+}
+
+/// The upstream path and query for `route` on `model`'s provider.
+fn upstream_uri(model: &Model, route: Route, client_query: Option<&str>) -> Result<http::Uri, GatewayError> {
+    let p = &model.provider;
+    let mut query = client_query.and_then(keys::strip_key_param);
+    let path = if p.kind == ProviderKind::AzureOpenAi {
+        let q = format!(
+            "api-version={}",
+            p.api_version.as_deref().unwrap_or("2024-10-21")
+        );
+        query = Some(match query {
+            Some(cq) if !cq.contains("api-version=") => format!("{q}&{cq}"),
+            Some(cq) => cq,
+            None => q,
+        });
+        match route {
+            Route::Responses => format!("{}/openai/responses", p.base_path),
+            _ => format!(
+                "{}/openai/deployments/{}{}",
+                p.base_path,
+                model.slug,
+                route.upstream_suffix()
+            ),
+        }
+    } else {
+        format!("{}{}", p.base_path, route.upstream_suffix())
+    };
+    let pq = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    pq.parse::<http::Uri>().map_err(|_| {
+        GatewayError::new(ErrorCode::InvalidRequest, "cannot build the upstream URL")
+    })
+}
+
+impl Gateway {
+    /// Everything before the upstream call. `Ok(true)`: an answer was written.
+    async fn admit(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let route = match routes::match_route(&s.req_header().method, s.req_header().uri.path()) {
+            Ok(r) => r,
+            Err(e) => return write_error(s, ctx, e, "route").await,
+        };
+        ctx.route = Some(route);
+        let snap = ctx.snap.clone();
+        match route {
+            Route::Health => return write_reply(s, ctx, admin::health(), &[]).await,
+            Route::Healthz => return write_reply(s, ctx, admin::healthz(&self.state), &[]).await,
+            Route::Status => return write_reply(s, ctx, admin::status(&self.state), &[]).await,
+            Route::Metrics if snap.config.server.metrics_on_proxy => {
+                return write_reply(s, ctx, admin::metrics_reply(), &[]).await
+            }
+            Route::Metrics => {
+                let e = GatewayError::new(ErrorCode::NotFound, "metrics are on the admin listener");
+                return write_error(s, ctx, e, "route").await;
+            }
+            _ => {}
+        }
+        let key = match authenticate(&snap, s.req_header()) {
+            Ok(k) => k,
+            Err(e) => return write_error(s, ctx, e, "auth").await,
+        };
+        ctx.key = Some(key.clone());
+        match route {
+            Route::Models => return write_reply(s, ctx, admin::models(&snap, &key), &[]).await,
+            Route::KeysValidate => {
+                return write_reply(s, ctx, admin::key_info(&snap, &key), &[]).await
+            }
+            _ => {}
+        }
+        let Some(kind) = route.body_kind() else {
+            let e = GatewayError::new(ErrorCode::NotFound, "no such route");
+            return write_error(s, ctx, e, "route").await;
+        };
+
+        let server = &snap.config.server;
+        let t_read = Instant::now();
+        let raw = match read_body(s, server.max_request_bytes, server.client_body_timeout).await? {
+            BodyRead::Ok(b) => b,
+            BodyRead::Reject(e) => return write_error(s, ctx, e, "body").await,
+        };
+        // The client's upload time is not gateway overhead.
+        ctx.overhead = ctx.overhead.saturating_sub(t_read.elapsed());
+        ctx.request_bytes = raw.len() as u64;
+        let insp = match body::inspect(kind, &raw) {
+            Ok(i) => i,
+            Err(e) => return write_error(s, ctx, e, "body").await,
+        };
+        let model = match resolve_model(&snap, &key, route, &insp.model) {
+            Ok(m) => m,
+            Err(e) => return write_error(s, ctx, e, "model").await,
+        };
+        let uri = match upstream_uri(&model, route, s.req_header().uri.query()) {
+            Ok(u) => u,
+            Err(e) => return write_error(s, ctx, e, "model").await,
+        };
+        let force_usage = route == Route::ChatCompletions;
+        ctx.body = Some(body::rewrite(&raw, &insp, &model.slug, force_usage));
+        ctx.upstream_uri = Some(uri);
+        ctx.model = Some(model);
+        ctx.insp = Some(insp);
+        Ok(false)
+    }
+
+    /// Classifies a Pingora error as a gateway error (status + code).
+    fn classify(e: &Error) -> Option<GatewayError> {
+        use ErrorType::*;
+        let (code, msg) = match e.etype() {
+            HTTPStatus(c) if *c == 413 => (ErrorCode::PayloadTooLarge, "request body too large"),
+            HTTPStatus(c) if *c < 500 => (ErrorCode::InvalidRequest, "invalid request"),
+            ConnectTimedout => (ErrorCode::UpstreamTimeout, "connecting to the provider timed out"),
+            ReadTimedout if e.esource() == &ErrorSource::Upstream => {
+                (ErrorCode::UpstreamTimeout, "the provider did not answer in time")
+            }
+            WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+                (ErrorCode::UpstreamTimeout, "sending to the provider timed out")
+            }
+            ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+            | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | BindError
+            | SocketError => (ErrorCode::UpstreamUnreachable, "the provider could not be reached"),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (ErrorCode::UpstreamError, "the provider failed to answer"),
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => {
+                        return None
+                    }
+                    _ => (ErrorCode::InvalidRequest, "malformed request"),
+                },
+                _ => (ErrorCode::InternalError, "internal error"),
+            },
+        };
+        Some(GatewayError::new(code, msg))
+    }
+
+    fn error_class(e: &Error) -> &'static str {
+        use ErrorType::*;
+        match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => "timeout",
+            ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
+            | SocketError | BindError | ConnectProxyFailure => "connect",
+            HTTPStatus(s) if *s == 429 => "rate_limit",
+            HTTPStatus(s) if *s >= 500 => "5xx",
+            _ => "io",
+        }
+    }
+
+    fn end_attempt(
+        ctx: &mut Ctx,
+        outcome: &'static str,
+        class: Option<&'static str>,
+        status: Option<u16>,
+    ) {
+        let Some(start) = ctx.attempt_start.take() else {
+            return;
+        };
+        let (provider, model) = match &ctx.model {
+            Some(m) => (m.provider.name.clone(), m.name.clone()),
+            None => return,
+        };
+        if let Some(c) = class {
+            metrics::UPSTREAM_ERRORS.with_label_values(&[&provider, c]).inc();
+        }
+        ctx.attempts.push(Attempt {
+            provider,
+            model,
+            outcome,
+            error_class: class,
+            status,
+            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    /// Builds the usage record (pipeline step 13).
+    fn usage_record(&self, s: &Session, e: Option<&Error>, ctx: &mut Ctx) -> UsageRecord {
+        let status = ctx
+            .status
+            .or_else(|| s.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
+        let client_gone = e.is_some_and(|e| {
+            e.esource() == &ErrorSource::Downstream
+                && matches!(
+                    e.etype(),
+                    ErrorType::ConnectionClosed
+                        | ErrorType::ReadError
+                        | ErrorType::WriteError
+                        | ErrorType::WriteTimedout
+                        | ErrorType::ReadTimedout
+                )
+        });
+        let sse = matches!(ctx.tap.mode, TapMode::Sse { .. });
+        let stream_cut = sse && !ctx.tap.done;
+        let outcome = if client_gone {
+            "client_disconnected"
+        } else if ctx.denied_by.is_some() {
+            "denied"
+        } else if e.is_some() || stream_cut {
+            "upstream_error"
+        } else if status >= 400 {
+            "error"
+        } else {
+            "success"
+        };
+        let mut tokens = Tokens::default();
+        let mut source = UsageSource::None;
+        if let Some(t) = ctx.tap.tokens {
+            tokens = t;
+            source = UsageSource::Provider;
+        } else if ctx.upstream_status.is_some_and(|s| s < 300) {
+            // The provider produced something but reported no usage (cut stream, vanished
+            // client, a provider that never reports): estimate, and say so.
+            tokens.input = ctx.body.as_deref().map(body::estimate_input_tokens).unwrap_or(0);
+            tokens.output = ctx.tap.content_events;
+            tokens.total = tokens.input + tokens.output;
+            source = UsageSource::Estimated;
+        }
+        let pricing = ctx.model.as_ref().map(|m| m.pricing);
+        let cost = pricing.map(|p| tokens.cost_nanos(&p)).unwrap_or(0);
+        let key = ctx.key.as_deref();
+        let model = ctx.model.as_deref();
+        let latency = ctx.start.elapsed();
+        let error_code = ctx.error_code.clone().or_else(|| {
+            if stream_cut && !client_gone {
+                Some("upstream_error".to_string())
+            } else {
+                None
+            }
+        });
+        UsageRecord {
+            request_id: ctx.request_id.clone(),
+            timestamp: admin::rfc3339(ctx.started_at),
+            organisation_id: key.map(|k| k.organisation_id.clone()),
+            team_id: key.and_then(|k| k.team_id.clone()),
+            user_id: key.and_then(|k| k.user_id.clone()),
+            api_key_id: key.map(|k| k.id.clone()),
+            method: s.req_header().method.to_string(),
+            endpoint: ctx
+                .route
+                .map(|r| r.name().to_string())
+                .unwrap_or_else(|| s.req_header().uri.path().chars().take(256).collect()),
+            model: model.map(|m| m.name.clone()),
+            provider: model.map(|m| m.provider.name.clone()),
+            provider_type: model.map(|m| m.provider.kind.as_str()),
+            upstream_model: model.map(|m| m.slug.clone()),
+            stream: ctx.insp.as_ref().is_some_and(|i| i.stream),
+            status,
+            outcome,
+            error_code,
+            denied_by: ctx.denied_by,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            ttfb_ms: ctx.ttfb.map(|d| d.as_secs_f64() * 1000.0),
+            gateway_overhead_us: ctx.overhead.as_micros() as u64,
+            tokens,
+            usage_source: source,
+            cost_nanos: cost,
+            pricing,
+            attempts: std::mem::take(&mut ctx.attempts),
+            provider_request_id: ctx
+                .provider_request_id
+                .clone()
+                .or_else(|| ctx.tap.response_id.clone()),
+            stream_cut,
+            client_disconnected: client_gone,
+            request_bytes: ctx.request_bytes,
+            response_bytes: ctx.tap.bytes_out,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            started_at: SystemTime::now(),
+            snap: self.state.current(),
+            request_id: String::new(),
+            route: None,
+            key: None,
+            model: None,
+            body: None,
+            request_bytes: 0,
+            insp: None,
+            upstream_uri: None,
+            tap: ResponseTap::default(),
+            status: None,
+            error_code: None,
+            denied_by: None,
+            attempts: Vec::new(),
+            attempt_start: None,
+            upstream_status: None,
+            ttfb: None,
+            upstream_done: None,
+            provider_request_id: None,
+            overhead: Duration::ZERO,
+            recorded: false,
+            _in_flight: InFlight::new(),
+        }
+    }
+
+    async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let t = Instant::now();
+        ctx.request_id = request_id_from(s.req_header());
+        let r = self.admit(s, ctx).await;
+        ctx.overhead += t.elapsed();
+        r
+    }
+
+    async fn upstream_peer(&self, _s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let t = Instant::now();
+        let model = ctx
+            .model
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no model resolved"))?;
+        let p = &model.provider;
+        let addrs = p.addrs.load();
+        if addrs.is_empty() {
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                format!("provider host {} is not resolved", p.host),
+            ));
+        }
+        let addr = addrs[ctx.attempts.len() % addrs.len()];
+        let mut peer = HttpPeer::new(addr, p.tls, p.host.clone());
+        peer.options.connection_timeout = Some(p.connect_timeout);
+        peer.options.total_connection_timeout = Some(p.connect_timeout * 2);
+        peer.options.read_timeout = Some(p.read_timeout);
+        peer.options.write_timeout = Some(p.read_timeout.min(Duration::from_secs(60)));
+        peer.options.idle_timeout = Some(p.idle_timeout);
+        ctx.attempt_start = Some(Instant::now());
+        ctx.overhead += t.elapsed();
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let (Some(model), Some(uri), Some(body)) = (&ctx.model, &ctx.upstream_uri, &ctx.body)
+        else {
+            return Err(Error::explain(ErrorType::InternalError, "request not admitted"));
+        };
+        let p = &model.provider;
+        req.set_uri(uri.clone());
+        for h in [
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "api-key",
+            "accept-encoding",
+            "cookie",
+            "proxy-authorization",
+            "transfer-encoding",
+            "expect",
+        ] {
+            req.remove_header(h);
+        }
+        req.insert_header("host", p.authority.as_str())?;
+        if let Some(k) = &p.api_key {
+            if p.auth_header == http::header::AUTHORIZATION {
+                req.insert_header(http::header::AUTHORIZATION, format!("Bearer {}", k.expose()))?;
+            } else {
+                req.insert_header(p.auth_header.clone(), k.expose())?;
+            }
+        }
+        for (k, v) in &p.headers {
+            req.insert_header(k.clone(), v.clone())?;
+        }
+        req.insert_header("content-type", "application/json")?;
+        req.insert_header("content-length", body.len().to_string())?;
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        ctx.overhead += t.elapsed();
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = &ctx.body {
+            // Hold back whatever the client session replays; send the whole rewritten body at
+            // the end (never `None` before the end: that would end the upstream body).
+            *body = Some(if end_of_stream { b.clone() } else { Bytes::new() });
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let status = resp.status.as_u16();
+        if let Some(start) = ctx.attempt_start {
+            let ttfb = start.elapsed();
+            ctx.ttfb = Some(ttfb);
+            if let Some(p) = ctx.provider_name() {
+                metrics::TTFB.with_label_values(&[p]).observe(ttfb.as_secs_f64());
+            }
+        }
+        ctx.upstream_status = Some(status);
+        let class = match status {
+            429 => Some("rate_limit"),
+            500..=599 => Some("5xx"),
+            _ => None,
+        };
+        Self::end_attempt(
+            ctx,
+            if status < 400 { "success" } else { "error" },
+            class,
+            Some(status),
+        );
+        if let Some(id) = resp.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            ctx.provider_request_id = Some(id.to_string());
+        }
+        resp.remove_header("x-request-id");
+        let ct = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        ctx.tap = if (200..300).contains(&status) && ct.starts_with("text/event-stream") {
+            let strip = ctx.route == Some(Route::ChatCompletions)
+                && ctx.insp.as_ref().is_some_and(|i| !i.client_include_usage);
+            if strip {
+                resp.remove_header("content-length");
+            }
+            ResponseTap::new(TapMode::Sse {
+                strip_usage_chunk: strip,
+            })
+        } else if (200..300).contains(&status) && ct.contains("json") {
+            ResponseTap::new(TapMode::Unary)
+        } else {
+            ResponseTap::new(TapMode::Off)
+        };
+        ctx.overhead += t.elapsed();
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(m) = &ctx.model {
+            resp.insert_header("x-wharf-provider", m.provider.name.as_str())?;
+            resp.insert_header("x-wharf-model", m.name.as_str())?;
+        }
+        if let Some(id) = &ctx.provider_request_id {
+            resp.insert_header("x-wharf-upstream-request-id", id.as_str())?;
+        }
+        resp.insert_header("x-wharf-attempts", ctx.attempts.len().max(1).to_string())?;
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let t = Instant::now();
+        ctx.tap.on_chunk(body, end_of_stream);
+        if end_of_stream {
+            ctx.upstream_done = Some(t);
+        }
+        ctx.overhead += t.elapsed();
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        Self::end_attempt(ctx, "error", Some(Self::error_class(&e)), None);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        s: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        Self::end_attempt(ctx, "error", Some(Self::error_class(&e)), None);
+        if s.response_written().is_some() || ctx.body.is_none() {
+            e.set_retry(false);
+        } else if matches!(e.retry, RetryType::ReusedOnly) {
+            // A pooled connection the provider had closed: safe to replay the kept body.
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let Some(ge) = Self::classify(e) else {
+            // The client is gone; nothing to write.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        ctx.error_code = Some(ge.code.as_str().to_string());
+        if s.response_written().is_some() {
+            // Mid-stream: a final SSE error event in the client's format, then a clean end.
+            if matches!(ctx.tap.mode, TapMode::Sse { .. }) {
+                let _ = s.write_response_body(Some(ge.sse_event()), true).await;
+            }
+            return FailToProxy {
+                error_code: ge.status(),
+                can_reuse_downstream: false,
+            };
+        }
+        ctx.status = Some(ge.status());
+        let mut h = match ResponseHeader::build(ge.status(), Some(4)) {
+            Ok(h) => h,
+            Err(_) => {
+                return FailToProxy {
+                    error_code: ge.status(),
+                    can_reuse_downstream: false,
+                }
+            }
+        };
+        let body = ge.body();
+        let _ = h.insert_header("content-type", "application/json");
+        let _ = h.insert_header("content-length", body.len().to_string());
+        let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+        if let Some(m) = &ctx.model {
+            let _ = h.insert_header("x-wharf-provider", m.provider.name.as_str());
+            let _ = h.insert_header("x-wharf-attempts", ctx.attempts.len().max(1).to_string());
+        }
+        s.set_keepalive(None);
+        if s.write_response_header(Box::new(h), false).await.is_ok() {
+            let _ = s.write_response_body(Some(body), true).await;
+        }
+        FailToProxy {
+            error_code: ge.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, s: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.recorded {
+            return;
+        }
+        ctx.recorded = true;
+        let t = Instant::now();
+        let route = ctx.route;
+        let record_usage = route.is_none_or(Route::records_usage);
+        let rec = self.usage_record(s, e, ctx);
+        let route_label = route.map(Route::name).unwrap_or("unmatched");
+        let provider = rec.provider.as_deref().unwrap_or("");
+        metrics::REQUESTS
+            .with_label_values(&[route_label, metrics::status_class(rec.status), provider])
+            .inc();
+        metrics::REQUEST_DURATION
+            .with_label_values(&[route_label])
+            .observe(rec.latency_ms / 1000.0);
+        if let Some(m) = &rec.model {
+            let t = &rec.tokens;
+            for (class, n) in [
+                ("input", t.input),
+                ("output", t.output),
+                ("cached_input", t.cached_input),
+                ("reasoning", t.reasoning),
+            ] {
+                if n > 0 {
+                    metrics::TOKENS.with_label_values(&[class, provider, m]).inc_by(n);
+                }
+            }
+            if rec.cost_nanos > 0 {
+                metrics::COST.with_label_values(&[provider, m]).inc_by(rec.cost_nanos);
+            }
+        }
+        if rec.outcome == "upstream_error" && rec.attempts.iter().all(|a| a.error_class.is_none()) {
+            metrics::UPSTREAM_ERRORS.with_label_values(&[provider, "stream"]).inc();
+        }
+        tracing::info!(
+            request_id = %rec.request_id,
+            route = route_label,
+            method = %rec.method,
+            status = rec.status,
+            outcome = rec.outcome,
+            error_code = rec.error_code.as_deref().unwrap_or(""),
+            model = rec.model.as_deref().unwrap_or(""),
+            provider,
+            latency_ms = rec.latency_ms,
+            input_tokens = rec.tokens.input,
+            output_tokens = rec.tokens.output,
+            "request"
+        );
+        if record_usage {
+            let mut rec = rec;
+            rec.gateway_overhead_us = (ctx.overhead + t.elapsed()).as_micros() as u64;
+            metrics::GATEWAY_OVERHEAD
+                .with_label_values(&[route_label])
+                .observe(rec.gateway_overhead_us as f64 / 1e6);
+            self.state.usage.emit(rec);
+        }
+    }
+
+    fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // Vanished clients are an outcome in the usage record, not an error.
+        e.esource() == &ErrorSource::Downstream
+    }
+}

@@ -1,0 +1,302 @@
+//! The response tap: reads usage from the provider's answer as it passes through.
+//!
+//! Streams are observed event by event with the incremental [`SseParser`]; chunks pass through
+//! untouched (zero-copy) unless the usage-only chunk that the gateway asked for must be removed,
+//! in which case whole events are re-emitted and the one usage chunk dropped. Unary JSON bodies
+//! are kept (bounded) and parsed once at the end.
+
+use crate::sse::{parse_event, SseParser};
+use crate::usage::Tokens;
+use bytes::{Bytes, BytesMut};
+
+/// Unary bodies larger than this are not kept; usage is then read from the kept tail.
+const UNARY_KEEP: usize = 1024 * 1024;
+/// Bytes of tail kept once a unary body overflows [`UNARY_KEEP`].
+const UNARY_TAIL: usize = 64 * 1024;
+
+/// How the response is observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TapMode {
+    /// Not observed (errors, non-JSON answers).
+    #[default]
+    Off,
+    /// A JSON body, parsed at the end.
+    Unary,
+    /// An SSE stream; with `strip_usage_chunk`, the usage-only chunk is removed.
+    Sse { strip_usage_chunk: bool },
+}
+
+/// Usage read from a response.
+#[derive(Debug, Default)]
+pub struct ResponseTap {
+    pub mode: TapMode,
+    parser: SseParser,
+    /// Usage reported by the provider, if any.
+    pub tokens: Option<Tokens>,
+    /// Events that carried generated content (an output estimate when usage is missing).
+    pub content_events: u64,
+    /// The stream reached its normal end (`[DONE]`, `response.completed`).
+    pub done: bool,
+    /// A provider error event arrived inside the stream.
+    pub error_event: bool,
+    /// Provider response id (`id` of the first chunk / response).
+    pub response_id: Option<String>,
+    unary: Vec<u8>,
+    unary_overflow: bool,
+    /// Bytes written towards the client.
+    pub bytes_out: u64,
+}
+
+impl ResponseTap {
+    /// A tap in `mode`.
+    pub fn new(mode: TapMode) -> Self {
+        ResponseTap {
+            mode,
+            parser: SseParser::new(),
+            ..Default::default()
+        }
+    }
+
+    /// Observes (and in strip mode, rewrites) one response chunk.
+    pub fn on_chunk(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) {
+        match self.mode {
+            TapMode::Off => {}
+            TapMode::Unary => {
+                if let Some(b) = body.as_ref() {
+                    self.keep_unary(b);
+                }
+                if end_of_stream {
+                    self.finish_unary();
+                }
+            }
+            TapMode::Sse { strip_usage_chunk } => {
+                if strip_usage_chunk {
+                    let mut out = BytesMut::new();
+                    if let Some(b) = body.as_ref() {
+                        let mut parser = std::mem::take(&mut self.parser);
+                        parser.feed(b, |ev| {
+                            if !self.on_event(ev) {
+                                out.extend_from_slice(ev);
+                            }
+                        });
+                        self.parser = parser;
+                    }
+                    if end_of_stream && !self.parser.pending().is_empty() {
+                        // The stream was cut mid-event: pass the fragment on unchanged.
+                        out.extend_from_slice(self.parser.pending());
+                        self.parser = SseParser::new();
+                    }
+                    if body.is_some() || !out.is_empty() {
+                        *body = Some(out.freeze());
+                    }
+                } else if let Some(b) = body.as_ref() {
+                    let mut parser = std::mem::take(&mut self.parser);
+                    parser.feed(b, |ev| {
+                        self.on_event(ev);
+                    });
+                    self.parser = parser;
+                }
+            }
+        }
+        if let Some(b) = body.as_ref() {
+            self.bytes_out += b.len() as u64;
+        }
+    }
+
+    /// Handles one complete SSE event; returns true when the event is the usage-only chunk.
+    fn on_event(&mut self, raw: &[u8]) -> bool {
+        let ev = parse_event(raw);
+        let data: &[u8] = &ev.data;
+        if data == b"[DONE]" {
+            self.done = true;
+            return false;
+        }
+        if matches!(ev.event, Some("error")) || data.starts_with(b"{\"error\"") {
+            self.error_event = true;
+        }
+        let has_usage = memchr::memmem::find(data, b"\"usage\"").is_some();
+        let is_content = memchr::memmem::find(data, b"\"delta\"").is_some();
+        if is_content {
+            self.content_events += 1;
+        }
+        let completed = matches!(ev.event, Some("response.completed"))
+            || memchr::memmem::find(data, b"\"type\":\"response.completed\"").is_some();
+        if !(has_usage || completed || self.response_id.is_none()) {
+            return false;
+        }
+        // Cheap gate: a chat chunk with `"usage":null` carries nothing to read.
+        if !completed
+            && self.response_id.is_some()
+            && memchr::memmem::find(data, b"\"usage\":null").is_some()
+            && memchr::memmem::find(data, b"\"choices\":[]").is_none()
+        {
+            return false;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return false;
+        };
+        if self.response_id.is_none() {
+            let id = v
+                .get("id")
+                .or_else(|| v.get("response").and_then(|r| r.get("id")));
+            self.response_id = id.and_then(|i| i.as_str()).map(str::to_string);
+        }
+        if completed {
+            self.done = true;
+            if let Some(t) = v
+                .get("response")
+                .and_then(|r| r.get("usage"))
+                .and_then(Tokens::from_openai_usage)
+            {
+                self.tokens = Some(t);
+            }
+            return false;
+        }
+        if let Some(t) = v.get("usage").and_then(Tokens::from_openai_usage) {
+            self.tokens = Some(t);
+            if is_content {
+                self.content_events -= 1;
+            }
+            return v
+                .get("choices")
+                .and_then(|c| c.as_array())
+                .is_some_and(|c| c.is_empty());
+        }
+        false
+    }
+
+    fn keep_unary(&mut self, b: &[u8]) {
+        if self.unary_overflow {
+            self.unary.extend_from_slice(b);
+            if self.unary.len() > 2 * UNARY_TAIL {
+                let cut = self.unary.len() - UNARY_TAIL;
+                self.unary.drain(..cut);
+            }
+        } else if self.unary.len() + b.len() > UNARY_KEEP {
+            self.unary_overflow = true;
+            self.keep_unary(b);
+        } else {
+            self.unary.extend_from_slice(b);
+        }
+    }
+
+    fn finish_unary(&mut self) {
+        if self.unary.is_empty() {
+            return;
+        }
+        if !self.unary_overflow {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.unary) {
+                self.tokens = v.get("usage").and_then(Tokens::from_openai_usage);
+                self.response_id = v.get("id").and_then(|i| i.as_str()).map(str::to_string);
+                self.done = true;
+            }
+        } else if let Some(pos) = memchr::memmem::rfind(&self.unary, b"\"usage\"") {
+            // Large body (e.g. many embeddings): read the usage object from the tail.
+            let rest = &self.unary[pos + 7..];
+            let rest = rest
+                .iter()
+                .position(|c| *c == b':')
+                .map(|p| &rest[p + 1..])
+                .unwrap_or(rest);
+            let mut it = serde_json::Deserializer::from_slice(rest).into_iter::<serde_json::Value>();
+            if let Some(Ok(v)) = it.next() {
+                self.tokens = Tokens::from_openai_usage(&v);
+                self.done = true;
+            }
+        }
+        self.unary = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n",
+        "data: [DONE]\n\n"
+    );
+
+    fn run(mode: TapMode, chunks: &[&[u8]]) -> (ResponseTap, Vec<u8>) {
+        let mut tap = ResponseTap::new(mode);
+        let mut out = Vec::new();
+        for c in chunks {
+            let mut b = Some(Bytes::copy_from_slice(c));
+            tap.on_chunk(&mut b, false);
+            out.extend_from_slice(b.as_deref().unwrap_or_default());
+        }
+        let mut b = None;
+        tap.on_chunk(&mut b, true);
+        out.extend_from_slice(b.as_deref().unwrap_or_default());
+        (tap, out)
+    }
+
+    #[test]
+    fn passthrough_reads_usage_and_keeps_bytes() {
+        let (tap, out) = run(
+            TapMode::Sse {
+                strip_usage_chunk: false,
+            },
+            &[STREAM.as_bytes()],
+        );
+        assert_eq!(out, STREAM.as_bytes());
+        let t = tap.tokens.expect("usage");
+        assert_eq!((t.input, t.output), (9, 2));
+        assert!(tap.done);
+        assert_eq!(tap.response_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn strip_removes_only_the_usage_chunk_at_any_split() {
+        let s = STREAM.as_bytes();
+        for cut in 0..s.len() {
+            let (tap, out) = run(
+                TapMode::Sse {
+                    strip_usage_chunk: true,
+                },
+                &[&s[..cut], &s[cut..]],
+            );
+            let out = String::from_utf8(out).expect("utf8");
+            assert!(!out.contains("prompt_tokens"), "cut {cut}");
+            assert!(out.ends_with("data: [DONE]\n\n"), "cut {cut}");
+            assert_eq!(out.matches("data: ").count(), 3, "cut {cut}");
+            assert_eq!(tap.tokens.map(|t| t.total), Some(11), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn unary_usage() {
+        let body = br#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        let (tap, out) = run(TapMode::Unary, &[&body[..10], &body[10..]]);
+        assert_eq!(out, body.to_vec());
+        assert_eq!(tap.tokens.map(|t| t.total), Some(7));
+    }
+
+    #[test]
+    fn large_unary_usage_from_tail() {
+        let mut body = br#"{"object":"list","data":[{"embedding":["#.to_vec();
+        for i in 0..400_000 {
+            body.extend_from_slice(format!("{}.5,", i % 10).as_bytes());
+        }
+        body.extend_from_slice(br#"0.1]}],"usage":{"prompt_tokens":12,"total_tokens":12}}"#);
+        let chunks: Vec<&[u8]> = body.chunks(16 * 1024).collect();
+        let (tap, _) = run(TapMode::Unary, &chunks);
+        assert_eq!(tap.tokens.map(|t| t.input), Some(12));
+    }
+
+    #[test]
+    fn responses_completed_event() {
+        let s = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"a\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r1\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1,\"total_tokens\":6}}}\n\n";
+        let (tap, _) = run(
+            TapMode::Sse {
+                strip_usage_chunk: false,
+            },
+            &[s.as_bytes()],
+        );
+        assert_eq!(tap.tokens.map(|t| t.total), Some(6));
+        assert!(tap.done);
+        assert_eq!(tap.content_events, 1);
+    }
+}

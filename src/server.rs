@@ -1,0 +1,140 @@
+//! Assembles the Pingora server: proxy listener (optionally TLS with HTTP/2 by ALPN), admin
+//! listener, background services; then runs until SIGTERM (graceful drain) or SIGQUIT (upgrade).
+
+use crate::admin::AdminApp;
+use crate::config::{self, Config};
+use crate::proxy::Gateway;
+use crate::services::{ConfigWatcher, ProviderMonitor, UsageWriter};
+use crate::state::{resolve_providers, State};
+use crate::usage::UsageSink;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Options of `wharf serve`.
+pub struct ServeOpts {
+    pub config_path: String,
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Installs the JSON (or text) log subscriber.
+pub fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.server.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if cfg.server.log_json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Loads the configuration, builds every service and runs forever.
+pub fn serve(opts: ServeOpts) -> Result<(), String> {
+    let cfg = config::load(&opts.config_path).map_err(|e| e.to_string())?;
+    init_logging(&cfg);
+    for w in &cfg.warnings {
+        tracing::warn!(warning = %w, "configuration");
+    }
+    crate::metrics::init();
+    // Resolve provider host names before the first request (a short-lived runtime holds no
+    // connection or pool; everything long-lived is created inside Pingora's runtimes).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?
+        .block_on(resolve_providers(&cfg, None));
+
+    let server_cfg = cfg.server.clone();
+    let conf = ServerConf {
+        threads: server_cfg.threads,
+        grace_period_seconds: Some(server_cfg.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(server_cfg.graceful_shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: server_cfg.upstream_keepalive_pool_size,
+        pid_file: server_cfg.pid_file.clone(),
+        upgrade_sock: server_cfg.upgrade_sock.clone(),
+        daemon: opts.daemon,
+        ..Default::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+
+    let (sink, rx) = UsageSink::new(cfg.usage.queue_capacity);
+    let usage_path = cfg.usage.path.clone();
+    let state = State::new(cfg, opts.config_path.clone(), sink);
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway {
+            state: state.clone(),
+        },
+        "wharf-proxy",
+    );
+    match &server_cfg.tls {
+        Some(t) => {
+            let mut tls = TlsSettings::intermediate(&t.cert_file, &t.key_file)
+                .map_err(|e| format!("server.tls: {e}"))?;
+            if t.h2 {
+                tls.enable_h2();
+            }
+            proxy.add_tls_with_settings(&server_cfg.listen, None, tls);
+        }
+        None => proxy.add_tcp(&server_cfg.listen),
+    }
+    server.add_service(proxy);
+
+    if let Some(admin_addr) = &server_cfg.admin_listen {
+        let mut admin = Service::new(
+            "wharf-admin".to_string(),
+            AdminApp {
+                state: state.clone(),
+            },
+        );
+        admin.add_tcp(admin_addr);
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "usage-writer",
+        UsageWriter {
+            rx: Mutex::new(Some(rx)),
+            path: usage_path,
+        },
+    ));
+    server.add_service(background_service(
+        "config-watcher",
+        ConfigWatcher {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "provider-monitor",
+        ProviderMonitor {
+            state: Arc::clone(&state),
+            every: Duration::from_secs(10),
+        },
+    ));
+    tracing::info!(
+        listen = %server_cfg.listen,
+        admin = server_cfg.admin_listen.as_deref().unwrap_or("off"),
+        tls = server_cfg.tls.is_some(),
+        version = env!("CARGO_PKG_VERSION"),
+        "wharf starting"
+    );
+    server.run_forever()
+}

@@ -1,0 +1,256 @@
+//! Token usage, cost, and the usage record every request leaves behind (SPEC §10).
+//!
+//! Records leave the request path through a bounded queue ([`UsageSink::emit`] never waits);
+//! a background writer appends them as JSON Lines. Queue depth and drops are metrics.
+
+use crate::config::Pricing;
+use crate::metrics;
+use serde::Serialize;
+use serde_json::Value;
+use std::io::Write;
+use tokio::sync::mpsc;
+
+/// Token counts by class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tokens {
+    /// Input (prompt) tokens, cached ones included.
+    pub input: u64,
+    /// Output (completion) tokens, reasoning ones included.
+    pub output: u64,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_input: u64,
+    /// Output tokens spent on reasoning.
+    pub reasoning: u64,
+    /// Total as reported (or input + output).
+    pub total: u64,
+}
+
+fn u(v: &Value, path: &[&str]) -> Option<u64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_u64()
+}
+
+impl Tokens {
+    /// Reads an OpenAI `usage` object: chat/completions (`prompt_tokens`, ...), Responses
+    /// (`input_tokens`, ...) and embeddings (`prompt_tokens`, `total_tokens`).
+    pub fn from_openai_usage(usage: &Value) -> Option<Tokens> {
+        if !usage.is_object() {
+            return None;
+        }
+        let input = u(usage, &["prompt_tokens"]).or_else(|| u(usage, &["input_tokens"]))?;
+        let output = u(usage, &["completion_tokens"])
+            .or_else(|| u(usage, &["output_tokens"]))
+            .unwrap_or(0);
+        let cached_input = u(usage, &["prompt_tokens_details", "cached_tokens"])
+            .or_else(|| u(usage, &["input_tokens_details", "cached_tokens"]))
+            .unwrap_or(0);
+        let reasoning = u(usage, &["completion_tokens_details", "reasoning_tokens"])
+            .or_else(|| u(usage, &["output_tokens_details", "reasoning_tokens"]))
+            .unwrap_or(0);
+        let total = u(usage, &["total_tokens"]).unwrap_or(input + output);
+        Some(Tokens {
+            input,
+            output,
+            cached_input: cached_input.min(input),
+            reasoning: reasoning.min(output),
+            total,
+        })
+    }
+
+    /// Cost in nanos-USD under `p` (prices per 1M tokens), rounded to the nearest nano.
+    pub fn cost_nanos(&self, p: &Pricing) -> u64 {
+        let uncached = self.input.saturating_sub(self.cached_input) as u128;
+        let plain_out = self.output.saturating_sub(self.reasoning) as u128;
+        let sum = uncached * p.input as u128
+            + self.cached_input as u128 * p.cached as u128
+            + plain_out * p.output as u128
+            + self.reasoning as u128 * p.reasoning as u128;
+        u64::try_from((sum + 500_000) / 1_000_000).unwrap_or(u64::MAX)
+    }
+}
+
+/// Where the token counts came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// Nothing was produced or nothing could be read.
+    #[default]
+    None,
+    /// Reported by the provider.
+    Provider,
+    /// Estimated by the gateway (the provider reported nothing).
+    Estimated,
+}
+
+/// One upstream attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub provider: String,
+    pub model: String,
+    pub outcome: &'static str,
+    pub error_class: Option<&'static str>,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+}
+
+/// One record per request (SPEC §10 fields that apply).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UsageRecord {
+    pub request_id: String,
+    /// RFC 3339 start time.
+    pub timestamp: String,
+    pub organisation_id: Option<String>,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub api_key_id: Option<String>,
+    pub method: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub provider_type: Option<&'static str>,
+    pub upstream_model: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    /// `success`, `error`, `upstream_error`, `client_disconnected`.
+    pub outcome: &'static str,
+    pub error_code: Option<String>,
+    /// Which gate denied the request, if any (`auth`, `route`, `body`, `model`, ...).
+    pub denied_by: Option<&'static str>,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub gateway_overhead_us: u64,
+    pub tokens: Tokens,
+    pub usage_source: UsageSource,
+    pub cost_nanos: u64,
+    pub pricing: Option<Pricing>,
+    pub attempts: Vec<Attempt>,
+    pub provider_request_id: Option<String>,
+    /// The upstream stream ended before its normal end.
+    pub stream_cut: bool,
+    pub client_disconnected: bool,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+/// The request-path end of the usage queue.
+#[derive(Clone)]
+pub struct UsageSink {
+    tx: mpsc::Sender<UsageRecord>,
+    capacity: usize,
+}
+
+impl UsageSink {
+    /// A sink and the receiver its writer drains.
+    pub fn new(capacity: usize) -> (UsageSink, mpsc::Receiver<UsageRecord>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            UsageSink {
+                tx,
+                capacity: capacity.max(1),
+            },
+            rx,
+        )
+    }
+
+    /// Queues a record without waiting; a full queue drops it and counts the drop.
+    pub fn emit(&self, rec: UsageRecord) {
+        if self.tx.try_send(rec).is_err() {
+            metrics::USAGE_DROPPED.inc();
+        }
+        metrics::USAGE_QUEUE_DEPTH.set((self.capacity - self.tx.capacity()) as i64);
+    }
+}
+
+/// Drains `rx` into a JSON Lines file (or discards when no path is configured), flushing after
+/// every batch. Returns when every sender is gone.
+pub async fn run_writer(mut rx: mpsc::Receiver<UsageRecord>, path: Option<String>) {
+    let mut file = match &path {
+        Some(p) => match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+            Ok(f) => Some(std::io::BufWriter::with_capacity(64 * 1024, f)),
+            Err(e) => {
+                tracing::error!(path = %p, error = %e, "cannot open usage file; records will be counted and dropped");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        metrics::USAGE_QUEUE_DEPTH.set(rx.len() as i64);
+        if let Some(f) = file.as_mut() {
+            for rec in batch.drain(..) {
+                let ok = serde_json::to_writer(&mut *f, &rec).is_ok() && f.write_all(b"\n").is_ok();
+                if ok {
+                    metrics::USAGE_WRITTEN.inc();
+                } else {
+                    metrics::USAGE_WRITE_ERRORS.inc();
+                }
+            }
+            if let Err(e) = f.flush() {
+                metrics::USAGE_WRITE_ERRORS.inc();
+                tracing::error!(error = %e, "usage file flush failed");
+            }
+        } else {
+            metrics::USAGE_WRITTEN.inc_by(batch.len() as u64);
+            batch.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chat_usage() {
+        let t = Tokens::from_openai_usage(&json!({"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,
+            "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}))
+        .expect("usage");
+        assert_eq!(
+            t,
+            Tokens {
+                input: 10,
+                output: 5,
+                cached_input: 4,
+                reasoning: 2,
+                total: 15
+            }
+        );
+    }
+
+    #[test]
+    fn responses_usage() {
+        let t = Tokens::from_openai_usage(&json!({"input_tokens":7,"output_tokens":3,"total_tokens":10,
+            "input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":1}}))
+        .expect("usage");
+        assert_eq!((t.input, t.output, t.reasoning), (7, 3, 1));
+        assert!(Tokens::from_openai_usage(&Value::Null).is_none());
+    }
+
+    #[test]
+    fn cost_in_nanos() {
+        // $0.15 / 1M input, $0.60 / 1M output: 1000 in + 500 out = 150_000 + 300_000 nanos.
+        let p = Pricing {
+            input: 150_000_000,
+            output: 600_000_000,
+            cached: 75_000_000,
+            reasoning: 600_000_000,
+        };
+        let t = Tokens {
+            input: 1000,
+            output: 500,
+            ..Default::default()
+        };
+        assert_eq!(t.cost_nanos(&p), 450_000);
+        let t = Tokens {
+            input: 1000,
+            cached_input: 1000,
+            ..Default::default()
+        };
+        assert_eq!(t.cost_nanos(&p), 75_000);
+    }
+}
