@@ -32,7 +32,10 @@ impl Reply {
 
 /// RFC 3339 of a system time.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     time::OffsetDateTime::from_unix_timestamp(secs as i64)
         .ok()
         .and_then(|t| {
@@ -43,7 +46,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// `GET /v1/health`: liveness.
@@ -79,7 +84,12 @@ pub fn metrics_reply() -> Reply {
 /// `GET /api/status`: what a status page polls.
 pub fn status(state: &State) -> Reply {
     let snap = state.current();
-    let reach = state.reachability.read().ok().map(|g| g.clone()).unwrap_or_default();
+    let reach = state
+        .reachability
+        .read()
+        .ok()
+        .map(|g| g.clone())
+        .unwrap_or_default();
     let providers: Vec<serde_json::Value> = snap
         .config
         .providers
@@ -191,10 +201,7 @@ impl ServeHttp for AdminApp {
             "/metrics" if get => metrics_reply(),
             "/api/status" if get => status(&self.state),
             "/v1/health" | "/health" | "/v1/healthz" | "/healthz" | "/metrics" | "/api/status" => {
-                error_reply(&GatewayError::new(
-                    ErrorCode::MethodNotAllowed,
-                    "use GET",
-                ))
+                error_reply(&GatewayError::new(ErrorCode::MethodNotAllowed, "use GET"))
             }
             _ => error_reply(&GatewayError::new(
                 ErrorCode::NotFound,

@@ -136,7 +136,10 @@ impl ErrorCode {
             Unauthorized | ApiKeyExpired | ApiKeyRevoked => "authentication_error",
             ModelNotAllowed | ProviderDisabled => "permission_error",
             NotFound => "not_found_error",
-            UpstreamError | UpstreamUnreachable | UpstreamTimeout | DependencyUnavailable
+            UpstreamError
+            | UpstreamUnreachable
+            | UpstreamTimeout
+            | DependencyUnavailable
             | InternalError => "api_error",
             _ => "invalid_request_error",
         }

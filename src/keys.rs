@@ -135,12 +135,18 @@ mod tests {
             Some(("q", CredentialSource::Query))
         );
         assert_eq!(extract_credential(&hm(&[]), Some("alt=sse")), None);
-        assert_eq!(extract_credential(&hm(&[("authorization", "Bearer ")]), None), None);
+        assert_eq!(
+            extract_credential(&hm(&[("authorization", "Bearer ")]), None),
+            None
+        );
     }
 
     #[test]
     fn key_param_is_stripped() {
-        assert_eq!(strip_key_param("alt=sse&key=abc").as_deref(), Some("alt=sse"));
+        assert_eq!(
+            strip_key_param("alt=sse&key=abc").as_deref(),
+            Some("alt=sse")
+        );
         assert_eq!(strip_key_param("key=abc"), None);
     }
 

@@ -93,7 +93,10 @@ fn main() -> ExitCode {
             if std::io::stdin().read_line(&mut s).is_err() {
                 return ExitCode::FAILURE;
             }
-            println!("{}", wharf::keys::KeyHash::of(s.trim_end_matches(['\n', '\r'])).to_hex());
+            println!(
+                "{}",
+                wharf::keys::KeyHash::of(s.trim_end_matches(['\n', '\r'])).to_hex()
+            );
             ExitCode::SUCCESS
         }
     }

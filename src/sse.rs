@@ -180,7 +180,11 @@ mod tests {
         let whole = fields(events(&[s]));
         assert_eq!(whole.len(), 2);
         for cut in 0..s.len() {
-            assert_eq!(fields(events(&[&s[..cut], &s[cut..]])), whole, "cut at {cut}");
+            assert_eq!(
+                fields(events(&[&s[..cut], &s[cut..]])),
+                whole,
+                "cut at {cut}"
+            );
         }
     }
 

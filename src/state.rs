@@ -92,7 +92,9 @@ impl State {
             || cfg.server.tls != old.config.server.tls
             || cfg.server.threads != old.config.server.threads
         {
-            tracing::warn!("listener, TLS and thread settings take effect on restart or upgrade only");
+            tracing::warn!(
+                "listener, TLS and thread settings take effect on restart or upgrade only"
+            );
         }
         for w in &cfg.warnings {
             tracing::warn!(warning = %w, "configuration");
@@ -134,9 +136,11 @@ pub async fn resolve_providers(cfg: &Config, previous: Option<&Config>) {
                 tracing::warn!(provider = %p.name, host = %p.host, error = %e, "cannot resolve provider host");
             }
         }
-        if let Some(prev) = previous
-            .and_then(|c| c.providers.iter().find(|q| q.host == p.host && q.port == p.port))
-        {
+        if let Some(prev) = previous.and_then(|c| {
+            c.providers
+                .iter()
+                .find(|q| q.host == p.host && q.port == p.port)
+        }) {
             p.addrs.store(prev.addrs.load_full());
         }
     }

@@ -21,7 +21,11 @@ use clap::Parser;
 use wharf::mock::{MockConfig, MockServer};
 
 #[derive(Debug, Parser)]
-#[command(name = "wharf-mock", version, about = "Mock OpenAI-compatible LLM provider")]
+#[command(
+    name = "wharf-mock",
+    version,
+    about = "Mock OpenAI-compatible LLM provider"
+)]
 struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9999")]

@@ -539,7 +539,9 @@ fn validate_provider(
     let api_key = match &p.api_key_env {
         Some(var) => {
             if var.is_empty() {
-                errs.push(format!("{at}.api_key_env: must name an environment variable"));
+                errs.push(format!(
+                    "{at}.api_key_env: must name an environment variable"
+                ));
                 None
             } else {
                 match std::env::var(var) {
@@ -648,7 +650,10 @@ fn validate_model(
         ));
     }
     if m.slug.is_empty() || m.slug.len() > 256 || m.slug.contains(['"', '\\']) {
-        errs.push(format!("{at}.slug: `{}` is not a valid upstream model id", m.slug));
+        errs.push(format!(
+            "{at}.slug: `{}` is not a valid upstream model id",
+            m.slug
+        ));
     }
     let kind = ModelType::parse(&m.kind);
     if kind.is_none() {

@@ -88,7 +88,11 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             Err(ReadError::Closed) | Err(ReadError::Io) => return,
             Err(ReadError::Bad(status, message)) => {
                 let reply = openai::protocol_error(status, message);
-                if conn.send_unary(&reply, false, false, Instant::now()).await.is_ok() {
+                if conn
+                    .send_unary(&reply, false, false, Instant::now())
+                    .await
+                    .is_ok()
+                {
                     conn.close_gracefully().await;
                 }
                 return;
@@ -167,13 +171,17 @@ impl Conn {
             Framing::Empty => Bytes::new(),
             Framing::Length(len) => {
                 if expect_continue && self.buf.len() < len {
-                    self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                    self.stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await?;
                 }
                 self.read_sized_body(len).await?
             }
             Framing::Chunked => {
                 if expect_continue && self.buf.is_empty() {
-                    self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                    self.stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await?;
                 }
                 self.read_chunked_body().await?
             }

@@ -122,6 +122,25 @@ pub(crate) struct Shared {
     pub(crate) cfg: MockConfig,
     log: Mutex<VecDeque<RecordedRequest>>,
     count: AtomicUsize,
+    connections_accepted: AtomicUsize,
+    connections_open: AtomicUsize,
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: Arc<Shared>) -> OpenConnection {
+        shared.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        shared.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(shared)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -178,6 +197,8 @@ impl MockServer {
             cfg,
             log: Mutex::new(VecDeque::new()),
             count: AtomicUsize::new(0),
+            connections_accepted: AtomicUsize::new(0),
+            connections_open: AtomicUsize::new(0),
         });
         let (tx, rx) = watch::channel(());
         tokio::spawn(accept_loop(listener, Arc::clone(&shared), rx));
@@ -227,9 +248,24 @@ impl MockServer {
     pub fn request_count(&self) -> usize {
         self.shared.count.load(Ordering::Relaxed)
     }
+
+    /// TCP connections accepted since start (not reset by
+    /// [`MockServer::clear`]); useful to check connection reuse.
+    pub fn connections_accepted(&self) -> usize {
+        self.shared.connections_accepted.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections currently being served.
+    pub fn connections_open(&self) -> usize {
+        self.shared.connections_open.load(Ordering::Relaxed)
+    }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<()>,
+) {
     loop {
         let accepted = tokio::select! {
             res = listener.accept() => res,
@@ -237,9 +273,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: w
         };
         match accepted {
             Ok((stream, _peer)) => {
+                let guard = OpenConnection::new(Arc::clone(&shared));
                 let shared = Arc::clone(&shared);
                 let mut shutdown = shutdown.clone();
                 tokio::spawn(async move {
+                    let _guard = guard;
                     tokio::select! {
                         _ = conn::serve(stream, shared) => {}
                         _ = shutdown.changed() => {}

@@ -61,9 +61,9 @@ pub(crate) enum Truncation {
 impl Truncation {
     pub fn after_events(self) -> usize {
         match self {
-            Truncation::Close { after } | Truncation::Reset { after } | Truncation::Stall { after } => {
-                after
-            }
+            Truncation::Close { after }
+            | Truncation::Reset { after }
+            | Truncation::Stall { after } => after,
         }
     }
 }
@@ -174,11 +174,9 @@ impl Knobs {
             None => None,
             Some(s) if (400..=599).contains(&s) => Some(s),
             Some(s) if (200..=299).contains(&s) => None,
-            Some(_) => {
-                return Err(ApiError::invalid_request(
-                    "Invalid value for header 'x-mock-status': expected a status between 400 and 599.",
-                ))
-            }
+            Some(_) => return Err(ApiError::invalid_request(
+                "Invalid value for header 'x-mock-status': expected a status between 400 and 599.",
+            )),
         };
         Ok(Knobs {
             latency: ms("x-mock-latency-ms", cfg.latency_ms)?,
@@ -314,9 +312,7 @@ fn describe(v: &Value) -> &'static str {
 /// The error for a request that could not even be parsed as HTTP.
 pub(crate) fn protocol_error(status: u16, message: &str) -> Reply {
     let mut reply = ApiError::new(status, "invalid_request_error", message).into_reply();
-    reply
-        .headers
-        .insert(0, ("x-request-id", new_request_id()));
+    reply.headers.insert(0, ("x-request-id", new_request_id()));
     reply
 }
 
@@ -441,7 +437,9 @@ pub(crate) fn handle(cfg: &MockConfig, req: &Request) -> Action {
 /// Adds the headers every answer carries and the optional header echo.
 fn finish(mut reply: Reply, req: &Request, echo_headers: bool) -> Reply {
     reply.headers.insert(0, ("x-request-id", new_request_id()));
-    reply.headers.push(("openai-version", "2020-10-01".to_owned()));
+    reply
+        .headers
+        .push(("openai-version", "2020-10-01".to_owned()));
     if echo_headers {
         if let Body::Json(body) = &mut reply.body {
             let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
@@ -480,8 +478,10 @@ fn route(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Result<Reply, ApiErr
                 allow(req, "GET")?;
                 retrieve_model(id)
             }
-            _ => Err(ApiError::invalid_request(format!("Invalid URL ({method} {path})"))
-                .with_status(404)),
+            _ => Err(
+                ApiError::invalid_request(format!("Invalid URL ({method} {path})"))
+                    .with_status(404),
+            ),
         },
     }
 }
@@ -1408,7 +1408,11 @@ fn embedding_inputs(input: &Value) -> Option<Vec<EmbeddingInput>> {
 
 /// FNV-1a, continuing from `seed` (0 starts a fresh hash).
 fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
-    let mut hash = if seed == 0 { 0xcbf2_9ce4_8422_2325 } else { seed };
+    let mut hash = if seed == 0 {
+        0xcbf2_9ce4_8422_2325
+    } else {
+        seed
+    };
     for b in bytes {
         hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);

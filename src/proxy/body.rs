@@ -124,7 +124,10 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
     let model: String = serde_json::from_str(raw_model.get()).map_err(|_| {
         bad(
             ErrorCode::InvalidRequest,
-            format!("invalid value for `model`: expected a string, got {}", raw_model.get()),
+            format!(
+                "invalid value for `model`: expected a string, got {}",
+                raw_model.get()
+            ),
         )
     })?;
     if model.is_empty() {
@@ -159,7 +162,10 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
     let mut stream_options_span = None;
     if let Some(so) = peek.stream_options {
         let v: serde_json::Value = serde_json::from_str(so.get()).map_err(|e| {
-            bad(ErrorCode::InvalidRequest, format!("invalid `stream_options`: {e}"))
+            bad(
+                ErrorCode::InvalidRequest,
+                format!("invalid `stream_options`: {e}"),
+            )
         })?;
         match &v {
             serde_json::Value::Null => {}
@@ -200,7 +206,8 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
 /// request also asks for `stream_options.include_usage`.
 pub fn rewrite(body: &[u8], insp: &Inspected, slug: &str, force_usage: bool) -> Bytes {
     let slug_json = serde_json::to_string(slug).unwrap_or_else(|_| format!("\"{slug}\""));
-    let mut edits: Vec<(Range<usize>, Vec<u8>)> = vec![(insp.model_span.clone(), slug_json.into_bytes())];
+    let mut edits: Vec<(Range<usize>, Vec<u8>)> =
+        vec![(insp.model_span.clone(), slug_json.into_bytes())];
     if force_usage && insp.stream && !insp.client_include_usage {
         match &insp.stream_options_span {
             Some(span) => {
@@ -292,7 +299,8 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["stream_options"]["foo"], 1);
 
-        let b = r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let b =
+            r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
         let i = chat(b).expect("ok");
         assert!(i.client_include_usage);
     }

@@ -156,8 +156,7 @@ fn request_id_from(h: &RequestHeader) -> String {
     if let Some(v) = h.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         if !v.is_empty()
             && v.len() <= 128
-            && v
-                .bytes()
+            && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         {
             return v.to_string();
@@ -247,12 +246,13 @@ fn too_large(max: usize) -> GatewayError {
 
 /// Finds and checks the key (SPEC §1.2); `Err` carries the 401.
 fn authenticate(snap: &Snapshot, req: &RequestHeader) -> Result<Arc<VirtualKey>, GatewayError> {
-    let (secret, _src) = keys::extract_credential(&req.headers, req.uri.query()).ok_or_else(|| {
-        GatewayError::new(
-            ErrorCode::Unauthorized,
-            "missing API key: send Authorization: Bearer <key>",
-        )
-    })?;
+    let (secret, _src) =
+        keys::extract_credential(&req.headers, req.uri.query()).ok_or_else(|| {
+            GatewayError::new(
+                ErrorCode::Unauthorized,
+                "missing API key: send Authorization: Bearer <key>",
+            )
+        })?;
     let key = snap
         .config
         .keys
@@ -346,7 +346,11 @@ fn resolve_model(
 }
 
 /// The upstream path and query for `route` on `model`'s provider.
-fn upstream_uri(model: &Model, route: Route, client_query: Option<&str>) -> Result<http::Uri, GatewayError> {
+fn upstream_uri(
+    model: &Model,
+    route: Route,
+    client_query: Option<&str>,
+) -> Result<http::Uri, GatewayError> {
     let p = &model.provider;
     let mut query = client_query.and_then(keys::strip_key_param);
     let path = if p.kind == ProviderKind::AzureOpenAi {
@@ -375,9 +379,8 @@ fn upstream_uri(model: &Model, route: Route, client_query: Option<&str>) -> Resu
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
-    pq.parse::<http::Uri>().map_err(|_| {
-        GatewayError::new(ErrorCode::InvalidRequest, "cannot build the upstream URL")
-    })
+    pq.parse::<http::Uri>()
+        .map_err(|_| GatewayError::new(ErrorCode::InvalidRequest, "cannot build the upstream URL"))
 }
 
 impl Gateway {
@@ -454,18 +457,28 @@ impl Gateway {
         let (code, msg) = match e.etype() {
             HTTPStatus(c) if *c == 413 => (ErrorCode::PayloadTooLarge, "request body too large"),
             HTTPStatus(c) if *c < 500 => (ErrorCode::InvalidRequest, "invalid request"),
-            ConnectTimedout => (ErrorCode::UpstreamTimeout, "connecting to the provider timed out"),
-            ReadTimedout if e.esource() == &ErrorSource::Upstream => {
-                (ErrorCode::UpstreamTimeout, "the provider did not answer in time")
-            }
-            WriteTimedout if e.esource() == &ErrorSource::Upstream => {
-                (ErrorCode::UpstreamTimeout, "sending to the provider timed out")
-            }
+            ConnectTimedout => (
+                ErrorCode::UpstreamTimeout,
+                "connecting to the provider timed out",
+            ),
+            ReadTimedout if e.esource() == &ErrorSource::Upstream => (
+                ErrorCode::UpstreamTimeout,
+                "the provider did not answer in time",
+            ),
+            WriteTimedout if e.esource() == &ErrorSource::Upstream => (
+                ErrorCode::UpstreamTimeout,
+                "sending to the provider timed out",
+            ),
             ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
             | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | BindError
-            | SocketError => (ErrorCode::UpstreamUnreachable, "the provider could not be reached"),
+            | SocketError => (
+                ErrorCode::UpstreamUnreachable,
+                "the provider could not be reached",
+            ),
             _ => match e.esource() {
-                ErrorSource::Upstream => (ErrorCode::UpstreamError, "the provider failed to answer"),
+                ErrorSource::Upstream => {
+                    (ErrorCode::UpstreamError, "the provider failed to answer")
+                }
                 ErrorSource::Downstream => match e.etype() {
                     WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => {
                         return None
@@ -504,7 +517,9 @@ impl Gateway {
             None => return,
         };
         if let Some(c) = class {
-            metrics::UPSTREAM_ERRORS.with_label_values(&[&provider, c]).inc();
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[&provider, c])
+                .inc();
         }
         ctx.attempts.push(Attempt {
             provider,
@@ -554,7 +569,11 @@ impl Gateway {
         } else if ctx.upstream_status.is_some_and(|s| s < 300) {
             // The provider produced something but reported no usage (cut stream, vanished
             // client, a provider that never reports): estimate, and say so.
-            tokens.input = ctx.body.as_deref().map(body::estimate_input_tokens).unwrap_or(0);
+            tokens.input = ctx
+                .body
+                .as_deref()
+                .map(body::estimate_input_tokens)
+                .unwrap_or(0);
             tokens.output = ctx.tap.content_events;
             tokens.total = tokens.input + tokens.output;
             source = UsageSource::Estimated;
@@ -688,7 +707,10 @@ impl ProxyHttp for Gateway {
         let t = Instant::now();
         let (Some(model), Some(uri), Some(body)) = (&ctx.model, &ctx.upstream_uri, &ctx.body)
         else {
-            return Err(Error::explain(ErrorType::InternalError, "request not admitted"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request not admitted",
+            ));
         };
         let p = &model.provider;
         req.set_uri(uri.clone());
@@ -708,7 +730,10 @@ impl ProxyHttp for Gateway {
         req.insert_header("host", p.authority.as_str())?;
         if let Some(k) = &p.api_key {
             if p.auth_header == http::header::AUTHORIZATION {
-                req.insert_header(http::header::AUTHORIZATION, format!("Bearer {}", k.expose()))?;
+                req.insert_header(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", k.expose()),
+                )?;
             } else {
                 req.insert_header(p.auth_header.clone(), k.expose())?;
             }
@@ -733,7 +758,11 @@ impl ProxyHttp for Gateway {
         if let Some(b) = &ctx.body {
             // Hold back whatever the client session replays; send the whole rewritten body at
             // the end (never `None` before the end: that would end the upstream body).
-            *body = Some(if end_of_stream { b.clone() } else { Bytes::new() });
+            *body = Some(if end_of_stream {
+                b.clone()
+            } else {
+                Bytes::new()
+            });
         }
         Ok(())
     }
@@ -750,7 +779,9 @@ impl ProxyHttp for Gateway {
             let ttfb = start.elapsed();
             ctx.ttfb = Some(ttfb);
             if let Some(p) = ctx.provider_name() {
-                metrics::TTFB.with_label_values(&[p]).observe(ttfb.as_secs_f64());
+                metrics::TTFB
+                    .with_label_values(&[p])
+                    .observe(ttfb.as_secs_f64());
             }
         }
         ctx.upstream_status = Some(status);
@@ -765,7 +796,11 @@ impl ProxyHttp for Gateway {
             class,
             Some(status),
         );
-        if let Some(id) = resp.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if let Some(id) = resp
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
             ctx.provider_request_id = Some(id.to_string());
         }
         resp.remove_header("x-request-id");
@@ -931,15 +966,21 @@ impl ProxyHttp for Gateway {
                 ("reasoning", t.reasoning),
             ] {
                 if n > 0 {
-                    metrics::TOKENS.with_label_values(&[class, provider, m]).inc_by(n);
+                    metrics::TOKENS
+                        .with_label_values(&[class, provider, m])
+                        .inc_by(n);
                 }
             }
             if rec.cost_nanos > 0 {
-                metrics::COST.with_label_values(&[provider, m]).inc_by(rec.cost_nanos);
+                metrics::COST
+                    .with_label_values(&[provider, m])
+                    .inc_by(rec.cost_nanos);
             }
         }
         if rec.outcome == "upstream_error" && rec.attempts.iter().all(|a| a.error_class.is_none()) {
-            metrics::UPSTREAM_ERRORS.with_label_values(&[provider, "stream"]).inc();
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[provider, "stream"])
+                .inc();
         }
         tracing::info!(
             request_id = %rec.request_id,

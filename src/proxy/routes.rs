@@ -99,7 +99,10 @@ pub fn match_route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
         let mut e = GatewayError::new(
             ErrorCode::MethodNotAllowed,
-            format!("{method} is not allowed on {path}; use {}", allow.join(", ")),
+            format!(
+                "{method} is not allowed on {path}; use {}",
+                allow.join(", ")
+            ),
         );
         e.extra.push(("allow", serde_json::json!(allow.join(", "))));
         Err(e)

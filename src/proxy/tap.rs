@@ -198,7 +198,8 @@ impl ResponseTap {
                 .position(|c| *c == b':')
                 .map(|p| &rest[p + 1..])
                 .unwrap_or(rest);
-            let mut it = serde_json::Deserializer::from_slice(rest).into_iter::<serde_json::Value>();
+            let mut it =
+                serde_json::Deserializer::from_slice(rest).into_iter::<serde_json::Value>();
             if let Some(Ok(v)) = it.next() {
                 self.tokens = Tokens::from_openai_usage(&v);
                 self.done = true;

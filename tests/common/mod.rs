@@ -1,0 +1,345 @@
+//! Test harness: a real `wharf` process on free ports, in front of an in-process mock provider.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wharf::mock::{MockConfig, MockServer};
+
+/// The provider credential the mock requires and the gateway injects.
+pub const PROVIDER_KEY: &str = "sk-provider-secret";
+
+/// Virtual keys of the test configuration.
+pub const KEY_GOOD: &str = "wharf-test-good";
+pub const KEY_LIMITED: &str = "wharf-test-limited";
+pub const KEY_EXPIRED: &str = "wharf-test-expired";
+pub const KEY_REVOKED: &str = "wharf-test-revoked";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn sha(s: &str) -> String {
+    wharf::keys::KeyHash::of(s).to_hex()
+}
+
+pub async fn mock() -> MockServer {
+    MockServer::start(
+        "127.0.0.1:0",
+        MockConfig {
+            api_key: Some(PROVIDER_KEY.into()),
+            ..MockConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The standard test configuration, with `{MOCK}`, `{DEAD}` filled in and `extra` appended.
+pub fn config_text(
+    mock: &str,
+    port: u16,
+    admin: u16,
+    dir: &std::path::Path,
+    extra: &str,
+) -> String {
+    let dead = free_port();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+threads = 2
+max_request_bytes = 1048576
+grace_period_seconds = 1
+graceful_shutdown_timeout_seconds = 2
+log_level = "warn"
+config_watch_interval_ms = 200
+client_body_timeout_ms = 2000
+pid_file = "{dir}/wharf.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+
+[usage]
+path = "{dir}/usage.jsonl"
+
+[[providers]]
+name = "mock"
+type = "OPENAI"
+base_url = "http://{mock}/v1"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+timeout_ms = 1500
+connect_timeout_ms = 1000
+
+[[providers]]
+name = "dead"
+type = "OPENAI"
+base_url = "http://127.0.0.1:{dead}/v1"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+connect_timeout_ms = 500
+
+[[providers]]
+name = "anthropic"
+type = "ANTHROPIC"
+base_url = "http://{mock}"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+
+[[models]]
+name = "chat-a"
+slug = "up-chat-a"
+type = "chat"
+provider = "mock"
+pricing = {{ input = 0.15, output = 0.60 }}
+
+[[models]]
+name = "chat-b"
+slug = "up-chat-b"
+type = "chat"
+provider = "mock"
+
+[[models]]
+name = "embed"
+slug = "up-embed"
+type = "embeddings"
+provider = "mock"
+pricing = {{ input = 0.02 }}
+
+[[models]]
+name = "dead-chat"
+slug = "up-dead"
+provider = "dead"
+
+[[models]]
+name = "claude"
+slug = "claude-x"
+provider = "anthropic"
+
+[[keys]]
+id = "key_good"
+hash = "{good}"
+type = "TEAM"
+organisation_id = "org_1"
+team_id = "team_1"
+models = ["chat-a", "chat-b", "embed", "dead-chat", "claude"]
+
+[[keys]]
+id = "key_limited"
+hash = "{limited}"
+type = "USER"
+organisation_id = "org_1"
+user_id = "user_1"
+models = ["chat-a"]
+
+[[keys]]
+id = "key_expired"
+hash = "{expired}"
+organisation_id = "org_1"
+expires_at = "2020-01-01T00:00:00Z"
+models = ["*"]
+
+[[keys]]
+id = "key_revoked"
+hash = "{revoked}"
+organisation_id = "org_1"
+revoked = true
+models = ["*"]
+{extra}
+"#,
+        dir = dir.display(),
+        good = sha(KEY_GOOD),
+        limited = sha(KEY_LIMITED),
+        expired = sha(KEY_EXPIRED),
+        revoked = sha(KEY_REVOKED),
+    )
+}
+
+/// A running gateway process.
+pub struct Gw {
+    pub child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub dir: tempfile::TempDir,
+    pub mock_addr: String,
+}
+
+impl Gw {
+    pub async fn start(mock: &MockServer) -> Gw {
+        Self::start_with(mock, "").await
+    }
+
+    pub async fn start_with(mock: &MockServer, extra: &str) -> Gw {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin = free_port();
+        let mock_addr = mock.addr().to_string();
+        std::fs::write(
+            dir.path().join("wharf.toml"),
+            config_text(&mock_addr, port, admin, dir.path(), extra),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["serve", "-c"])
+            .arg(dir.path().join("wharf.toml"))
+            .env("WHARF_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("wharf.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let gw = Gw {
+            child,
+            port,
+            admin,
+            dir,
+            mock_addr,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let c = reqwest::Client::new();
+        loop {
+            let ok = c
+                .get(format!("http://127.0.0.1:{}/v1/health", self.port))
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin, path)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("wharf.toml")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("wharf.log")).unwrap_or_default()
+    }
+
+    fn read_usage(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("usage.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until `n` usage records exist, then checks that no more arrive.
+    pub async fn usage(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let recs = self.read_usage();
+            if recs.len() >= n {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let recs = self.read_usage();
+                assert_eq!(
+                    recs.len(),
+                    n,
+                    "expected exactly {n} usage records: {recs:#?}"
+                );
+                return recs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} usage records arrived: {recs:#?}",
+                recs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The usage record of one request id.
+    pub async fn usage_of(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self
+                .read_usage()
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no usage record for {request_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+pub fn chat_body(model: &str, stream: bool) -> Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": stream,
+    })
+}
+
+/// `data:` payloads of an SSE body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        })
+        .collect()
+}
+
+/// Sends raw bytes over a fresh connection and returns the raw response.
+pub async fn raw(port: u16, req: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(req).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
