@@ -207,7 +207,7 @@ impl Gw {
         let c = reqwest::Client::new();
         loop {
             let ok = c
-                .get(format!("http://127.0.0.1:{}/v1/health", self.port))
+                .get(format!("http://127.0.0.1:{}/v1/health", self.admin))
                 .send()
                 .await
                 .map(|r| r.status() == 200)
