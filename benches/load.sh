@@ -110,8 +110,7 @@ if [[ -z ${LOADGEN_THREADS:-} ]]; then
 fi
 log "cores: $NCPU; pinning proxy=[${PROXY_CPUS:-any}] mock=[${MOCK_CPUS:-any}] loadgen=[${LG_CPUS:-any}] x$LOADGEN_THREADS threads"
 
-# pin CPUS CMD...: runs CMD, pinned to CPUS when set (taskset execs, so the
-# PID of a backgrounded `pin` is the PID of CMD itself).
+# pin CPUS CMD...: runs CMD in the foreground, pinned to CPUS when set.
 pin() {
     local cpus=$1
     shift
@@ -119,6 +118,18 @@ pin() {
         taskset -c "$cpus" "$@"
     else
         "$@"
+    fi
+}
+
+# spawn CPUS CMD...: for starting a server in the background with
+# `spawn ... &`. It execs, so `$!` is the PID of CMD itself.
+spawn() {
+    local cpus=$1
+    shift
+    if [[ -n $cpus ]]; then
+        exec taskset -c "$cpus" "$@"
+    else
+        exec "$@"
     fi
 }
 
@@ -212,14 +223,14 @@ for p in "$MOCK_PORT" "$PT_PORT" "$WHARF_PORT" "$ADMIN_PORT"; do
 done
 
 log "starting mock provider on $MOCK_HOST:$MOCK_PORT"
-pin "$MOCK_CPUS" "$MOCK_BIN" --listen "$MOCK_HOST:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+spawn "$MOCK_CPUS" "$MOCK_BIN" --listen "$MOCK_HOST:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_until 30 "$MOCK_PID" "mock" log_has "$OUT_DIR/mock.log" "wharf-mock listening on" ||
     die "mock did not start; see $OUT_DIR/mock.log"
 
 log "starting passthrough on $PT_HOST:$PT_PORT"
-pin "$PROXY_CPUS" "$PT_BIN" --listen "$PT_HOST:$PT_PORT" --upstream "$MOCK_HOST:$MOCK_PORT" \
+spawn "$PROXY_CPUS" "$PT_BIN" --listen "$PT_HOST:$PT_PORT" --upstream "$MOCK_HOST:$MOCK_PORT" \
     --threads 1 >"$OUT_DIR/passthrough.log" 2>&1 &
 PT_PID=$!
 PIDS+=("$PT_PID")
@@ -228,7 +239,7 @@ wait_until 30 "$PT_PID" "passthrough" port_open "$PT_HOST" "$PT_PORT" ||
 
 log "starting wharf on $WHARF_HOST:$WHARF_PORT (admin $ADMIN_HOST:$ADMIN_PORT)"
 rm -f target/bench-usage.jsonl
-pin "$PROXY_CPUS" "$WHARF_BIN" serve -c benches/bench.toml >"$OUT_DIR/wharf.log" 2>&1 &
+spawn "$PROXY_CPUS" "$WHARF_BIN" serve -c benches/bench.toml >"$OUT_DIR/wharf.log" 2>&1 &
 WHARF_PID=$!
 PIDS+=("$WHARF_PID")
 WHARF_OK=1

@@ -499,9 +499,9 @@ impl Conn {
     /// Streams SSE events, one chunk per event. `Ok(true)` means the
     /// connection can be reused.
     async fn send_sse(&mut self, reply: &Reply, req: &Request) -> io::Result<bool> {
-        let events: &[String] = match &reply.body {
-            Body::Sse(events) => events,
-            Body::Json(_) => &[],
+        let (count, event) = match &reply.body {
+            Body::Sse(events) => (events.count, &events.event),
+            Body::Json(_) => return Ok(false),
         };
         // HTTP/1.0 has no chunked encoding: the body ends when we close.
         let chunked = req.http11;
@@ -521,14 +521,15 @@ impl Conn {
 
         let limit = match reply.truncation {
             // Always leave out at least the final event.
-            Some(t) => t.after_events().min(events.len().saturating_sub(1)),
-            None => events.len(),
+            Some(t) => t.after_events().min(count.saturating_sub(1)),
+            None => count,
         };
-        for (i, event) in events.iter().take(limit).enumerate() {
+        for i in 0..limit {
             let delay = if i == 0 { reply.ttft } else { reply.itl };
             if !self.pause(delay).await {
                 return Ok(false);
             }
+            let event = event(i);
             out.clear();
             if chunked {
                 write_chunk(&mut out, event.as_bytes());

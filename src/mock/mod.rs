@@ -14,10 +14,31 @@
 //! * `POST /v1/embeddings` (`float` and `base64` encodings)
 //! * `GET /v1/models` and `GET /v1/models/{id}`
 //!
-//! Behaviour can be tuned per request with `x-mock-*` headers (latency,
-//! time-to-first-token, inter-token latency, completion length, forced error
-//! statuses and connection faults); see [`MockConfig`] for the defaults and
-//! the crate documentation of the binary for the full list.
+//! Every request needs `Authorization: Bearer <token>` (checked against
+//! [`MockConfig::api_key`] when set). Every answer carries
+//! `x-request-id: req_<32 hex>`, `openai-processing-ms` and `openai-version`.
+//!
+//! Behaviour can be tuned per request with headers (defaults come from
+//! [`MockConfig`]):
+//!
+//! | header | effect |
+//! |---|---|
+//! | `x-mock-latency-ms: N` | delay before the head of non-streaming answers |
+//! | `x-mock-ttft-ms: N` | delay between the SSE head and the first event |
+//! | `x-mock-itl-ms: N` | delay between SSE events |
+//! | `x-mock-tokens: N` | completion tokens (at most 1,000,000) |
+//! | `x-mock-status: 4xx/5xx` | answer that status with an OpenAI error body |
+//! | `x-mock-retry-after: S` | `Retry-After` value (429 sends `1` by default) |
+//! | `x-mock-fault: reset` | close with a TCP RST without answering |
+//! | `x-mock-fault: close` | close cleanly without answering |
+//! | `x-mock-fault: hang` | never answer; keep the socket until the client leaves |
+//! | `x-mock-fault: drop-mid-stream` | send the head and `x-mock-drop-after` events (default 3), then close without the terminating chunk (unary: half the body) |
+//! | `x-mock-fault: reset-mid-stream` | same, but abort with RST |
+//! | `x-mock-fault: stall-mid-stream` | same, but then go silent and keep the socket open |
+//! | `x-mock-drop-after: N` | events sent before a `*-mid-stream` fault |
+//! | `x-mock-echo-headers: 1` | JSON answers get a `mock_echo_headers` list of the request's header names |
+//!
+//! An invalid knob value is answered with `400`.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -66,6 +87,7 @@ pub struct MockConfig {
     pub itl_ms: u64,
     /// Completion tokens (words) per answer (`x-mock-tokens`); the request's
     /// `max_tokens` / `max_completion_tokens` / `max_output_tokens` cap it.
+    /// At most 1,000,000 are produced.
     pub tokens: u32,
     /// Length of the vectors returned by `/v1/embeddings` (a request's
     /// `dimensions` overrides it).

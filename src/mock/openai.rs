@@ -42,8 +42,24 @@ pub(crate) struct Reply {
 #[derive(Debug)]
 pub(crate) enum Body {
     Json(Vec<u8>),
-    /// Complete SSE events (`data: ...\n\n`), one per chunk.
-    Sse(Vec<String>),
+    Sse(SseEvents),
+}
+
+/// A stream of SSE events, produced one at a time so that long streams cost
+/// no memory up front.
+pub(crate) struct SseEvents {
+    /// How many events the stream has.
+    pub count: usize,
+    /// Event `i` (`0..count`), complete with its blank-line terminator.
+    pub event: Box<dyn Fn(usize) -> String + Send + Sync>,
+}
+
+impl std::fmt::Debug for SseEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseEvents")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Cut the answer short after some SSE events (unary bodies: after half the
@@ -72,6 +88,8 @@ const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
 const FINGERPRINT: &str = "fp_mock";
 const OWNER: &str = "wharf-mock";
+/// Upper bound for completion tokens per answer.
+const MAX_TOKENS: u32 = 1_000_000;
 /// Upper bound for `dimensions` on embeddings.
 const MAX_EMBEDDING_DIM: usize = 65_536;
 /// Models listed by `GET /v1/models`: (id, created).
@@ -182,7 +200,15 @@ impl Knobs {
             latency: ms("x-mock-latency-ms", cfg.latency_ms)?,
             ttft: ms("x-mock-ttft-ms", cfg.ttft_ms)?,
             itl: ms("x-mock-itl-ms", cfg.itl_ms)?,
-            tokens: number(req, "x-mock-tokens")?.unwrap_or(cfg.tokens),
+            tokens: match number::<u32>(req, "x-mock-tokens")? {
+                Some(n) if n > MAX_TOKENS => {
+                    return Err(ApiError::invalid_request(format!(
+                        "Invalid value for header 'x-mock-tokens': at most {MAX_TOKENS}."
+                    )))
+                }
+                Some(n) => n,
+                None => cfg.tokens.min(MAX_TOKENS),
+            },
             status,
             retry_after: req.header("x-mock-retry-after").map(str::to_owned),
             fault,
@@ -237,6 +263,11 @@ impl ApiError {
 
     fn invalid_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "invalid_request_error", message)
+    }
+
+    fn with_status(mut self, status: u16) -> ApiError {
+        self.status = status;
+        self
     }
 
     fn param(mut self, param: impl Into<String>) -> ApiError {
@@ -486,13 +517,6 @@ fn route(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Result<Reply, ApiErr
     }
 }
 
-impl ApiError {
-    fn with_status(mut self, status: u16) -> ApiError {
-        self.status = status;
-        self
-    }
-}
-
 fn allow(req: &Request, method: &'static str) -> Result<(), ApiError> {
     if req.method == method || (method == "GET" && req.method == "HEAD") {
         return Ok(());
@@ -570,7 +594,7 @@ fn json_reply(status: u16, body: Vec<u8>) -> Reply {
     }
 }
 
-fn sse_reply(events: Vec<String>) -> Reply {
+fn sse_reply(events: SseEvents) -> Reply {
     Reply {
         status: 200,
         headers: vec![
@@ -918,56 +942,85 @@ fn chat_completions(req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
         return Ok(json_reply(200, to_json(&body)));
     }
 
-    let usage_field = include_usage.then_some(None);
-    let chunk = |delta: Delta<'_>, finish: Option<&'static str>| {
+    let stream = ChatStream {
+        id,
+        created,
+        model: model.to_owned(),
+        include_usage,
+        usage,
+        tokens: completion_tokens,
+        finish_reason,
+    };
+    let count = completion_tokens as usize + 3 + usize::from(include_usage);
+    Ok(sse_reply(SseEvents {
+        count,
+        event: Box::new(move |i| stream.event(i as u64)),
+    }))
+}
+
+/// Everything needed to produce the chunks of a streamed chat completion.
+struct ChatStream {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    usage: ChatUsage,
+    tokens: u64,
+    finish_reason: &'static str,
+}
+
+impl ChatStream {
+    /// Event `i`: the role chunk, one chunk per token, the finish chunk, the
+    /// optional usage chunk, then `[DONE]`.
+    fn event(&self, i: u64) -> String {
+        let n = self.tokens;
+        if i == 0 {
+            let delta = Delta {
+                role: Some("assistant"),
+                content: Some(""),
+                refusal: Some(None),
+            };
+            self.chunk(delta, None)
+        } else if i <= n {
+            let text = token_text(i - 1, n);
+            let delta = Delta {
+                content: Some(&text),
+                ..Delta::default()
+            };
+            self.chunk(delta, None)
+        } else if i == n + 1 {
+            self.chunk(Delta::default(), Some(self.finish_reason))
+        } else if i == n + 2 && self.include_usage {
+            sse_data(&ChatChunk {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+                system_fingerprint: FINGERPRINT,
+                choices: &[],
+                usage: Some(Some(self.usage)),
+            })
+        } else {
+            "data: [DONE]\n\n".to_owned()
+        }
+    }
+
+    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> String {
         sse_data(&ChatChunk {
-            id: &id,
+            id: &self.id,
             object: "chat.completion.chunk",
-            created,
-            model,
+            created: self.created,
+            model: &self.model,
             system_fingerprint: FINGERPRINT,
             choices: &[ChunkChoice {
                 index: 0,
                 delta,
                 logprobs: None,
-                finish_reason: finish,
+                finish_reason,
             }],
-            usage: usage_field,
+            usage: self.include_usage.then_some(None),
         })
-    };
-    let mut events = Vec::with_capacity(completion_tokens as usize + 4);
-    events.push(chunk(
-        Delta {
-            role: Some("assistant"),
-            content: Some(""),
-            refusal: Some(None),
-        },
-        None,
-    ));
-    for i in 0..completion_tokens {
-        let text = token_text(i, completion_tokens);
-        events.push(chunk(
-            Delta {
-                content: Some(&text),
-                ..Delta::default()
-            },
-            None,
-        ));
     }
-    events.push(chunk(Delta::default(), Some(finish_reason)));
-    if include_usage {
-        events.push(sse_data(&ChatChunk {
-            id: &id,
-            object: "chat.completion.chunk",
-            created,
-            model,
-            system_fingerprint: FINGERPRINT,
-            choices: &[],
-            usage: Some(Some(usage)),
-        }));
-    }
-    events.push("data: [DONE]\n\n".to_owned());
-    Ok(sse_reply(events))
 }
 
 // ---------------------------------------------------------------------------
@@ -1146,9 +1199,195 @@ fn input_item_chars(item: &Value) -> usize {
     }
 }
 
+/// A Responses API answer, from which both the unary body and the stream
+/// events are built.
+struct ResponsePlan {
+    response_id: String,
+    message_id: String,
+    created_at: u64,
+    model: String,
+    instructions: Option<Value>,
+    max_output_tokens: Option<u64>,
+    parallel_tool_calls: bool,
+    previous_response_id: Option<String>,
+    store: bool,
+    temperature: f64,
+    top_p: f64,
+    user: Option<String>,
+    metadata: Option<Value>,
+    usage: ResponseUsage,
+    /// Stopped by `max_output_tokens`.
+    truncated: bool,
+    text: String,
+}
+
+/// Events before the first text delta and after the last one.
+const RESPONSE_EVENTS_BEFORE: u64 = 4;
+const RESPONSE_EVENTS_AFTER: u64 = 4;
+
+impl ResponsePlan {
+    fn object<'a>(
+        &'a self,
+        status: &'static str,
+        output: &'a [MessageItem<'a>],
+        usage: Option<ResponseUsage>,
+    ) -> ResponseObject<'a> {
+        let incomplete_details = (status == "incomplete").then_some(IncompleteDetails {
+            reason: "max_output_tokens",
+        });
+        ResponseObject {
+            id: &self.response_id,
+            object: "response",
+            created_at: self.created_at,
+            status,
+            background: false,
+            error: None,
+            incomplete_details,
+            instructions: self.instructions.as_ref(),
+            max_output_tokens: self.max_output_tokens,
+            model: &self.model,
+            output,
+            parallel_tool_calls: self.parallel_tool_calls,
+            previous_response_id: self.previous_response_id.as_deref(),
+            reasoning: Reasoning {
+                effort: None,
+                summary: None,
+            },
+            store: self.store,
+            temperature: self.temperature,
+            text: TextConfig {
+                format: TextFormat { kind: "text" },
+            },
+            tool_choice: "auto",
+            tools: EmptyArray,
+            top_p: self.top_p,
+            truncation: "disabled",
+            usage,
+            user: self.user.as_deref(),
+            metadata: ObjectOrEmpty(self.metadata.as_ref()),
+        }
+    }
+
+    fn final_status(&self) -> &'static str {
+        if self.truncated {
+            "incomplete"
+        } else {
+            "completed"
+        }
+    }
+
+    /// Calls `f` with the finished response object.
+    fn with_final<R>(&self, f: impl FnOnce(&ResponseObject<'_>) -> R) -> R {
+        let parts = [OutputText::new(&self.text)];
+        let item = self.message_item(self.final_status(), &parts);
+        let response = self.object(
+            self.final_status(),
+            std::slice::from_ref(&item),
+            Some(self.usage),
+        );
+        f(&response)
+    }
+
+    fn message_item<'a>(
+        &'a self,
+        status: &'static str,
+        content: &'a [OutputText<'a>],
+    ) -> MessageItem<'a> {
+        MessageItem {
+            kind: "message",
+            id: &self.message_id,
+            status,
+            role: "assistant",
+            content,
+        }
+    }
+
+    fn event_count(&self) -> u64 {
+        RESPONSE_EVENTS_BEFORE + self.usage.output_tokens + RESPONSE_EVENTS_AFTER
+    }
+
+    /// Streaming event `seq` (which is also its `sequence_number`).
+    fn event(&self, seq: u64) -> String {
+        let n = self.usage.output_tokens;
+        let text_event = |kind: &'static str| {
+            let mut ev = ResponseEvent::new(kind, seq);
+            ev.item_id = Some(&self.message_id);
+            ev.output_index = Some(0);
+            ev.content_index = Some(0);
+            ev
+        };
+        match seq {
+            0 | 1 => {
+                let kind = if seq == 0 {
+                    "response.created"
+                } else {
+                    "response.in_progress"
+                };
+                let response = self.object("in_progress", &[], None);
+                let mut ev = ResponseEvent::new(kind, seq);
+                ev.response = Some(&response);
+                sse_named(kind, &ev)
+            }
+            2 => {
+                let item = self.message_item("in_progress", &[]);
+                let mut ev = ResponseEvent::new("response.output_item.added", seq);
+                ev.output_index = Some(0);
+                ev.item = Some(&item);
+                sse_named(ev.kind, &ev)
+            }
+            3 => {
+                let part = OutputText::new("");
+                let mut ev = text_event("response.content_part.added");
+                ev.part = Some(&part);
+                sse_named(ev.kind, &ev)
+            }
+            s if s < RESPONSE_EVENTS_BEFORE + n => {
+                let delta = token_text(s - RESPONSE_EVENTS_BEFORE, n);
+                let mut ev = text_event("response.output_text.delta");
+                ev.delta = Some(&delta);
+                ev.logprobs = Some(EmptyArray);
+                sse_named(ev.kind, &ev)
+            }
+            s => {
+                let parts = [OutputText::new(&self.text)];
+                match s - RESPONSE_EVENTS_BEFORE - n {
+                    0 => {
+                        let mut ev = text_event("response.output_text.done");
+                        ev.text = Some(&self.text);
+                        ev.logprobs = Some(EmptyArray);
+                        sse_named(ev.kind, &ev)
+                    }
+                    1 => {
+                        let mut ev = text_event("response.content_part.done");
+                        ev.part = Some(&parts[0]);
+                        sse_named(ev.kind, &ev)
+                    }
+                    2 => {
+                        let item = self.message_item(self.final_status(), &parts);
+                        let mut ev = ResponseEvent::new("response.output_item.done", seq);
+                        ev.output_index = Some(0);
+                        ev.item = Some(&item);
+                        sse_named(ev.kind, &ev)
+                    }
+                    _ => self.with_final(|response| {
+                        let kind = if self.truncated {
+                            "response.incomplete"
+                        } else {
+                            "response.completed"
+                        };
+                        let mut ev = ResponseEvent::new(kind, seq);
+                        ev.response = Some(response);
+                        sse_named(kind, &ev)
+                    }),
+                }
+            }
+        }
+    }
+}
+
 fn responses(req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
-    let obj = parse_object(req)?;
-    let model = require_model(&obj)?;
+    let mut obj = parse_object(req)?;
+    let model = require_model(&obj)?.to_owned();
     let mut input_tokens = match obj.get("input") {
         None | Some(Value::Null) => return Err(ApiError::missing("input")),
         Some(Value::String(s)) => text_tokens(s.chars().count()) + 3,
@@ -1164,172 +1403,56 @@ fn responses(req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
             ))
         }
     };
-    let instructions = obj.get("instructions").filter(|v| !v.is_null());
-    if let Some(instructions) = instructions {
+    let instructions = obj.remove("instructions").filter(|v| !v.is_null());
+    if let Some(instructions) = &instructions {
         input_tokens += text_tokens(content_chars(instructions)) + 3;
     }
     let max_output_tokens = optional_u64(&obj, "max_output_tokens")?;
     let (output_tokens, truncated) = completion_plan(knobs.tokens, max_output_tokens);
-    let text = completion_text(output_tokens);
-    let usage = ResponseUsage {
-        input_tokens,
-        input_tokens_details: InputTokensDetails { cached_tokens: 0 },
-        output_tokens,
-        output_tokens_details: OutputTokensDetails {
-            reasoning_tokens: 0,
-        },
-        total_tokens: input_tokens + output_tokens,
+    let string = |obj: &Map<String, Value>, key: &str| {
+        obj.get(key).and_then(Value::as_str).map(str::to_owned)
     };
-    let response_id = format!("resp_{}", random_hex(48));
-    let message_id = format!("msg_{}", random_hex(48));
-    let (final_status, item_status, incomplete) = if truncated {
-        (
-            "incomplete",
-            "incomplete",
-            Some(IncompleteDetails {
-                reason: "max_output_tokens",
-            }),
-        )
-    } else {
-        ("completed", "completed", None)
-    };
-    let parts = [OutputText::new(&text)];
-    let done_item = MessageItem {
-        kind: "message",
-        id: &message_id,
-        status: item_status,
-        role: "assistant",
-        content: &parts,
-    };
-    let output = std::slice::from_ref(&done_item);
-    let metadata = obj.get("metadata").filter(|v| v.is_object());
-
-    let full = ResponseObject {
-        id: &response_id,
-        object: "response",
+    let plan = ResponsePlan {
+        response_id: format!("resp_{}", random_hex(48)),
+        message_id: format!("msg_{}", random_hex(48)),
         created_at: unix_now(),
-        status: final_status,
-        background: false,
-        error: None,
-        incomplete_details: incomplete,
+        model,
         instructions,
         max_output_tokens,
-        model,
-        output,
         parallel_tool_calls: obj
             .get("parallel_tool_calls")
             .and_then(Value::as_bool)
             .unwrap_or(true),
-        previous_response_id: obj.get("previous_response_id").and_then(Value::as_str),
-        reasoning: Reasoning {
-            effort: None,
-            summary: None,
-        },
+        previous_response_id: string(&obj, "previous_response_id"),
         store: obj.get("store").and_then(Value::as_bool).unwrap_or(true),
         temperature: obj
             .get("temperature")
             .and_then(Value::as_f64)
             .unwrap_or(1.0),
-        text: TextConfig {
-            format: TextFormat { kind: "text" },
-        },
-        tool_choice: "auto",
-        tools: EmptyArray,
         top_p: obj.get("top_p").and_then(Value::as_f64).unwrap_or(1.0),
-        truncation: "disabled",
-        usage: Some(usage),
-        user: obj.get("user").and_then(Value::as_str),
-        metadata: ObjectOrEmpty(metadata),
+        user: string(&obj, "user"),
+        metadata: obj.remove("metadata").filter(Value::is_object),
+        usage: ResponseUsage {
+            input_tokens,
+            input_tokens_details: InputTokensDetails { cached_tokens: 0 },
+            output_tokens,
+            output_tokens_details: OutputTokensDetails {
+                reasoning_tokens: 0,
+            },
+            total_tokens: input_tokens + output_tokens,
+        },
+        truncated,
+        text: completion_text(output_tokens),
     };
 
     if !flag(&obj, "stream") {
-        return Ok(json_reply(200, to_json(&full)));
+        let body = plan.with_final(|response| to_json(response));
+        return Ok(json_reply(200, body));
     }
-
-    let in_progress = ResponseObject {
-        status: "in_progress",
-        incomplete_details: None,
-        output: &[],
-        usage: None,
-        ..full
-    };
-    let mut seq = 0u64;
-    let mut next_seq = || {
-        let s = seq;
-        seq += 1;
-        s
-    };
-    let mut events = Vec::with_capacity(output_tokens as usize + 10);
-
-    let mut ev = ResponseEvent::new("response.created", next_seq());
-    ev.response = Some(&in_progress);
-    events.push(sse_named(ev.kind, &ev));
-
-    let mut ev = ResponseEvent::new("response.in_progress", next_seq());
-    ev.response = Some(&in_progress);
-    events.push(sse_named(ev.kind, &ev));
-
-    let added_item = MessageItem {
-        kind: "message",
-        id: &message_id,
-        status: "in_progress",
-        role: "assistant",
-        content: &[],
-    };
-    let mut ev = ResponseEvent::new("response.output_item.added", next_seq());
-    ev.output_index = Some(0);
-    ev.item = Some(&added_item);
-    events.push(sse_named(ev.kind, &ev));
-
-    let empty_part = OutputText::new("");
-    let mut ev = ResponseEvent::new("response.content_part.added", next_seq());
-    ev.item_id = Some(&message_id);
-    ev.output_index = Some(0);
-    ev.content_index = Some(0);
-    ev.part = Some(&empty_part);
-    events.push(sse_named(ev.kind, &ev));
-
-    for i in 0..output_tokens {
-        let delta = token_text(i, output_tokens);
-        let mut ev = ResponseEvent::new("response.output_text.delta", next_seq());
-        ev.item_id = Some(&message_id);
-        ev.output_index = Some(0);
-        ev.content_index = Some(0);
-        ev.delta = Some(&delta);
-        ev.logprobs = Some(EmptyArray);
-        events.push(sse_named(ev.kind, &ev));
-    }
-
-    let mut ev = ResponseEvent::new("response.output_text.done", next_seq());
-    ev.item_id = Some(&message_id);
-    ev.output_index = Some(0);
-    ev.content_index = Some(0);
-    ev.text = Some(&text);
-    ev.logprobs = Some(EmptyArray);
-    events.push(sse_named(ev.kind, &ev));
-
-    let mut ev = ResponseEvent::new("response.content_part.done", next_seq());
-    ev.item_id = Some(&message_id);
-    ev.output_index = Some(0);
-    ev.content_index = Some(0);
-    ev.part = Some(&parts[0]);
-    events.push(sse_named(ev.kind, &ev));
-
-    let mut ev = ResponseEvent::new("response.output_item.done", next_seq());
-    ev.output_index = Some(0);
-    ev.item = Some(&done_item);
-    events.push(sse_named(ev.kind, &ev));
-
-    let final_kind = if truncated {
-        "response.incomplete"
-    } else {
-        "response.completed"
-    };
-    let mut ev = ResponseEvent::new(final_kind, next_seq());
-    ev.response = Some(&full);
-    events.push(sse_named(ev.kind, &ev));
-
-    Ok(sse_reply(events))
+    Ok(sse_reply(SseEvents {
+        count: plan.event_count() as usize,
+        event: Box::new(move |i| plan.event(i as u64)),
+    }))
 }
 
 // ---------------------------------------------------------------------------

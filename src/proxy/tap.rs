@@ -8,6 +8,16 @@
 use crate::sse::{parse_event, SseParser};
 use crate::usage::Tokens;
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
+use once_cell::sync::Lazy;
+
+/// Substring searchers built once (building one per event would dominate the per-event cost).
+static USAGE: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"usage\""));
+static DELTA: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"delta\""));
+static COMPLETED: Lazy<Finder<'static>> =
+    Lazy::new(|| Finder::new(b"\"type\":\"response.completed\""));
+static USAGE_NULL: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"usage\":null"));
+static NO_CHOICES: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"choices\":[]"));
 
 /// Unary bodies larger than this are not kept; usage is then read from the kept tail.
 const UNARY_KEEP: usize = 1024 * 1024;
@@ -114,21 +124,21 @@ impl ResponseTap {
         if matches!(ev.event, Some("error")) || data.starts_with(b"{\"error\"") {
             self.error_event = true;
         }
-        let has_usage = memchr::memmem::find(data, b"\"usage\"").is_some();
-        let is_content = memchr::memmem::find(data, b"\"delta\"").is_some();
+        let has_usage = USAGE.find(data).is_some();
+        let is_content = DELTA.find(data).is_some();
         if is_content {
             self.content_events += 1;
         }
         let completed = matches!(ev.event, Some("response.completed"))
-            || memchr::memmem::find(data, b"\"type\":\"response.completed\"").is_some();
+            || (ev.event.is_none() && COMPLETED.find(data).is_some());
         if !(has_usage || completed || self.response_id.is_none()) {
             return false;
         }
         // Cheap gate: a chat chunk with `"usage":null` carries nothing to read.
         if !completed
             && self.response_id.is_some()
-            && memchr::memmem::find(data, b"\"usage\":null").is_some()
-            && memchr::memmem::find(data, b"\"choices\":[]").is_none()
+            && USAGE_NULL.find(data).is_some()
+            && NO_CHOICES.find(data).is_none()
         {
             return false;
         }

@@ -1,0 +1,65 @@
+# Wharf — the two commands: `make run` (demo gateway + mock provider) and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+MOCK_ADDR ?= 127.0.0.1:9999
+CONF ?= conf/wharf.toml
+
+.PHONY: run test deps build fmt-check lint unit conf-check bench bench-load clean
+
+## Install what the build needs (pingora needs cmake) when it is missing.
+deps:
+	@command -v cmake >/dev/null 2>&1 || { \
+	  echo "installing cmake"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  if command -v apt-get >/dev/null 2>&1; then $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake; \
+	  elif command -v dnf >/dev/null 2>&1; then $$SUDO dnf install -y cmake; \
+	  elif command -v brew >/dev/null 2>&1; then brew install cmake; \
+	  else echo "please install cmake" >&2; exit 1; fi; }
+	@command -v cargo >/dev/null 2>&1 || { echo "please install Rust (https://rustup.rs)" >&2; exit 1; }
+
+build: deps
+	$(CARGO) build --release --bin wharf --bin wharf-mock
+
+## The demo: the bundled mock provider plus the gateway on the TOML-only default config.
+run: build
+	@set -e; \
+	./target/release/wharf-mock --listen $(MOCK_ADDR) > /tmp/wharf-mock.log 2>&1 & mock=$$!; \
+	trap 'kill $$mock 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq 50); do grep -q listening /tmp/wharf-mock.log 2>/dev/null && break; sleep 0.1; done; \
+	echo ""; \
+	echo "Wharf demo: gateway on http://127.0.0.1:8080, admin on http://127.0.0.1:9090, mock provider on $(MOCK_ADDR)"; \
+	echo "Demo virtual key: wharf-demo-key"; \
+	echo "Try:"; \
+	echo "  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Authorization: Bearer wharf-demo-key' \\"; \
+	echo "       -H 'Content-Type: application/json' -d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'"; \
+	echo "  curl -sN http://127.0.0.1:8080/v1/chat/completions -H 'Authorization: Bearer wharf-demo-key' \\"; \
+	echo "       -d '{\"model\":\"gpt-4o-mini\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'"; \
+	echo "Usage records: ./usage.jsonl   Metrics: curl -s http://127.0.0.1:9090/metrics"; \
+	echo ""; \
+	WHARF_MOCK_PROVIDER_KEY=sk-mock ./target/release/wharf serve -c $(CONF)
+
+## Everything CI checks: formatting, lints, all tests, every shipped config.
+test: deps fmt-check lint unit conf-check
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --all-targets
+
+conf-check:
+	$(CARGO) run --quiet --bin wharf -- check conf/*.toml
+
+## Criterion micro-benchmarks (SSE parser, body rewrite).
+bench: deps
+	$(CARGO) bench --bench sse --bench rewrite
+
+## Load benchmark: direct-to-mock vs bare Pingora passthrough vs Wharf, in one run.
+bench-load: deps
+	bash benches/load.sh
+
+clean:
+	$(CARGO) clean
