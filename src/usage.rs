@@ -164,16 +164,16 @@ impl UsageSink {
     }
 }
 
-/// Drains `rx` into a JSON Lines file (or discards when no path is configured), flushing after
-/// every batch. Returns when every sender is gone.
+/// How often the writer collects queued records. The writer is never woken per record: a
+/// cross-thread wake-up per request would cost more than everything else the gateway does.
+pub const WRITER_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Drains `rx` into a JSON Lines file (or discards when no path is configured) every
+/// [`WRITER_TICK`], flushing after every batch. Returns when every sender is gone.
 pub async fn run_writer(mut rx: mpsc::Receiver<UsageRecord>, path: Option<String>) {
     let mut file = match &path {
-        Some(p) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-        {
-            Ok(f) => Some(std::io::BufWriter::with_capacity(64 * 1024, f)),
+        Some(p) => match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+            Ok(f) => Some(std::io::BufWriter::with_capacity(256 * 1024, f)),
             Err(e) => {
                 tracing::error!(path = %p, error = %e, "cannot open usage file; records will be counted and dropped");
                 None
@@ -181,25 +181,44 @@ pub async fn run_writer(mut rx: mpsc::Receiver<UsageRecord>, path: Option<String
         },
         None => None,
     };
-    let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        metrics::USAGE_QUEUE_DEPTH.set(rx.len() as i64);
-        if let Some(f) = file.as_mut() {
-            for rec in batch.drain(..) {
-                let ok = serde_json::to_writer(&mut *f, &rec).is_ok() && f.write_all(b"\n").is_ok();
-                if ok {
+    let mut tick = tokio::time::interval(WRITER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut n = 0u64;
+        let mut closed = false;
+        loop {
+            match rx.try_recv() {
+                Ok(rec) => {
+                    n += 1;
+                    if let Some(f) = file.as_mut() {
+                        let ok = serde_json::to_writer(&mut *f, &rec).is_ok()
+                            && f.write_all(b"\n").is_ok();
+                        if !ok {
+                            metrics::USAGE_WRITE_ERRORS.inc();
+                            continue;
+                        }
+                    }
                     metrics::USAGE_WRITTEN.inc();
-                } else {
-                    metrics::USAGE_WRITE_ERRORS.inc();
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
                 }
             }
-            if let Err(e) = f.flush() {
-                metrics::USAGE_WRITE_ERRORS.inc();
-                tracing::error!(error = %e, "usage file flush failed");
+        }
+        metrics::USAGE_QUEUE_DEPTH.set(rx.len() as i64);
+        if n > 0 {
+            if let Some(f) = file.as_mut() {
+                if let Err(e) = f.flush() {
+                    metrics::USAGE_WRITE_ERRORS.inc();
+                    tracing::error!(error = %e, "usage file flush failed");
+                }
             }
-        } else {
-            metrics::USAGE_WRITTEN.inc_by(batch.len() as u64);
-            batch.clear();
+        }
+        if closed {
+            return;
         }
     }
 }

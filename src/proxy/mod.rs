@@ -162,7 +162,21 @@ fn request_id_from(h: &RequestHeader) -> String {
             return v.to_string();
         }
     }
-    uuid::Uuid::now_v7().simple().to_string()
+    next_request_id()
+}
+
+/// A request id: 32 hex characters, time-ordered, unique per process (a random per-process
+/// prefix plus a counter), generated without a system call.
+fn next_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: once_cell::sync::Lazy<u32> = once_cell::sync::Lazy::new(rand::random);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:012x}{:08x}{:012x}", ms & 0xffff_ffff_ffff, *PREFIX, n & 0xffff_ffff_ffff)
 }
 
 /// Outcome of the bounded body read.

@@ -195,9 +195,15 @@ impl ResponseTap {
             return;
         }
         if !self.unary_overflow {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.unary) {
-                self.tokens = v.get("usage").and_then(Tokens::from_openai_usage);
-                self.response_id = v.get("id").and_then(|i| i.as_str()).map(str::to_string);
+            /// Only what the tap needs; every other field is skipped without building a tree.
+            #[derive(serde::Deserialize)]
+            struct Unary {
+                id: Option<String>,
+                usage: Option<serde_json::Value>,
+            }
+            if let Ok(v) = serde_json::from_slice::<Unary>(&self.unary) {
+                self.tokens = v.usage.as_ref().and_then(Tokens::from_openai_usage);
+                self.response_id = v.id;
                 self.done = true;
             }
         } else if let Some(pos) = memchr::memmem::rfind(&self.unary, b"\"usage\"") {
