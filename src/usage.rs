@@ -172,7 +172,11 @@ pub const WRITER_TICK: std::time::Duration = std::time::Duration::from_millis(20
 /// [`WRITER_TICK`], flushing after every batch. Returns when every sender is gone.
 pub async fn run_writer(mut rx: mpsc::Receiver<UsageRecord>, path: Option<String>) {
     let mut file = match &path {
-        Some(p) => match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             Ok(f) => Some(std::io::BufWriter::with_capacity(256 * 1024, f)),
             Err(e) => {
                 tracing::error!(path = %p, error = %e, "cannot open usage file; records will be counted and dropped");

@@ -660,6 +660,58 @@ async fn large_bodies_reach_the_upstream_intact() {
 }
 
 #[tokio::test]
+async fn a_retry_replays_the_whole_large_body() {
+    // The provider drops a pooled keep-alive connection without answering (the classic idle
+    // close race). Pingora retries on a fresh connection, and the full > 64 KiB body must be
+    // replayed, not just the 64 KiB tail Pingora keeps.
+    let mock = mock().await;
+    let gw = Gw::start(&mock).await;
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        KEY_GOOD,
+        &chat_body("chat-a", false),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let accepted = mock.connections_accepted();
+    let text = "y".repeat(200 * 1024);
+    let body = json!({"model":"chat-a","messages":[{"role":"user","content":text}]});
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_GOOD)
+        .header("x-mock-fault", "close")
+        .header("x-mock-fault-once", "replay-test-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-wharf-attempts"], "2");
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let reqs = mock.requests();
+    let last_two = &reqs[reqs.len() - 2..];
+    for seen in last_two {
+        let v = seen.json().unwrap();
+        assert_eq!(v["model"], "up-chat-a");
+        assert_eq!(
+            v["messages"][0]["content"].as_str().unwrap().len(),
+            200 * 1024
+        );
+    }
+    assert_eq!(
+        mock.connections_accepted(),
+        accepted + 1,
+        "retry used a fresh connection"
+    );
+    let rec = gw.usage_of(&id).await;
+    let attempts = rec["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["outcome"], "error");
+    assert_eq!(attempts[1]["outcome"], "success");
+}
+
+#[tokio::test]
 async fn exactly_one_usage_record_per_request() {
     let mock = mock().await;
     let gw = Gw::start(&mock).await;

@@ -35,6 +35,7 @@
 //! | `x-mock-fault: drop-mid-stream` | send the head and `x-mock-drop-after` events (default 3), then close without the terminating chunk (unary: half the body) |
 //! | `x-mock-fault: reset-mid-stream` | same, but abort with RST |
 //! | `x-mock-fault: stall-mid-stream` | same, but then go silent and keep the socket open |
+//! | `x-mock-fault-once: TOKEN` | apply `x-mock-fault` only to the first request carrying TOKEN |
 //! | `x-mock-drop-after: N` | events sent before a `*-mid-stream` fault |
 //! | `x-mock-echo-headers: 1` | JSON answers get a `mock_echo_headers` list of the request's header names |
 //!

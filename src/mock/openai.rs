@@ -418,6 +418,18 @@ fn forced_error(status: u16, knobs: &Knobs, req: &Request) -> ApiError {
     }
 }
 
+/// `x-mock-fault-once: TOKEN` applies the fault only to the first request carrying TOKEN, so a
+/// retry of the same request succeeds.
+fn first_sighting(token: &str) -> bool {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    match seen.lock() {
+        Ok(mut g) => g.insert(token.to_owned()),
+        Err(_) => true,
+    }
+}
+
 fn requested_model(req: &Request) -> String {
     serde_json::from_slice::<Value>(&req.body)
         .ok()
@@ -431,10 +443,15 @@ fn requested_model(req: &Request) -> String {
 
 /// Decides how to answer one request.
 pub(crate) fn handle(cfg: &MockConfig, req: &Request) -> Action {
-    let knobs = match Knobs::parse(cfg, req) {
+    let mut knobs = match Knobs::parse(cfg, req) {
         Ok(knobs) => knobs,
         Err(err) => return Action::Reply(finish(err.into_reply(), req, false)),
     };
+    if let Some(token) = req.header("x-mock-fault-once") {
+        if !first_sighting(token) {
+            knobs.fault = None;
+        }
+    }
     let truncation = match knobs.fault {
         Some(Fault::Reset) => return Action::Reset,
         Some(Fault::Close) => return Action::Close,

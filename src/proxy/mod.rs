@@ -176,7 +176,12 @@ fn next_request_id() -> String {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:012x}{:08x}{:012x}", ms & 0xffff_ffff_ffff, *PREFIX, n & 0xffff_ffff_ffff)
+    format!(
+        "{:012x}{:08x}{:012x}",
+        ms & 0xffff_ffff_ffff,
+        *PREFIX,
+        n & 0xffff_ffff_ffff
+    )
 }
 
 /// Outcome of the bounded body read.
@@ -1018,6 +1023,16 @@ impl ProxyHttp for Gateway {
                 .observe(rec.gateway_overhead_us as f64 / 1e6);
             self.state.usage.emit(rec);
         }
+    }
+
+    fn request_summary(&self, s: &Session, ctx: &Ctx) -> String {
+        // Pingora logs this with errors: never the query string (it may carry `?key=`).
+        format!(
+            "{} {} request_id={}",
+            s.req_header().method,
+            s.req_header().uri.path(),
+            ctx.request_id
+        )
     }
 
     fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &Error) -> bool {
