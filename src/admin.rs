@@ -219,9 +219,14 @@ impl ServeHttp for AdminApp {
 
 /// A gateway error as a reply.
 pub fn error_reply(e: &GatewayError) -> Reply {
+    error_reply_for(e, crate::proxy::routes::Family::OpenAi)
+}
+
+/// A gateway error as a reply in the family's error shape.
+pub fn error_reply_for(e: &GatewayError, family: crate::proxy::routes::Family) -> Reply {
     Reply {
         status: e.status(),
         content_type: "application/json",
-        body: e.body(),
+        body: e.body_for(family),
     }
 }

@@ -4,6 +4,7 @@
 //! code, status and OpenAI-style `type` are properties of the variant, so the mapping is
 //! exhaustive and checked by the compiler.
 
+use crate::proxy::routes::Family;
 use bytes::Bytes;
 use serde_json::json;
 
@@ -146,6 +147,23 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// Google's canonical status name for this error.
+    pub fn google_status(self) -> &'static str {
+        match self.status() {
+            400 | 411 | 413 => "INVALID_ARGUMENT",
+            401 => "UNAUTHENTICATED",
+            403 => "PERMISSION_DENIED",
+            404 | 405 => "NOT_FOUND",
+            408 | 504 => "DEADLINE_EXCEEDED",
+            429 => "RESOURCE_EXHAUSTED",
+            501 => "UNIMPLEMENTED",
+            503 | 502 => "UNAVAILABLE",
+            _ => "INTERNAL",
+        }
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -183,12 +201,57 @@ impl GatewayError {
         Bytes::from(json!({ "error": err }).to_string())
     }
 
+    /// The body in the shape the family's SDK parses: Anthropic's outer
+    /// `{"type":"error","error":{..}}`, Google's `status` beside the SPEC fields.
+    pub fn body_for(&self, family: Family) -> Bytes {
+        match family {
+            Family::OpenAi => self.body(),
+            Family::Anthropic => {
+                let mut err = json!({
+                    "type": self.code.kind(),
+                    "code": self.code.as_str(),
+                    "message": self.message,
+                });
+                if let Some(obj) = err.as_object_mut() {
+                    for (k, v) in &self.extra {
+                        obj.insert((*k).to_string(), v.clone());
+                    }
+                }
+                Bytes::from(json!({"type": "error", "error": err}).to_string())
+            }
+            Family::Gemini => {
+                let mut err = json!({
+                    "code": self.code.as_str(),
+                    "message": self.message,
+                    "type": self.code.kind(),
+                    "status": self.code.google_status(),
+                });
+                if let Some(obj) = err.as_object_mut() {
+                    for (k, v) in &self.extra {
+                        obj.insert((*k).to_string(), v.clone());
+                    }
+                }
+                Bytes::from(json!({ "error": err }).to_string())
+            }
+        }
+    }
+
     /// The same error as one SSE event, for failures after the first streamed byte.
     pub fn sse_event(&self) -> Bytes {
-        let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&self.body());
-        out.extend_from_slice(b"\n\n");
+        self.sse_event_for(Family::OpenAi)
+    }
+
+    /// The final SSE error event in the family's stream format.
+    pub fn sse_event_for(&self, family: Family) -> Bytes {
+        let mut out = Vec::with_capacity(160);
+        let (prefix, sep): (&[u8], &[u8]) = match family {
+            Family::OpenAi => (b"data: ", b"\n\n"),
+            Family::Anthropic => (b"event: error\ndata: ", b"\n\n"),
+            Family::Gemini => (b"data: ", b"\r\n\r\n"),
+        };
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(&self.body_for(family));
+        out.extend_from_slice(sep);
         Bytes::from(out)
     }
 }

@@ -60,6 +60,44 @@ impl Tokens {
         })
     }
 
+    /// Reads an Anthropic `usage` object. Anthropic's `input_tokens` excludes cache reads and
+    /// writes; here input counts them all and `cached_input` is the cache reads.
+    pub fn from_anthropic_usage(usage: &Value) -> Option<Tokens> {
+        if !usage.is_object() {
+            return None;
+        }
+        let plain = u(usage, &["input_tokens"]).unwrap_or(0);
+        let created = u(usage, &["cache_creation_input_tokens"]).unwrap_or(0);
+        let read = u(usage, &["cache_read_input_tokens"]).unwrap_or(0);
+        let output = u(usage, &["output_tokens"]).unwrap_or(0);
+        let input = plain + created + read;
+        Some(Tokens {
+            input,
+            output,
+            cached_input: read,
+            reasoning: 0,
+            total: input + output,
+        })
+    }
+
+    /// Reads a Gemini `usageMetadata` object (thoughts count as output and as reasoning).
+    pub fn from_gemini_usage(meta: &Value) -> Option<Tokens> {
+        if !meta.is_object() {
+            return None;
+        }
+        let input = u(meta, &["promptTokenCount"]).unwrap_or(0);
+        let thoughts = u(meta, &["thoughtsTokenCount"]).unwrap_or(0);
+        let output = u(meta, &["candidatesTokenCount"]).unwrap_or(0) + thoughts;
+        let cached = u(meta, &["cachedContentTokenCount"]).unwrap_or(0);
+        Some(Tokens {
+            input,
+            output,
+            cached_input: cached.min(input),
+            reasoning: thoughts,
+            total: u(meta, &["totalTokenCount"]).unwrap_or(input + output),
+        })
+    }
+
     /// Cost in nanos-USD under `p` (prices per 1M tokens), rounded to the nearest nano.
     pub fn cost_nanos(&self, p: &Pricing) -> u64 {
         let uncached = self.input.saturating_sub(self.cached_input) as u128;
@@ -256,6 +294,26 @@ mod tests {
         .expect("usage");
         assert_eq!((t.input, t.output, t.reasoning), (7, 3, 1));
         assert!(Tokens::from_openai_usage(&Value::Null).is_none());
+    }
+
+    #[test]
+    fn anthropic_and_gemini_usage() {
+        let t = Tokens::from_anthropic_usage(
+            &json!({"input_tokens":10,"cache_creation_input_tokens":5,
+            "cache_read_input_tokens":20,"output_tokens":7}),
+        )
+        .expect("usage");
+        assert_eq!(
+            (t.input, t.cached_input, t.output, t.total),
+            (35, 20, 7, 42)
+        );
+        let t = Tokens::from_gemini_usage(&json!({"promptTokenCount":12,"candidatesTokenCount":4,
+            "thoughtsTokenCount":3,"cachedContentTokenCount":2,"totalTokenCount":19}))
+        .expect("usage");
+        assert_eq!(
+            (t.input, t.output, t.reasoning, t.cached_input, t.total),
+            (12, 7, 3, 2, 19)
+        );
     }
 
     #[test]

@@ -523,10 +523,11 @@ fn validate_provider(
         base_path = u.path().trim_end_matches('/').to_string();
     }
     let kind_v = kind.unwrap_or(ProviderKind::OpenAi);
-    if base_path.is_empty() && kind_v != ProviderKind::Google {
-        // The API root of OpenAI-compatible servers (the SDKs' base URL ends in /v1).
+    if base_path.is_empty() {
+        // The API root: OpenAI-compatible and Anthropic servers under /v1, Gemini under /v1beta.
         base_path = match kind_v {
             ProviderKind::AzureOpenAi => String::new(),
+            ProviderKind::Google => "/v1beta".into(),
             _ => "/v1".into(),
         };
     }

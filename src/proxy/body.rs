@@ -22,6 +22,21 @@ pub enum BodyKind {
     Responses,
     /// `/v1/embeddings`: `input`, never streams.
     Embeddings,
+    /// `/v1/completions` (legacy): `prompt`; OpenAI stream usage opt-in.
+    Completions,
+    /// Anthropic `/v1/messages`: `messages`, `max_tokens`.
+    Anthropic,
+    /// Anthropic `/v1/messages/count_tokens`: `messages`.
+    AnthropicCount,
+    /// Gemini `generateContent`: `contents`; the model is in the path.
+    Gemini,
+}
+
+impl BodyKind {
+    /// Whether the OpenAI `stream_options.include_usage` opt-in applies.
+    pub fn openai_stream_usage(self) -> bool {
+        matches!(self, BodyKind::Chat | BodyKind::Completions)
+    }
 }
 
 /// Facts about a decoded request body.
@@ -29,8 +44,9 @@ pub enum BodyKind {
 pub struct Inspected {
     /// The requested model name.
     pub model: String,
-    /// Byte range of the `model` JSON value (quotes included).
-    pub model_span: Range<usize>,
+    /// Byte range of the `model` JSON value (quotes included); `None` when the model is not
+    /// in the body (Gemini).
+    pub model_span: Option<Range<usize>>,
     /// `stream: true`.
     pub stream: bool,
     /// Byte range of the `stream_options` value, when present.
@@ -52,6 +68,8 @@ struct Peek<'a> {
     stream_options: Option<&'a RawValue>,
     messages: Option<Vec<IgnoredAny>>,
     input: Option<IgnoredAny>,
+    prompt: Option<IgnoredAny>,
+    contents: Option<Vec<IgnoredAny>>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     max_output_tokens: Option<u64>,
@@ -118,29 +136,44 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
         )
     })?;
 
-    let raw_model = peek
-        .model
-        .ok_or_else(|| bad(ErrorCode::InvalidRequest, "`model` is required"))?;
-    let model: String = serde_json::from_str(raw_model.get()).map_err(|_| {
-        bad(
+    let (model, model_span) = if kind == BodyKind::Gemini {
+        (String::new(), None)
+    } else {
+        let raw_model = peek
+            .model
+            .ok_or_else(|| bad(ErrorCode::InvalidRequest, "`model` is required"))?;
+        let model: String = serde_json::from_str(raw_model.get()).map_err(|_| {
+            bad(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "invalid value for `model`: expected a string, got {}",
+                    raw_model.get()
+                ),
+            )
+        })?;
+        if model.is_empty() {
+            return Err(bad(ErrorCode::InvalidRequest, "`model` must not be empty"));
+        }
+        (model, Some(span_of(body, raw_model)))
+    };
+    let required: Option<(&str, bool)> = match kind {
+        BodyKind::Chat | BodyKind::AnthropicCount => Some(("messages", peek.messages.is_some())),
+        BodyKind::Anthropic => {
+            if peek.messages.is_none() {
+                Some(("messages", false))
+            } else {
+                Some(("max_tokens", peek.max_tokens.is_some()))
+            }
+        }
+        BodyKind::Responses | BodyKind::Embeddings => Some(("input", peek.input.is_some())),
+        BodyKind::Completions => Some(("prompt", peek.prompt.is_some())),
+        BodyKind::Gemini => Some(("contents", peek.contents.is_some())),
+    };
+    if let Some((field, false)) = required {
+        return Err(bad(
             ErrorCode::InvalidRequest,
-            format!(
-                "invalid value for `model`: expected a string, got {}",
-                raw_model.get()
-            ),
-        )
-    })?;
-    if model.is_empty() {
-        return Err(bad(ErrorCode::InvalidRequest, "`model` must not be empty"));
-    }
-    match kind {
-        BodyKind::Chat if peek.messages.is_none() => {
-            return Err(bad(ErrorCode::InvalidRequest, "`messages` is required"))
-        }
-        BodyKind::Responses | BodyKind::Embeddings if peek.input.is_none() => {
-            return Err(bad(ErrorCode::InvalidRequest, "`input` is required"))
-        }
-        _ => {}
+            format!("`{field}` is required"),
+        ));
     }
     if let Some(t) = peek.temperature {
         if !(0.0..=2.0).contains(&t) {
@@ -190,7 +223,7 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
     }
     Ok(Inspected {
         model,
-        model_span: span_of(body, raw_model),
+        model_span,
         stream,
         stream_options_span,
         client_include_usage,
@@ -205,9 +238,14 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
 /// The body for the upstream: `model` replaced by `slug`; with `force_usage`, a streaming chat
 /// request also asks for `stream_options.include_usage`.
 pub fn rewrite(body: &[u8], insp: &Inspected, slug: &str, force_usage: bool) -> Bytes {
-    let slug_json = serde_json::to_string(slug).unwrap_or_else(|_| format!("\"{slug}\""));
-    let mut edits: Vec<(Range<usize>, Vec<u8>)> =
-        vec![(insp.model_span.clone(), slug_json.into_bytes())];
+    let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
+    if let Some(span) = &insp.model_span {
+        let slug_json = serde_json::to_string(slug).unwrap_or_else(|_| format!("\"{slug}\""));
+        edits.push((span.clone(), slug_json.into_bytes()));
+    }
+    if edits.is_empty() && !(force_usage && insp.stream && !insp.client_include_usage) {
+        return Bytes::copy_from_slice(body);
+    }
     if force_usage && insp.stream && !insp.client_include_usage {
         match &insp.stream_options_span {
             Some(span) => {
@@ -256,7 +294,15 @@ pub fn estimate_input_tokens(body: &[u8]) -> u64 {
     }
     let mut chars = 0usize;
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        for key in ["messages", "input", "instructions", "prompt"] {
+        for key in [
+            "messages",
+            "input",
+            "instructions",
+            "prompt",
+            "system",
+            "contents",
+            "systemInstruction",
+        ] {
             if let Some(x) = v.get(key) {
                 walk(x, &mut chars);
             }

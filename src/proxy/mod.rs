@@ -35,10 +35,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType, RetryType};
-use routes::Route;
+use routes::{Family, Route};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tap::{ResponseTap, TapMode};
+use tap::{ResponseTap, TapMode, WireFormat};
 
 /// Pingora's retry-buffer capacity (`BODY_BUF_LIMIT`): the pre-read trick keeps only the tail.
 const RETRY_BUF: usize = 64 * 1024;
@@ -148,7 +148,8 @@ async fn write_error(
     if e.code == ErrorCode::Unauthorized {
         extra.push(("www-authenticate", "Bearer".to_string()));
     }
-    write_reply(s, ctx, admin::error_reply(&e), &extra).await
+    let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
+    write_reply(s, ctx, admin::error_reply_for(&e, family), &extra).await
 }
 
 /// A well-formed client request id is kept; anything else is replaced.
@@ -325,13 +326,15 @@ fn resolve_model(
         ));
     }
     let p = &model.provider;
-    if !p.kind.is_openai_family() {
+    let family = route.family();
+    if !family.admits(p.kind) {
         return Err(GatewayError::new(
             ErrorCode::ProviderNotAllowed,
             format!(
-                "model `{name}` is served by a {} provider; {} only reaches OpenAI-compatible providers",
+                "model `{name}` is served by a {} provider; {} only reaches {} providers",
                 p.kind.as_str(),
-                route.name()
+                route.name(),
+                family.label()
             ),
         ));
     }
@@ -391,6 +394,13 @@ fn upstream_uri(
                 route.upstream_suffix()
             ),
         }
+    } else if route.family() == Family::Gemini {
+        format!(
+            "{}/models/{}{}",
+            p.base_path,
+            model.slug,
+            route.upstream_suffix()
+        )
     } else {
         format!("{}{}", p.base_path, route.upstream_suffix())
     };
@@ -450,10 +460,18 @@ impl Gateway {
         // The client's upload time is not gateway overhead.
         ctx.overhead = ctx.overhead.saturating_sub(t_read.elapsed());
         ctx.request_bytes = raw.len() as u64;
-        let insp = match body::inspect(kind, &raw) {
+        let mut insp = match body::inspect(kind, &raw) {
             Ok(i) => i,
             Err(e) => return write_error(s, ctx, e, "body").await,
         };
+        if route.family() == Family::Gemini {
+            // The model is in the path; streaming is the route (SSE with `alt=sse`).
+            let path = s.req_header().uri.path();
+            insp.model = routes::gemini_model(path)
+                .map(|(m, _)| m.to_string())
+                .unwrap_or_default();
+            insp.stream = route == Route::GeminiStream;
+        }
         let model = match resolve_model(&snap, &key, route, &insp.model) {
             Ok(m) => m,
             Err(e) => return write_error(s, ctx, e, "model").await,
@@ -462,7 +480,7 @@ impl Gateway {
             Ok(u) => u,
             Err(e) => return write_error(s, ctx, e, "model").await,
         };
-        let force_usage = route == Route::ChatCompletions;
+        let force_usage = kind.openai_stream_usage();
         ctx.body = Some(body::rewrite(&raw, &insp, &model.slug, force_usage));
         ctx.upstream_uri = Some(uri);
         ctx.model = Some(model);
@@ -757,6 +775,9 @@ impl ProxyHttp for Gateway {
                 req.insert_header(p.auth_header.clone(), k.expose())?;
             }
         }
+        if p.kind == ProviderKind::Anthropic && req.headers.get("anthropic-version").is_none() {
+            req.insert_header("anthropic-version", "2023-06-01")?;
+        }
         for (k, v) in &p.headers {
             req.insert_header(k.clone(), v.clone())?;
         }
@@ -828,20 +849,29 @@ impl ProxyHttp for Gateway {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        ctx.tap = if (200..300).contains(&status) && ct.starts_with("text/event-stream") {
-            let strip = ctx.route == Some(Route::ChatCompletions)
+        let format = match ctx.route.map(Route::family) {
+            Some(Family::Anthropic) => WireFormat::Anthropic,
+            Some(Family::Gemini) => WireFormat::Gemini,
+            _ => WireFormat::OpenAi,
+        };
+        let mode = if (200..300).contains(&status) && ct.starts_with("text/event-stream") {
+            let strip = ctx
+                .route
+                .and_then(Route::body_kind)
+                .is_some_and(|k| k.openai_stream_usage())
                 && ctx.insp.as_ref().is_some_and(|i| !i.client_include_usage);
             if strip {
                 resp.remove_header("content-length");
             }
-            ResponseTap::new(TapMode::Sse {
+            TapMode::Sse {
                 strip_usage_chunk: strip,
-            })
+            }
         } else if (200..300).contains(&status) && ct.contains("json") {
-            ResponseTap::new(TapMode::Unary)
+            TapMode::Unary
         } else {
-            ResponseTap::new(TapMode::Off)
+            TapMode::Off
         };
+        ctx.tap = ResponseTap::with_format(mode, format);
         ctx.overhead += t.elapsed();
         Ok(())
     }
@@ -924,7 +954,10 @@ impl ProxyHttp for Gateway {
         if s.response_written().is_some() {
             // Mid-stream: a final SSE error event in the client's format, then a clean end.
             if matches!(ctx.tap.mode, TapMode::Sse { .. }) {
-                let _ = s.write_response_body(Some(ge.sse_event()), true).await;
+                let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
+                let _ = s
+                    .write_response_body(Some(ge.sse_event_for(family)), true)
+                    .await;
             }
             return FailToProxy {
                 error_code: ge.status(),
@@ -941,7 +974,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         };
-        let body = ge.body();
+        let body = ge.body_for(ctx.route.map(Route::family).unwrap_or(Family::OpenAi));
         let _ = h.insert_header("content-type", "application/json");
         let _ = h.insert_header("content-length", body.len().to_string());
         let _ = h.insert_header("x-request-id", ctx.request_id.as_str());

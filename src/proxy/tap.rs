@@ -36,10 +36,20 @@ pub enum TapMode {
     Sse { strip_usage_chunk: bool },
 }
 
+/// Whose wire format the response is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireFormat {
+    #[default]
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
 /// Usage read from a response.
 #[derive(Debug, Default)]
 pub struct ResponseTap {
     pub mode: TapMode,
+    pub format: WireFormat,
     parser: SseParser,
     /// Usage reported by the provider, if any.
     pub tokens: Option<Tokens>,
@@ -58,10 +68,16 @@ pub struct ResponseTap {
 }
 
 impl ResponseTap {
-    /// A tap in `mode`.
+    /// A tap in `mode` for OpenAI-format responses.
     pub fn new(mode: TapMode) -> Self {
+        Self::with_format(mode, WireFormat::OpenAi)
+    }
+
+    /// A tap in `mode` for responses in `format`.
+    pub fn with_format(mode: TapMode, format: WireFormat) -> Self {
         ResponseTap {
             mode,
+            format,
             parser: SseParser::new(),
             ..Default::default()
         }
@@ -115,6 +131,89 @@ impl ResponseTap {
 
     /// Handles one complete SSE event; returns true when the event is the usage-only chunk.
     fn on_event(&mut self, raw: &[u8]) -> bool {
+        match self.format {
+            WireFormat::OpenAi => self.on_openai_event(raw),
+            WireFormat::Anthropic => {
+                self.on_anthropic_event(raw);
+                false
+            }
+            WireFormat::Gemini => {
+                self.on_gemini_event(raw);
+                false
+            }
+        }
+    }
+
+    /// Anthropic: `message_start` carries input (and cache) usage, `message_delta` the
+    /// cumulative output; `message_stop` ends the stream.
+    fn on_anthropic_event(&mut self, raw: &[u8]) {
+        let ev = parse_event(raw);
+        match ev.event {
+            Some("content_block_delta") => self.content_events += 1,
+            Some("message_stop") => self.done = true,
+            Some("error") => self.error_event = true,
+            Some("message_start") | Some("message_delta") => {
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&ev.data) else {
+                    return;
+                };
+                if let Some(m) = v.get("message") {
+                    self.response_id = m.get("id").and_then(|i| i.as_str()).map(str::to_string);
+                    self.tokens = m.get("usage").and_then(Tokens::from_anthropic_usage);
+                } else if let Some(u) = v.get("usage") {
+                    let mut t = self.tokens.unwrap_or_default();
+                    if let Some(out) = u.get("output_tokens").and_then(|x| x.as_u64()) {
+                        t.output = out;
+                    }
+                    // Newer API versions repeat the input counts in message_delta.
+                    if let Some(full) = Tokens::from_anthropic_usage(u) {
+                        if full.input > 0 {
+                            t.input = full.input;
+                            t.cached_input = full.cached_input;
+                        }
+                    }
+                    t.total = t.input + t.output;
+                    self.tokens = Some(t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Gemini: every chunk repeats the cumulative `usageMetadata`; the last one wins.
+    fn on_gemini_event(&mut self, raw: &[u8]) {
+        let ev = parse_event(raw);
+        let data: &[u8] = &ev.data;
+        if data.starts_with(b"{\"error\"") {
+            self.error_event = true;
+            return;
+        }
+        self.content_events += 1;
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return;
+        };
+        self.take_gemini(&v);
+    }
+
+    fn take_gemini(&mut self, v: &serde_json::Value) {
+        if let Some(t) = v.get("usageMetadata").and_then(Tokens::from_gemini_usage) {
+            self.tokens = Some(t);
+        }
+        if self.response_id.is_none() {
+            self.response_id = v
+                .get("responseId")
+                .and_then(|i| i.as_str())
+                .map(str::to_string);
+        }
+        let finished = v
+            .get("candidates")
+            .and_then(|c| c.as_array())
+            .is_some_and(|c| c.iter().any(|x| x.get("finishReason").is_some()));
+        if finished {
+            self.done = true;
+        }
+    }
+
+    fn on_openai_event(&mut self, raw: &[u8]) -> bool {
         let ev = parse_event(raw);
         let data: &[u8] = &ev.data;
         if data == b"[DONE]" {
@@ -195,16 +294,37 @@ impl ResponseTap {
             return;
         }
         if !self.unary_overflow {
-            /// Only what the tap needs; every other field is skipped without building a tree.
-            #[derive(serde::Deserialize)]
-            struct Unary {
-                id: Option<String>,
-                usage: Option<serde_json::Value>,
-            }
-            if let Ok(v) = serde_json::from_slice::<Unary>(&self.unary) {
-                self.tokens = v.usage.as_ref().and_then(Tokens::from_openai_usage);
-                self.response_id = v.id;
-                self.done = true;
+            match self.format {
+                WireFormat::OpenAi | WireFormat::Anthropic => {
+                    /// Only what the tap needs; every other field is skipped without building a
+                    /// tree.
+                    #[derive(serde::Deserialize)]
+                    struct Unary {
+                        id: Option<String>,
+                        usage: Option<serde_json::Value>,
+                    }
+                    if let Ok(v) = serde_json::from_slice::<Unary>(&self.unary) {
+                        self.tokens = v.usage.as_ref().and_then(|u| {
+                            if self.format == WireFormat::Anthropic {
+                                Tokens::from_anthropic_usage(u)
+                            } else {
+                                Tokens::from_openai_usage(u)
+                            }
+                        });
+                        self.response_id = v.id;
+                        self.done = true;
+                    }
+                }
+                WireFormat::Gemini => {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.unary) {
+                        // streamGenerateContent without alt=sse answers a JSON array.
+                        match v.as_array() {
+                            Some(chunks) => chunks.iter().for_each(|c| self.take_gemini(c)),
+                            None => self.take_gemini(&v),
+                        }
+                        self.done = true;
+                    }
+                }
             }
         } else if let Some(pos) = memchr::memmem::rfind(&self.unary, b"\"usage\"") {
             // Large body (e.g. many embeddings): read the usage object from the tail.
