@@ -88,6 +88,18 @@ type = "ANTHROPIC"
 base_url = "http://{mock}"
 api_key_env = "WHARF_TEST_PROVIDER_KEY"
 
+[[providers]]
+name = "google"
+type = "GOOGLE"
+base_url = "http://{mock}"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+
+[[models]]
+name = "gem"
+slug = "gem-up"
+provider = "google"
+pricing = {{ input = 1.25, output = 5.0 }}
+
 [[models]]
 name = "chat-a"
 slug = "up-chat-a"
@@ -117,6 +129,7 @@ provider = "dead"
 name = "claude"
 slug = "claude-x"
 provider = "anthropic"
+pricing = {{ input = 3.0, output = 15.0, cached = 0.3 }}
 
 [[keys]]
 id = "key_good"
@@ -124,7 +137,7 @@ hash = "{good}"
 type = "TEAM"
 organisation_id = "org_1"
 team_id = "team_1"
-models = ["chat-a", "chat-b", "embed", "dead-chat", "claude"]
+models = ["chat-a", "chat-b", "embed", "dead-chat", "claude", "gem"]
 
 [[keys]]
 id = "key_limited"
