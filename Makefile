@@ -4,7 +4,7 @@ CARGO ?= cargo
 MOCK_ADDR ?= 127.0.0.1:9999
 CONF ?= conf/wharf.toml
 
-.PHONY: run test deps build fmt-check lint unit conf-check bench bench-load clean
+.PHONY: run test deps services build fmt-check lint unit conf-check bench bench-load clean
 
 ## Install what the build needs (pingora needs cmake) when it is missing.
 deps:
@@ -39,7 +39,11 @@ run: build
 	WHARF_MOCK_PROVIDER_KEY=sk-mock ./target/release/wharf serve -c $(CONF)
 
 ## Everything CI checks: formatting, lints, all tests, every shipped config.
-test: deps fmt-check lint unit conf-check
+## Postgres and Redis: the local ones when they answer, else throwaway instances (scripts/services.sh).
+test: deps services fmt-check lint unit conf-check
+
+services:
+	bash scripts/services.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

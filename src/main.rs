@@ -34,6 +34,15 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Apply pending database migrations (forward-only).
+    Migrate {
+        /// Postgres URL (default: $DATABASE_URL).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Only report whether the schema is up to date.
+        #[arg(long)]
+        check: bool,
+    },
     /// Generate a virtual key: prints the secret (once) and the SHA-256 hash for the config.
     Keygen,
     /// Print the SHA-256 hash of a virtual key read from standard input.
@@ -85,6 +94,41 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
+            }
+        }
+        Cmd::Migrate {
+            database_url,
+            check,
+        } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("wharf: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let r = rt.block_on(async {
+                let pool = wharf::db::connect(&database_url).await?;
+                if !check {
+                    wharf::db::migrate(&pool).await?;
+                }
+                wharf::db::check_schema(&pool).await
+            });
+            match r {
+                Ok(()) => {
+                    println!(
+                        "schema up to date (version {})",
+                        wharf::db::expected_version()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wharf: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Cmd::Keygen => {
