@@ -124,8 +124,13 @@ pub fn status(state: &State) -> Reply {
     )
 }
 
-/// `GET /v1/models`: the models this key may call, in OpenAI's list shape.
-pub fn models(snap: &Snapshot, key: &VirtualKey) -> Reply {
+/// `GET /v1/models`: the models this key may call, in OpenAI's list shape (only those of
+/// providers of `kind` when given).
+pub fn models(
+    snap: &Snapshot,
+    key: &VirtualKey,
+    kind: Option<crate::config::ProviderKind>,
+) -> Reply {
     let created = unix(snap.loaded_at);
     let data: Vec<serde_json::Value> = snap
         .config
@@ -133,6 +138,7 @@ pub fn models(snap: &Snapshot, key: &VirtualKey) -> Reply {
         .iter()
         .filter_map(|n| snap.config.models.get(n))
         .filter(|m| m.enabled && key.may_use(&m.name))
+        .filter(|m| kind.is_none_or(|k| m.provider.kind == k))
         .map(|m| {
             json!({
                 "id": m.name,

@@ -23,6 +23,8 @@ pub struct Tokens {
     pub reasoning: u64,
     /// Total as reported (or input + output).
     pub total: u64,
+    /// Images generated (image endpoints).
+    pub images: u64,
 }
 
 fn u(v: &Value, path: &[&str]) -> Option<u64> {
@@ -57,6 +59,7 @@ impl Tokens {
             cached_input: cached_input.min(input),
             reasoning: reasoning.min(output),
             total,
+            images: 0,
         })
     }
 
@@ -77,6 +80,7 @@ impl Tokens {
             cached_input: read,
             reasoning: 0,
             total: input + output,
+            images: 0,
         })
     }
 
@@ -95,6 +99,7 @@ impl Tokens {
             cached_input: cached.min(input),
             reasoning: thoughts,
             total: u(meta, &["totalTokenCount"]).unwrap_or(input + output),
+            images: 0,
         })
     }
 
@@ -106,7 +111,9 @@ impl Tokens {
             + self.cached_input as u128 * p.cached as u128
             + plain_out * p.output as u128
             + self.reasoning as u128 * p.reasoning as u128;
-        u64::try_from((sum + 500_000) / 1_000_000).unwrap_or(u64::MAX)
+        let tokens = (sum + 500_000) / 1_000_000;
+        let images = self.images as u128 * p.image as u128;
+        u64::try_from(tokens + images).unwrap_or(u64::MAX)
     }
 }
 
@@ -282,7 +289,8 @@ mod tests {
                 output: 5,
                 cached_input: 4,
                 reasoning: 2,
-                total: 15
+                total: 15,
+                images: 0,
             }
         );
     }
@@ -324,6 +332,7 @@ mod tests {
             output: 600_000_000,
             cached: 75_000_000,
             reasoning: 600_000_000,
+            image: 40_000_000,
         };
         let t = Tokens {
             input: 1000,
@@ -337,5 +346,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(t.cost_nanos(&p), 75_000);
+        let t = Tokens {
+            images: 2,
+            ..Default::default()
+        };
+        assert_eq!(t.cost_nanos(&p), 80_000_000);
     }
 }

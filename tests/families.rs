@@ -266,3 +266,206 @@ async fn legacy_completions_unary_and_streaming() {
     assert_eq!(rec["tokens"]["output"], 4);
     assert_eq!(rec["usage_source"], "provider");
 }
+
+fn multipart(boundary: &str, model: &str, file: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"in.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+    b.extend_from_slice(file);
+    b.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nadd a hat\r\n--{boundary}--\r\n").as_bytes());
+    b
+}
+
+#[tokio::test]
+async fn images_json_and_multipart_with_per_image_pricing() {
+    let mock = mock().await;
+    let gw = Gw::start(&mock).await;
+    let c = client();
+    let r = c
+        .post(gw.url("/v1/images/generations"))
+        .bearer_auth(KEY_GOOD)
+        .json(&json!({"model":"img","prompt":"a lighthouse","n":2,"response_format":"b64_json"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    let n = v["data"].as_array().unwrap().len() as u64;
+    assert_eq!(
+        mock.last_request().unwrap().json().unwrap()["model"],
+        "gpt-image-up"
+    );
+    let rec = gw.usage_of(&id).await;
+    assert_eq!(rec["tokens"]["images"], n);
+    assert!(rec["cost_nanos"].as_u64().unwrap() >= n * 40_000_000);
+
+    // multipart: the model field is rewritten, the file passes byte for byte.
+    let file: Vec<u8> = (0..=255u8).cycle().take(150 * 1024).collect();
+    let body = multipart("wharfB0undary", "img", &file);
+    let r = c
+        .post(gw.url("/v1/images/edits"))
+        .bearer_auth(KEY_GOOD)
+        .header(
+            "content-type",
+            "multipart/form-data; boundary=wharfB0undary",
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/images/edits");
+    assert_eq!(
+        seen.header("content-type"),
+        Some("multipart/form-data; boundary=wharfB0undary")
+    );
+    let expect = multipart("wharfB0undary", "gpt-image-up", &file);
+    assert_eq!(seen.body.len(), expect.len());
+    assert!(
+        seen.body == expect,
+        "multipart body altered beyond the model field"
+    );
+
+    // A form without a model, and a chat model on the image route.
+    let r = c
+        .post(gw.url("/v1/images/variations"))
+        .bearer_auth(KEY_GOOD)
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body("--b\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nxx\r\n--b--\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("model"));
+    let r = c
+        .post(gw.url("/v1/images/generations"))
+        .bearer_auth(KEY_GOOD)
+        .json(&json!({"model":"chat-a","prompt":"x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn vllm_routes_pass_through_to_vllm_providers() {
+    let mock = mock().await;
+    let gw = Gw::start(&mock).await;
+    let c = client();
+    // The models list shows only the key's vLLM models.
+    let v: Value = c
+        .get(gw.url("/v1/vllm/models"))
+        .bearer_auth(KEY_GOOD)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["llama"]);
+
+    let r = c
+        .post(gw.url("/v1/vllm/chat/completions"))
+        .bearer_auth(KEY_GOOD)
+        .header("x-mock-tokens", "3")
+        .json(&chat_body("llama", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = r.text().await.unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.json().unwrap()["model"], "llama-up");
+    let rec = gw.usage_of(&id).await;
+    assert_eq!(rec["tokens"]["output"], 3);
+    assert_eq!(rec["provider_type"], "VLLM");
+
+    // vLLM's own endpoints live at the server root.
+    for (route, path, body) in [
+        (
+            "/v1/vllm/tokenize",
+            "/tokenize",
+            json!({"model":"llama","prompt":"hello world"}),
+        ),
+        (
+            "/v1/vllm/detokenize",
+            "/detokenize",
+            json!({"model":"llama","tokens":[1,2,3]}),
+        ),
+        (
+            "/v1/vllm/completions",
+            "/v1/completions",
+            json!({"model":"llama","prompt":"hi"}),
+        ),
+        (
+            "/v1/vllm/embeddings",
+            "/v1/embeddings",
+            json!({"model":"llama","input":"hi"}),
+        ),
+        (
+            "/v1/vllm/rerank",
+            "/v1/rerank",
+            json!({"model":"llama","query":"q","documents":["a","b"]}),
+        ),
+        (
+            "/v1/vllm/score",
+            "/v1/score",
+            json!({"model":"llama","text_1":"a","text_2":"b"}),
+        ),
+        (
+            "/v1/vllm/pooling",
+            "/pooling",
+            json!({"model":"llama","input":"hi"}),
+        ),
+        (
+            "/v1/vllm/classify",
+            "/classify",
+            json!({"model":"llama","input":"hi"}),
+        ),
+    ] {
+        let r = c
+            .post(gw.url(route))
+            .bearer_auth(KEY_GOOD)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{route}: {}",
+            r.text().await.unwrap_or_default()
+        );
+        let seen = mock.last_request().unwrap();
+        assert_eq!(seen.path, path, "{route}");
+        assert_eq!(seen.json().unwrap()["model"], "llama-up", "{route}");
+    }
+    // An OpenAI model is not a vLLM model; a vLLM model is not on the OpenAI route.
+    let r = c
+        .post(gw.url("/v1/vllm/chat/completions"))
+        .bearer_auth(KEY_GOOD)
+        .json(&chat_body("chat-a", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_GOOD)
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

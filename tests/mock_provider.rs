@@ -1,4 +1,5 @@
-//! End-to-end tests of the mock OpenAI provider over real sockets.
+//! End-to-end tests of the mock provider (OpenAI, Anthropic, Gemini and vLLM
+//! routes) over real sockets.
 
 use std::time::{Duration, Instant};
 
@@ -1012,4 +1013,1698 @@ async fn invalid_knobs_are_reported() {
             .expect("message")
             .contains(name));
     }
+}
+
+// ---------------------------------------------------------------------------
+// Anthropic
+// ---------------------------------------------------------------------------
+
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+fn anthropic(server: &MockServer, path: &str) -> reqwest::RequestBuilder {
+    client()
+        .post(format!("{}{}", server.url(), path))
+        .header("x-api-key", KEY)
+        .header("anthropic-version", ANTHROPIC_VERSION)
+}
+
+fn messages_body(stream: bool) -> Value {
+    json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 1024,
+        "system": "You are terse.",
+        "messages": [
+            {"role": "user", "content": "Say hello"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Hi!"}]},
+            {"role": "user", "content": [{"type": "text", "text": "Again, to the gateway"}]}
+        ],
+        "stream": stream
+    })
+}
+
+fn weather_tool_body(stream: bool) -> Value {
+    json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 1024,
+        "tools": [
+            {
+                "name": "get_time",
+                "description": "Current time in a timezone",
+                "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}}
+            },
+            {
+                "name": "get_weather",
+                "description": "Current weather for a location",
+                "input_schema": {
+                    "type": "object",
+                    "properties": {
+                        "location": {"type": "string"},
+                        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                        "days": {"type": "integer"}
+                    },
+                    "required": ["location", "unit"]
+                }
+            }
+        ],
+        "messages": [{"role": "user", "content": "What's the weather like in Paris?"}],
+        "stream": stream
+    })
+}
+
+fn assert_anthropic_request_id(resp: &reqwest::Response) {
+    let id = resp
+        .headers()
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("request-id header");
+    assert!(id.starts_with("req_"), "{id}");
+    assert!(id.len() > 20);
+    assert!(!resp.headers().contains_key("openai-processing-ms"));
+    assert!(!resp.headers().contains_key("x-request-id"));
+}
+
+/// Checks an Anthropic error envelope and returns the error type.
+async fn anthropic_error(resp: reqwest::Response, status: u16) -> String {
+    assert_eq!(resp.status().as_u16(), status);
+    assert_anthropic_request_id(&resp);
+    let body: Value = resp.json().await.expect("JSON error");
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(2), "{body}");
+    assert_eq!(
+        body["error"].as_object().map(|o| o.len()),
+        Some(2),
+        "{body}"
+    );
+    assert!(body["error"]["message"].as_str().is_some(), "{body}");
+    body["error"]["type"]
+        .as_str()
+        .expect("error type")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn anthropic_unary_shape_and_usage() {
+    let server = start_default().await;
+    let resp = anthropic(&server, "/v1/messages")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_anthropic_request_id(&resp);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: Value = resp.json().await.expect("JSON");
+    let id = body["id"].as_str().expect("id");
+    assert!(id.starts_with("msg_") && id.len() > 20, "{id}");
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["role"], "assistant");
+    assert_eq!(body["model"], "claude-sonnet-4-5");
+    let content = body["content"].as_array().expect("content");
+    assert_eq!(content.len(), 1);
+    assert_eq!(content[0]["type"], "text");
+    let text = content[0]["text"].as_str().expect("text");
+    assert!(text.starts_with("Hello from the mock provider."));
+    assert_eq!(text.split(' ').count(), 16);
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert!(body["stop_sequence"].is_null());
+    assert!(body.get("stop_sequence").is_some());
+    // "Say hello" 9 chars -> 3 + 3; "Hi!" -> 1 + 3; "Again, to the gateway" 21 -> 6 + 3;
+    // system "You are terse." 14 -> 4.
+    let usage = &body["usage"];
+    assert_eq!(usage["input_tokens"], 23);
+    assert_eq!(usage["cache_creation_input_tokens"], 0);
+    assert_eq!(usage["cache_read_input_tokens"], 0);
+    assert_eq!(usage["output_tokens"], 16);
+
+    // count_tokens agrees with the usage.
+    let mut count_body = messages_body(false);
+    if let Some(obj) = count_body.as_object_mut() {
+        obj.remove("max_tokens");
+        obj.remove("stream");
+    }
+    let resp = anthropic(&server, "/v1/messages/count_tokens")
+        .json(&count_body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let count: Value = resp.json().await.expect("JSON");
+    assert_eq!(count, json!({"input_tokens": 23}));
+
+    let recorded = server.requests();
+    assert_eq!(recorded[0].path, "/v1/messages");
+    assert_eq!(recorded[0].header("x-api-key"), Some(KEY));
+    assert_eq!(recorded[0].json(), Some(messages_body(false)));
+}
+
+#[tokio::test]
+async fn anthropic_caps_and_stop_sequences() {
+    let server = start_default().await;
+    let mut body = messages_body(false);
+    body["max_tokens"] = json!(3);
+    let answer: Value = anthropic(&server, "/v1/messages")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["stop_reason"], "max_tokens");
+    assert_eq!(answer["content"][0]["text"], "Hello from the");
+    assert_eq!(answer["usage"]["output_tokens"], 3);
+
+    let mut body = messages_body(false);
+    body["stop_sequences"] = json!(["nothing here", "mock"]);
+    let answer: Value = anthropic(&server, "/v1/messages")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["stop_reason"], "stop_sequence");
+    assert_eq!(answer["stop_sequence"], "mock");
+    assert_eq!(answer["content"][0]["text"], "Hello from the ");
+    assert_eq!(answer["usage"]["output_tokens"], 3);
+
+    let answer: Value = anthropic(&server, "/v1/messages")
+        .header("x-mock-tokens", "2")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["content"][0]["text"], "Hello from");
+    assert_eq!(answer["stop_reason"], "end_turn");
+}
+
+/// The names and parsed payloads of an Anthropic stream, checking that
+/// every payload's `type` matches its event name.
+fn anthropic_events(text: &str) -> (Vec<String>, Vec<Value>) {
+    let events = sse_events(text);
+    let names: Vec<String> = events
+        .iter()
+        .map(|(name, _)| name.clone().expect("named event"))
+        .collect();
+    let payloads: Vec<Value> = events.iter().map(|(_, data)| parse(data)).collect();
+    for (name, payload) in names.iter().zip(&payloads) {
+        assert_eq!(payload["type"], name.as_str(), "{payload}");
+    }
+    (names, payloads)
+}
+
+#[tokio::test]
+async fn anthropic_stream_event_order() {
+    let server = start_default().await;
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-tokens", "4")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_anthropic_request_id(&resp);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let text = resp.text().await.expect("body");
+    let (names, payloads) = anthropic_events(&text);
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    let message = &payloads[0]["message"];
+    assert!(message["id"].as_str().expect("id").starts_with("msg_"));
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["model"], "claude-sonnet-4-5");
+    assert_eq!(message["content"], json!([]));
+    assert!(message["stop_reason"].is_null());
+    assert_eq!(message["usage"]["input_tokens"], 23);
+    assert_eq!(message["usage"]["cache_creation_input_tokens"], 0);
+    assert_eq!(message["usage"]["cache_read_input_tokens"], 0);
+    assert_eq!(message["usage"]["output_tokens"], 1);
+    assert_eq!(
+        payloads[1],
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    );
+    let deltas: String = payloads[3..7]
+        .iter()
+        .map(|p| {
+            assert_eq!(p["index"], 0);
+            assert_eq!(p["delta"]["type"], "text_delta");
+            p["delta"]["text"].as_str().expect("delta").to_owned()
+        })
+        .collect();
+    assert_eq!(deltas, "Hello from the mock");
+    assert_eq!(
+        payloads[7],
+        json!({"type": "content_block_stop", "index": 0})
+    );
+    assert_eq!(payloads[8]["delta"]["stop_reason"], "end_turn");
+    assert!(payloads[8]["delta"]["stop_sequence"].is_null());
+    assert_eq!(payloads[8]["usage"]["output_tokens"], 4);
+    assert_eq!(payloads[9], json!({"type": "message_stop"}));
+    // Framing is exactly `event: X\ndata: {json}\n\n`.
+    assert!(text.starts_with("event: message_start\ndata: {\"type\":\"message_start\""));
+    assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+}
+
+#[tokio::test]
+async fn anthropic_tool_use() {
+    let server = start_default().await;
+    let body: Value = anthropic(&server, "/v1/messages")
+        .json(&weather_tool_body(false))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(body["stop_reason"], "tool_use");
+    let block = &body["content"][0];
+    assert_eq!(block["type"], "tool_use");
+    assert!(block["id"].as_str().expect("id").starts_with("toolu_"));
+    assert_eq!(block["name"], "get_weather");
+    assert_eq!(
+        block["input"],
+        json!({"location": "San Francisco, CA", "unit": "celsius"})
+    );
+    let output_tokens = body["usage"]["output_tokens"].as_u64().expect("tokens");
+    assert!(output_tokens > 0);
+
+    // Streamed: the input arrives as input_json_delta pieces.
+    let text = anthropic(&server, "/v1/messages")
+        .json(&weather_tool_body(true))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    let (names, payloads) = anthropic_events(&text);
+    assert_eq!(names[..3], ["message_start", "content_block_start", "ping"]);
+    assert_eq!(
+        names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    let start = &payloads[1]["content_block"];
+    assert_eq!(start["type"], "tool_use");
+    assert_eq!(start["name"], "get_weather");
+    assert_eq!(start["input"], json!({}));
+    let deltas = &payloads[3..payloads.len() - 3];
+    assert_eq!(
+        deltas[0]["delta"],
+        json!({"type": "input_json_delta", "partial_json": ""})
+    );
+    let json_text: String = deltas
+        .iter()
+        .map(|d| {
+            assert_eq!(d["type"], "content_block_delta");
+            assert_eq!(d["delta"]["type"], "input_json_delta");
+            d["delta"]["partial_json"]
+                .as_str()
+                .expect("partial_json")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        parse(&json_text),
+        json!({"location": "San Francisco, CA", "unit": "celsius"})
+    );
+    assert!(deltas.len() > 3, "the input comes in several pieces");
+    let message_delta = &payloads[payloads.len() - 2];
+    assert_eq!(message_delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(message_delta["usage"]["output_tokens"], output_tokens);
+
+    // x-mock-tool-call picks the tool without any mention of the weather.
+    let mut body = weather_tool_body(false);
+    body["messages"] = json!([{"role": "user", "content": "What time is it?"}]);
+    let answer: Value = anthropic(&server, "/v1/messages")
+        .header("x-mock-tool-call", "get_time")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["content"][0]["name"], "get_time");
+    assert_eq!(answer["content"][0]["input"], json!({"tz": "mock"}));
+    // ... and without it the answer is text.
+    let answer: Value = anthropic(&server, "/v1/messages")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["content"][0]["type"], "text");
+    assert_eq!(answer["stop_reason"], "end_turn");
+
+    // tool_choice none turns the call off; a tool result gets a text answer.
+    let mut body = weather_tool_body(false);
+    body["tool_choice"] = json!({"type": "none"});
+    let answer: Value = anthropic(&server, "/v1/messages")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["content"][0]["type"], "text");
+    let mut body = weather_tool_body(false);
+    body["messages"] = json!([
+        {"role": "user", "content": "What's the weather like in Paris?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny, 21C"}]}
+    ]);
+    let answer: Value = anthropic(&server, "/v1/messages")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["content"][0]["type"], "text");
+}
+
+#[tokio::test]
+async fn anthropic_auth_and_validation_errors() {
+    let server = start(MockConfig {
+        api_key: Some(KEY.to_owned()),
+        ..MockConfig::default()
+    })
+    .await;
+    let url = format!("{}/v1/messages", server.url());
+    let resp = client()
+        .post(&url)
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anthropic_error(resp, 401).await, "authentication_error");
+    let resp = client()
+        .post(&url)
+        .header("x-api-key", "sk-ant-wrong")
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(
+        body,
+        json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+    );
+    // A bearer token is not what Anthropic wants.
+    let resp = client()
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 401);
+
+    let resp = client()
+        .post(&url)
+        .header("x-api-key", KEY)
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anthropic_error(resp, 400).await, "invalid_request_error");
+
+    let mut body = messages_body(false);
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove("max_tokens");
+    }
+    let resp = anthropic(&server, "/v1/messages")
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.expect("JSON");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    assert!(err["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("max_tokens"));
+
+    let mut body = messages_body(false);
+    body["messages"][0]["role"] = json!("system");
+    let resp = anthropic(&server, "/v1/messages")
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anthropic_error(resp, 400).await, "invalid_request_error");
+
+    let resp = anthropic(&server, "/v1/messages")
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anthropic_error(resp, 400).await, "invalid_request_error");
+
+    let resp = anthropic(&server, "/v1/nope/messages")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    // Not an Anthropic path: the OpenAI family answers (and wants a bearer).
+    assert_eq!(resp.status(), 401);
+
+    let resp = client()
+        .get(&url)
+        .header("x-api-key", KEY)
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anthropic_error(resp, 405).await, "invalid_request_error");
+
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-tokens", "many")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anthropic_error(resp, 400).await, "invalid_request_error");
+}
+
+#[tokio::test]
+async fn anthropic_forced_errors() {
+    let server = start_default().await;
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-status", "429")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert!(resp
+        .headers()
+        .contains_key("anthropic-ratelimit-requests-remaining"));
+    assert_eq!(anthropic_error(resp, 429).await, "rate_limit_error");
+
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-status", "429")
+        .header("x-mock-retry-after", "9")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.headers()["retry-after"], "9");
+
+    for (status, kind) in [
+        (500, "api_error"),
+        (529, "overloaded_error"),
+        (403, "permission_error"),
+        (404, "not_found_error"),
+    ] {
+        let resp = anthropic(&server, "/v1/messages")
+            .header("x-mock-status", status.to_string())
+            .json(&messages_body(false))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(anthropic_error(resp, status).await, kind);
+    }
+}
+
+#[tokio::test]
+async fn anthropic_error_event_mid_stream() {
+    let server = start_default().await;
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-fault", "error-event")
+        .header("x-mock-drop-after", "4")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    // The stream ends cleanly after the error event.
+    let text = resp.text().await.expect("a complete body");
+    let (names, payloads) = anthropic_events(&text);
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "error"
+        ]
+    );
+    assert_eq!(
+        payloads[4],
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    );
+    // The connection is still usable.
+    assert_eq!(server.connections_accepted(), 1);
+
+    // Unary: the whole answer becomes an overloaded error.
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-fault", "error-event")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anthropic_error(resp, 529).await, "overloaded_error");
+
+    // The other faults work the same as on OpenAI routes.
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-fault", "drop-mid-stream")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .expect("head");
+    let mut stream = resp.bytes_stream();
+    let mut body = Vec::new();
+    let mut failed = false;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => body.extend_from_slice(&bytes),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed);
+    assert_eq!(String::from_utf8_lossy(&body).matches("event: ").count(), 3);
+}
+
+#[tokio::test]
+async fn anthropic_stream_timing_knobs() {
+    let server = start_default().await;
+    let started = Instant::now();
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-ttft-ms", "200")
+        .header("x-mock-itl-ms", "10")
+        .header("x-mock-tokens", "2")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .expect("request");
+    assert!(started.elapsed() < Duration::from_millis(200));
+    let text = resp.text().await.expect("body");
+    // 8 events -> 7 gaps after the first.
+    assert!(started.elapsed() >= Duration::from_millis(200 + 7 * 10));
+    assert_eq!(text.matches("event: ").count(), 8);
+
+    let started = Instant::now();
+    let resp = anthropic(&server, "/v1/messages")
+        .header("x-mock-latency-ms", "120")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .expect("request");
+    assert!(started.elapsed() >= Duration::from_millis(120));
+    assert_eq!(resp.status(), 200);
+}
+
+// ---------------------------------------------------------------------------
+// Gemini
+// ---------------------------------------------------------------------------
+
+const GEMINI_MODEL: &str = "gemini-2.0-flash";
+
+fn gemini(server: &MockServer, method_and_query: &str) -> reqwest::RequestBuilder {
+    client()
+        .post(format!(
+            "{}/v1beta/models/{GEMINI_MODEL}:{method_and_query}",
+            server.url()
+        ))
+        .header("x-goog-api-key", KEY)
+}
+
+fn gemini_body() -> Value {
+    json!({
+        "systemInstruction": {"parts": [{"text": "You are terse."}]},
+        "contents": [
+            {"role": "user", "parts": [{"text": "Say hello"}]},
+            {"role": "model", "parts": [{"text": "Hi!"}]},
+            {"role": "user", "parts": [{"text": "Again, to the gateway"}]}
+        ],
+        "generationConfig": {"temperature": 0.2, "topP": 0.9, "topK": 40}
+    })
+}
+
+fn gemini_weather_body() -> Value {
+    json!({
+        "contents": [{"role": "user", "parts": [{"text": "What is the weather in Paris?"}]}],
+        "tools": [{"functionDeclarations": [{
+            "name": "get_weather",
+            "description": "Current weather",
+            "parameters": {
+                "type": "OBJECT",
+                "properties": {"city": {"type": "STRING"}, "days": {"type": "INTEGER"}},
+                "required": ["city"]
+            }
+        }]}]
+    })
+}
+
+/// Checks a Google error envelope and returns its status.
+async fn google_error(resp: reqwest::Response, code: u16) -> String {
+    assert_eq!(resp.status().as_u16(), code);
+    let body: Value = resp.json().await.expect("JSON error");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+    let error = &body["error"];
+    assert_eq!(error["code"], code, "{body}");
+    assert!(error["message"].as_str().is_some(), "{body}");
+    error["status"].as_str().expect("status").to_owned()
+}
+
+fn assert_gemini_chunk(chunk: &Value, response_id: &Value) {
+    assert_eq!(chunk["modelVersion"], GEMINI_MODEL);
+    assert_eq!(&chunk["responseId"], response_id);
+    let candidates = chunk["candidates"].as_array().expect("candidates");
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0]["content"]["role"], "model");
+    assert_eq!(candidates[0]["index"], 0);
+}
+
+#[tokio::test]
+async fn gemini_unary_shape_and_usage() {
+    let server = start_default().await;
+    let resp = gemini(&server, "generateContent")
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json; charset=UTF-8"
+    );
+    assert!(resp.headers().contains_key("server-timing"));
+    assert!(!resp.headers().contains_key("openai-processing-ms"));
+    let body: Value = resp.json().await.expect("JSON");
+    let response_id = body["responseId"].clone();
+    assert!(response_id.as_str().is_some_and(|id| !id.is_empty()));
+    assert_gemini_chunk(&body, &response_id);
+    let candidate = &body["candidates"][0];
+    assert_eq!(candidate["finishReason"], "STOP");
+    let parts = candidate["content"]["parts"].as_array().expect("parts");
+    assert_eq!(parts.len(), 1);
+    let text = parts[0]["text"].as_str().expect("text");
+    assert!(text.starts_with("Hello from the mock provider."));
+    assert_eq!(text.split(' ').count(), 16);
+    // "Say hello" 9 -> 3; "Hi!" -> 1; "Again, to the gateway" 21 -> 6; system 14 -> 4.
+    let usage = &body["usageMetadata"];
+    assert_eq!(usage["promptTokenCount"], 14);
+    assert_eq!(usage["candidatesTokenCount"], 16);
+    assert_eq!(usage["totalTokenCount"], 30);
+    assert_eq!(usage["cachedContentTokenCount"], 0);
+    assert_eq!(usage["thoughtsTokenCount"], 0);
+
+    // countTokens agrees; the key may also come as ?key=.
+    let resp = client()
+        .post(format!(
+            "{}/v1beta/models/{GEMINI_MODEL}:countTokens?key={KEY}",
+            server.url()
+        ))
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let count: Value = resp.json().await.expect("JSON");
+    assert_eq!(count["totalTokens"], 14);
+
+    // maxOutputTokens caps the answer.
+    let mut body = gemini_body();
+    body["generationConfig"]["maxOutputTokens"] = json!(2);
+    let answer: Value = gemini(&server, "generateContent")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert_eq!(
+        answer["candidates"][0]["content"]["parts"][0]["text"],
+        "Hello from"
+    );
+    assert_eq!(answer["usageMetadata"]["candidatesTokenCount"], 2);
+
+    // stopSequences cut it.
+    let mut body = gemini_body();
+    body["generationConfig"]["stopSequences"] = json!(["provider"]);
+    let answer: Value = gemini(&server, "generateContent")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(
+        answer["candidates"][0]["content"]["parts"][0]["text"],
+        "Hello from the mock "
+    );
+}
+
+/// Splits a Gemini SSE body on its CRLF framing and parses every chunk.
+fn gemini_sse_chunks(text: &str) -> Vec<Value> {
+    assert!(text.ends_with("\r\n\r\n"), "ends with CRLF CRLF");
+    let events: Vec<&str> = text.split("\r\n\r\n").filter(|e| !e.is_empty()).collect();
+    for event in &events {
+        assert!(!event.contains('\n'), "one line per event: {event:?}");
+    }
+    events
+        .iter()
+        .map(|event| parse(event.strip_prefix("data: ").expect("data: prefix")))
+        .collect()
+}
+
+#[tokio::test]
+async fn gemini_sse_stream_with_crlf_framing() {
+    let server = start_default().await;
+    let resp = gemini(&server, "streamGenerateContent?alt=sse")
+        .header("x-mock-tokens", "5")
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.expect("body");
+    // Every separator is CRLF CRLF; there are no bare LFs at all.
+    assert_eq!(text.matches("\r\n\r\n").count(), 5);
+    assert_eq!(text.matches('\n').count(), 10);
+    let chunks = gemini_sse_chunks(&text);
+    assert_eq!(chunks.len(), 5);
+    let response_id = chunks[0]["responseId"].clone();
+    let mut streamed = String::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_gemini_chunk(chunk, &response_id);
+        let candidate = &chunk["candidates"][0];
+        streamed.push_str(
+            candidate["content"]["parts"][0]["text"]
+                .as_str()
+                .expect("text"),
+        );
+        let usage = &chunk["usageMetadata"];
+        assert_eq!(usage["promptTokenCount"], 14);
+        assert_eq!(usage["candidatesTokenCount"], i + 1);
+        assert_eq!(usage["totalTokenCount"], 14 + i + 1);
+        if i + 1 < chunks.len() {
+            assert!(candidate.get("finishReason").is_none(), "{chunk}");
+        } else {
+            assert_eq!(candidate["finishReason"], "STOP");
+        }
+    }
+    assert_eq!(streamed, "Hello from the mock provider.");
+}
+
+#[tokio::test]
+async fn gemini_stream_without_alt_sse_is_a_json_array() {
+    let server = start_default().await;
+    let resp = gemini(&server, "streamGenerateContent")
+        .header("x-mock-tokens", "3")
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json; charset=UTF-8"
+    );
+    let chunks: Vec<Value> = resp.json().await.expect("a JSON array");
+    assert_eq!(chunks.len(), 3);
+    let response_id = chunks[0]["responseId"].clone();
+    for chunk in &chunks {
+        assert_gemini_chunk(chunk, &response_id);
+    }
+    assert_eq!(chunks[2]["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(chunks[2]["usageMetadata"]["candidatesTokenCount"], 3);
+}
+
+#[tokio::test]
+async fn gemini_function_calls_and_json_mode() {
+    let server = start_default().await;
+    let body: Value = gemini(&server, "generateContent")
+        .json(&gemini_weather_body())
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    let candidate = &body["candidates"][0];
+    assert_eq!(candidate["finishReason"], "STOP");
+    assert_eq!(
+        candidate["content"]["parts"][0],
+        json!({"functionCall": {"name": "get_weather", "args": {"city": "San Francisco, CA"}}})
+    );
+    assert!(body["usageMetadata"]["candidatesTokenCount"].as_u64() > Some(0));
+
+    // Streamed: one chunk carrying the whole call.
+    let text = gemini(&server, "streamGenerateContent?alt=sse")
+        .json(&gemini_weather_body())
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    let chunks = gemini_sse_chunks(&text);
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(
+        chunks[0]["candidates"][0]["content"]["parts"][0]["functionCall"]["name"],
+        "get_weather"
+    );
+
+    // x-mock-tool-call forces a call; mode NONE forbids it.
+    let mut body = gemini_weather_body();
+    body["contents"] = json!([{"parts": [{"text": "hello"}]}]);
+    let answer: Value = gemini(&server, "generateContent")
+        .header("x-mock-tool-call", "get_weather")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(answer["candidates"][0]["content"]["parts"][0]
+        .get("functionCall")
+        .is_some());
+    let mut body = gemini_weather_body();
+    body["toolConfig"] = json!({"functionCallingConfig": {"mode": "NONE"}});
+    let answer: Value = gemini(&server, "generateContent")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(answer["candidates"][0]["content"]["parts"][0]["text"].is_string());
+
+    // responseMimeType application/json with a schema.
+    let body = json!({
+        "contents": [{"parts": [{"text": "Give me JSON"}]}],
+        "generationConfig": {
+            "responseMimeType": "application/json",
+            "responseSchema": {
+                "type": "OBJECT",
+                "properties": {"answer": {"type": "STRING"}, "count": {"type": "INTEGER"}}
+            }
+        }
+    });
+    let answer: Value = gemini(&server, "generateContent")
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    let text = answer["candidates"][0]["content"]["parts"][0]["text"]
+        .as_str()
+        .expect("text");
+    assert_eq!(parse(text), json!({"answer": "mock", "count": 1}));
+}
+
+#[tokio::test]
+async fn gemini_auth_errors() {
+    let server = start(MockConfig {
+        api_key: Some(KEY.to_owned()),
+        ..MockConfig::default()
+    })
+    .await;
+    let url = format!(
+        "{}/v1beta/models/{GEMINI_MODEL}:generateContent",
+        server.url()
+    );
+    let resp = client()
+        .post(&url)
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json; charset=UTF-8"
+    );
+    assert_eq!(google_error(resp, 403).await, "PERMISSION_DENIED");
+    let resp = client()
+        .post(&url)
+        .header("x-goog-api-key", "AIza-wrong")
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(body["error"]["details"][0]["reason"], "API_KEY_INVALID");
+    let resp = client()
+        .post(format!("{url}?key=AIza-wrong"))
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(google_error(resp, 400).await, "INVALID_ARGUMENT");
+    let resp = client()
+        .post(format!("{url}?alt=json&key={KEY}"))
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+
+    // Request validation in Google's shape.
+    let resp = gemini(&server, "generateContent")
+        .json(&json!({"contents": []}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(google_error(resp, 400).await, "INVALID_ARGUMENT");
+    let resp = gemini(&server, "fooContent")
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(google_error(resp, 404).await, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn gemini_forced_errors() {
+    let server = start_default().await;
+    for (code, status) in [
+        (429, "RESOURCE_EXHAUSTED"),
+        (500, "INTERNAL"),
+        (503, "UNAVAILABLE"),
+    ] {
+        let resp = gemini(&server, "streamGenerateContent?alt=sse")
+            .header("x-mock-status", code.to_string())
+            .json(&gemini_body())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(google_error(resp, code).await, status);
+    }
+    let resp = gemini(&server, "generateContent")
+        .header("x-mock-status", "429")
+        .header("x-mock-retry-after", "7")
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.headers()["retry-after"], "7");
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["details"][0]["retryDelay"], "7s");
+
+    // A mid-stream error keeps the CRLF framing.
+    let text = gemini(&server, "streamGenerateContent?alt=sse")
+        .header("x-mock-fault", "error-event")
+        .header("x-mock-drop-after", "2")
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    let chunks = gemini_sse_chunks(&text);
+    assert_eq!(chunks.len(), 3);
+    assert_eq!(chunks[2]["error"]["status"], "UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn gemini_models_and_embeddings() {
+    let server = start(MockConfig {
+        embedding_dim: 6,
+        ..MockConfig::default()
+    })
+    .await;
+    let resp = client()
+        .get(format!("{}/v1beta/models", server.url()))
+        .header("x-goog-api-key", KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    let models = body["models"].as_array().expect("models");
+    assert!(models
+        .iter()
+        .any(|m| m["name"] == format!("models/{GEMINI_MODEL}")));
+
+    let resp = client()
+        .post(format!(
+            "{}/v1beta/models/text-embedding-004:embedContent",
+            server.url()
+        ))
+        .header("x-goog-api-key", KEY)
+        .json(&json!({"content": {"parts": [{"text": "hello"}]}}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(
+        body["embedding"]["values"].as_array().map(Vec::len),
+        Some(6)
+    );
+
+    // OpenAI fine-tuned model ids contain colons: GET stays with OpenAI.
+    let resp = client()
+        .get(format!(
+            "{}/v1/models/ft:gpt-4o-mini:acme::abc123",
+            server.url()
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 404);
+    let err: Value = resp.json().await.expect("JSON");
+    assert_eq!(err["error"]["code"], "model_not_found");
+
+    // The v1 path works too.
+    let resp = client()
+        .post(format!(
+            "{}/v1/models/{GEMINI_MODEL}:generateContent",
+            server.url()
+        ))
+        .header("x-goog-api-key", KEY)
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+}
+
+// ---------------------------------------------------------------------------
+// vLLM extras and OpenAI uploads
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn legacy_completions() {
+    let server = start_default().await;
+    let body = json!({"model": "mock-gpt", "prompt": ["abcdefgh", "xyz"], "max_tokens": 4});
+    let resp = post(&server, "/v1/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_request_id(&resp);
+    let answer: Value = resp.json().await.expect("JSON");
+    assert!(answer["id"].as_str().expect("id").starts_with("cmpl-"));
+    assert_eq!(answer["object"], "text_completion");
+    assert_eq!(answer["model"], "mock-gpt");
+    let choices = answer["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 2);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        assert_eq!(choice["text"], "Hello from the mock");
+        assert!(choice["logprobs"].is_null());
+        assert_eq!(choice["finish_reason"], "length");
+    }
+    // "abcdefgh" -> 2, "xyz" -> 1.
+    assert_eq!(
+        answer["usage"],
+        json!({"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11})
+    );
+
+    let body = json!({"model": "mock-gpt", "prompt": "abcd", "stop": ["mock"]});
+    let answer: Value = post(&server, "/v1/completions", &body)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["choices"][0]["text"], "Hello from the ");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!(answer["choices"][0]["stop_reason"], "mock");
+
+    // Streaming with usage.
+    let body = json!({
+        "model": "mock-gpt", "prompt": "abcd", "stream": true,
+        "stream_options": {"include_usage": true}
+    });
+    let resp = client()
+        .post(format!("{}/v1/completions", server.url()))
+        .bearer_auth(KEY)
+        .header("x-mock-tokens", "3")
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.expect("body");
+    let data = sse_data(&text);
+    // 3 tokens + finish + usage + [DONE]
+    assert_eq!(data.len(), 6);
+    assert_eq!(data[5], "[DONE]");
+    let chunks: Vec<Value> = data[..5].iter().map(|d| parse(d)).collect();
+    let streamed: String = chunks[..3]
+        .iter()
+        .map(|c| {
+            assert_eq!(c["object"], "text_completion");
+            assert!(c["usage"].is_null() && c.get("usage").is_some());
+            assert!(c["choices"][0]["finish_reason"].is_null());
+            c["choices"][0]["text"].as_str().expect("text").to_owned()
+        })
+        .collect();
+    assert_eq!(streamed, "Hello from the");
+    assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[4]["choices"], json!([]));
+    assert_eq!(
+        chunks[4]["usage"],
+        json!({"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4})
+    );
+
+    // Without include_usage there is no usage field at all.
+    let body = json!({"model": "m", "prompt": "abcd", "stream": true});
+    let text = post(&server, "/v1/completions", &body)
+        .await
+        .text()
+        .await
+        .expect("body");
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(data[..data.len() - 1]
+        .iter()
+        .all(|d| parse(d).get("usage").is_none()));
+
+    let resp = post(&server, "/v1/completions", &json!({"model": "m"})).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.expect("JSON");
+    assert_eq!(err["error"]["param"], "prompt");
+}
+
+#[tokio::test]
+async fn vllm_tokenize_and_detokenize() {
+    let server = start_default().await;
+    // vLLM serves these at the root and does not check the key there.
+    let resp = client()
+        .post(format!("{}/tokenize", server.url()))
+        .json(&json!({"model": "m", "prompt": "Hello, wörld! 👋", "return_token_strs": true}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    let tokens = body["tokens"].as_array().expect("tokens").clone();
+    assert_eq!(body["count"], tokens.len());
+    assert!(body["max_model_len"].as_u64() > Some(0));
+    let strs: String = body["token_strs"]
+        .as_array()
+        .expect("token_strs")
+        .iter()
+        .map(|s| s.as_str().expect("str").to_owned())
+        .collect();
+    assert_eq!(strs, "Hello, wörld! 👋");
+
+    let resp = client()
+        .post(format!("{}/detokenize", server.url()))
+        .json(&json!({"model": "m", "tokens": tokens}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body, json!({"prompt": "Hello, wörld! 👋"}));
+
+    // Token counts match the prompt_tokens of /v1/completions for ASCII.
+    let body: Value = client()
+        .post(format!("{}/tokenize", server.url()))
+        .json(&json!({"prompt": "abcdefghij"}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(body["count"], 3);
+    assert!(body["token_strs"].is_null());
+
+    // Chat form.
+    let body: Value = client()
+        .post(format!("{}/tokenize", server.url()))
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(body["count"].as_u64() > Some(1));
+
+    // /v1 paths still need the key.
+    let resp = client()
+        .post(format!("{}/v1/completions", server.url()))
+        .json(&json!({"model": "m", "prompt": "x"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn vllm_pooling_classify_score_rerank_and_health() {
+    let server = start(MockConfig {
+        embedding_dim: 4,
+        ..MockConfig::default()
+    })
+    .await;
+    let url = |path: &str| format!("{}{path}", server.url());
+    let resp = client().get(url("/health")).send().await.expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "0");
+    assert!(resp.bytes().await.expect("body").is_empty());
+    let resp = client()
+        .get(url("/health"))
+        .header("x-mock-status", "503")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 503);
+
+    let body: Value = client()
+        .post(url("/pooling"))
+        .json(&json!({"model": "m", "input": ["abcd", "efghijkl"]}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(body["id"].as_str().expect("id").starts_with("pool-"));
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][1]["index"], 1);
+    assert_eq!(body["data"][1]["object"], "pooling");
+    assert_eq!(body["data"][1]["data"].as_array().map(Vec::len), Some(4));
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+    assert_eq!(body["usage"]["total_tokens"], 3);
+
+    let body: Value = client()
+        .post(url("/classify"))
+        .json(&json!({"model": "m", "input": ["great", "awful"]}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    let data = body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2);
+    for item in data {
+        assert_eq!(item["num_classes"], 2);
+        let probs: Vec<f64> = item["probs"]
+            .as_array()
+            .expect("probs")
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(item["label"].as_str().is_some());
+    }
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+
+    for path in ["/score", "/v1/score"] {
+        let resp = client()
+            .post(url(path))
+            .bearer_auth(KEY)
+            .json(&json!({
+                "model": "m",
+                "text_1": "capital of France",
+                "text_2": ["The capital of France is Paris", "Bananas are yellow"]
+            }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{path}");
+        let body: Value = resp.json().await.expect("JSON");
+        let data = body["data"].as_array().expect("data");
+        assert_eq!(data.len(), 2);
+        assert_eq!(data[0]["object"], "score");
+        let first = data[0]["score"].as_f64().expect("score");
+        let second = data[1]["score"].as_f64().expect("score");
+        assert!(first > second);
+        assert!(body["usage"]["prompt_tokens"].as_u64() > Some(0));
+    }
+
+    for path in ["/rerank", "/v1/rerank", "/v2/rerank"] {
+        let resp = client()
+            .post(url(path))
+            .bearer_auth(KEY)
+            .json(&json!({
+                "model": "reranker",
+                "query": "capital of France",
+                "documents": ["Bananas are yellow", "The capital of France is Paris", "Cats sleep"],
+                "top_n": 2
+            }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{path}");
+        let body: Value = resp.json().await.expect("JSON");
+        assert_eq!(body["model"], "reranker");
+        let results = body["results"].as_array().expect("results");
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0]["index"], 1);
+        assert_eq!(
+            results[0]["document"]["text"],
+            "The capital of France is Paris"
+        );
+        assert!(results[0]["relevance_score"].as_f64() > results[1]["relevance_score"].as_f64());
+        let tokens = body["usage"]["total_tokens"].as_u64().expect("tokens");
+        assert!(tokens > 0);
+        assert_eq!(body["usage"]["prompt_tokens"], tokens);
+    }
+}
+
+const BOUNDARY: &str = "----wharf-mock-boundary-7MA4YWxkTrZu0gW";
+
+/// A `multipart/form-data` body with text fields and files.
+fn multipart(fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    for (name, filename, data) in files {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                 filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+async fn post_form(server: &MockServer, path: &str, body: Vec<u8>) -> reqwest::Response {
+    client()
+        .post(format!("{}{}", server.url(), path))
+        .bearer_auth(KEY)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test]
+async fn audio_transcriptions_and_translations() {
+    let server = start_default().await;
+    // Binary data that contains CRLFs and boundary-like bytes.
+    let mut audio = b"RIFF\r\n--not-a-boundary\r\n".to_vec();
+    audio.extend((0..70_000u32).map(|i| (i % 251) as u8));
+    let body = multipart(
+        &[("model", "whisper-1"), ("language", "en")],
+        &[("file", "speech.wav", &audio)],
+    );
+    let resp = post_form(&server, "/v1/audio/transcriptions", body.clone()).await;
+    assert_eq!(resp.status(), 200);
+    assert_request_id(&resp);
+    assert_eq!(
+        resp.headers()["x-mock-file-sizes"],
+        format!("file={}", audio.len())
+    );
+    let answer: Value = resp.json().await.expect("JSON");
+    let text = answer["text"].as_str().expect("text");
+    assert!(text.starts_with("Hello from the mock provider."));
+    // 70,024 bytes at 32,000 bytes per second -> 3 s.
+    assert_eq!(answer["usage"], json!({"type": "duration", "seconds": 3}));
+    assert_eq!(server.last_request().map(|r| r.body.to_vec()), Some(body));
+
+    let body = multipart(
+        &[("model", "whisper-1"), ("response_format", "text")],
+        &[("file", "speech.wav", b"abc")],
+    );
+    let resp = post_form(&server, "/v1/audio/translations", body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/plain"));
+    assert!(resp
+        .text()
+        .await
+        .expect("body")
+        .starts_with("Hello from the mock provider."));
+
+    let body = multipart(
+        &[("model", "whisper-1"), ("response_format", "json")],
+        &[("file", "speech.wav", b"abc")],
+    );
+    let answer: Value = post_form(&server, "/v1/audio/translations", body)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert!(answer["text"].is_string());
+
+    let body = multipart(&[("model", "whisper-1")], &[]);
+    let resp = post_form(&server, "/v1/audio/transcriptions", body).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.expect("JSON");
+    assert_eq!(err["error"]["param"], "file");
+
+    let body = multipart(&[], &[("file", "speech.wav", b"abc")]);
+    let resp = post_form(&server, "/v1/audio/transcriptions", body).await;
+    assert_eq!(resp.status(), 400);
+
+    let resp = post(&server, "/v1/audio/transcriptions", &json!({"model": "m"})).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.expect("JSON");
+    assert!(err["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("multipart/form-data"));
+}
+
+#[tokio::test]
+async fn images_generations_edits_and_variations() {
+    let server = start_default().await;
+    let body = json!({"model": "gpt-image-1", "prompt": "A lighthouse at dusk", "n": 2, "size": "1024x1024"});
+    let resp = post(&server, "/v1/images/generations", &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_request_id(&resp);
+    let answer: Value = resp.json().await.expect("JSON");
+    assert!(answer["created"].as_u64() > Some(1_600_000_000));
+    let data = answer["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2);
+    for item in data {
+        let b64 = item["b64_json"].as_str().expect("b64_json");
+        assert!(b64.starts_with("iVBORw0KGgo"), "a PNG");
+    }
+    let usage = &answer["usage"];
+    // "A lighthouse at dusk" = 20 chars -> 5.
+    assert_eq!(usage["input_tokens"], 5);
+    assert_eq!(usage["input_tokens_details"]["text_tokens"], 5);
+    assert_eq!(usage["input_tokens_details"]["image_tokens"], 0);
+    assert_eq!(usage["output_tokens"], 2 * 1056);
+    assert_eq!(usage["total_tokens"], 5 + 2 * 1056);
+
+    let body = json!({"model": "dall-e-3", "prompt": "A lighthouse", "response_format": "url"});
+    let answer: Value = post(&server, "/v1/images/generations", &body)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert!(answer["data"][0]["url"]
+        .as_str()
+        .expect("url")
+        .starts_with("https://"));
+    assert!(answer["data"][0].get("b64_json").is_none());
+
+    let resp = post(
+        &server,
+        "/v1/images/generations",
+        &json!({"model": "gpt-image-1"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+
+    // Edits: multipart with image, mask and prompt.
+    let image = vec![7u8; 10_000];
+    let mask = vec![0u8; 1_234];
+    let body = multipart(
+        &[
+            ("model", "gpt-image-1"),
+            ("prompt", "Add a boat"),
+            ("n", "1"),
+        ],
+        &[("image", "in.png", &image), ("mask", "mask.png", &mask)],
+    );
+    let resp = post_form(&server, "/v1/images/edits", body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-mock-file-sizes"],
+        "image=10000, mask=1234"
+    );
+    let answer: Value = resp.json().await.expect("JSON");
+    assert_eq!(answer["data"].as_array().map(Vec::len), Some(1));
+    assert!(answer["usage"]["input_tokens_details"]["image_tokens"].as_u64() > Some(0));
+
+    // Several images as image[].
+    let body = multipart(
+        &[("model", "gpt-image-1"), ("prompt", "Merge")],
+        &[("image[]", "a.png", b"aaaa"), ("image[]", "b.png", b"bb")],
+    );
+    let resp = post_form(&server, "/v1/images/edits", body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-mock-file-sizes"], "image[]=4, image[]=2");
+
+    // Variations need no prompt; edits and variations need model and image.
+    let body = multipart(&[("model", "dall-e-2")], &[("image", "in.png", b"png")]);
+    let resp = post_form(&server, "/v1/images/variations", body).await;
+    assert_eq!(resp.status(), 200);
+    let body = multipart(&[("prompt", "x")], &[("image", "in.png", b"png")]);
+    let resp = post_form(&server, "/v1/images/edits", body).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.expect("JSON");
+    assert_eq!(err["error"]["param"], "model");
+    let body = multipart(&[("model", "gpt-image-1"), ("prompt", "x")], &[]);
+    let resp = post_form(&server, "/v1/images/edits", body).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.expect("JSON");
+    assert_eq!(err["error"]["param"], "image");
+
+    // A broken multipart body is a 400.
+    let resp = client()
+        .post(format!("{}/v1/images/edits", server.url()))
+        .bearer_auth(KEY)
+        .header("content-type", "multipart/form-data; boundary=xyz")
+        .body("--xyz\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nno end")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test]
+async fn openai_error_event_mid_stream() {
+    let server = start_default().await;
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .bearer_auth(KEY)
+        .header("x-mock-fault", "error-event")
+        .header("x-mock-drop-after", "2")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .expect("request");
+    let text = resp.text().await.expect("complete body");
+    let data = sse_data(&text);
+    assert_eq!(data.len(), 3);
+    assert_eq!(parse(&data[2])["error"]["type"], "server_error");
+    assert!(!text.contains("[DONE]"));
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// Records the Anthropic and Gemini stream fixtures used by the SSE
+/// property tests. Run with `cargo test --test mock_provider -- --ignored
+/// record_fixtures`.
+#[tokio::test]
+#[ignore = "rewrites tests/fixtures"]
+async fn record_fixtures() {
+    let server = start_default().await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let text = anthropic(&server, "/v1/messages")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    std::fs::write(format!("{dir}/anthropic_stream.sse"), text).expect("write fixture");
+    let text = anthropic(&server, "/v1/messages")
+        .json(&weather_tool_body(true))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    std::fs::write(format!("{dir}/anthropic_tool_stream.sse"), text).expect("write fixture");
+    let text = gemini(&server, "streamGenerateContent?alt=sse")
+        .json(&gemini_body())
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    std::fs::write(format!("{dir}/gemini_stream.sse"), text).expect("write fixture");
+}
+
+#[test]
+fn recorded_fixtures_have_the_expected_shape() {
+    let (names, payloads) = anthropic_events(include_str!("fixtures/anthropic_stream.sse"));
+    assert_eq!(names.first().map(String::as_str), Some("message_start"));
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    assert_eq!(
+        payloads[payloads.len() - 2]["delta"]["stop_reason"],
+        "end_turn"
+    );
+
+    let (names, payloads) = anthropic_events(include_str!("fixtures/anthropic_tool_stream.sse"));
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    assert_eq!(payloads[1]["content_block"]["type"], "tool_use");
+    assert_eq!(
+        payloads[payloads.len() - 2]["delta"]["stop_reason"],
+        "tool_use"
+    );
+
+    let chunks = gemini_sse_chunks(include_str!("fixtures/gemini_stream.sse"));
+    assert!(chunks.len() > 1);
+    assert_eq!(
+        chunks
+            .last()
+            .map(|c| c["candidates"][0]["finishReason"].clone()),
+        Some(json!("STOP"))
+    );
 }

@@ -1,4 +1,5 @@
-//! `wharf-mock`: a mock OpenAI provider for tests, benchmarks and demos.
+//! `wharf-mock`: a mock LLM provider (OpenAI, Anthropic, Gemini and vLLM
+//! wire formats) for tests, benchmarks and demos.
 //!
 //! ```text
 //! wharf-mock --listen 127.0.0.1:9999 [--api-key KEY] [--latency-ms N]
@@ -8,11 +9,29 @@
 //!
 //! Prints `wharf-mock listening on <addr>` once it accepts connections.
 //!
+//! Routes (the path picks the API family):
+//!
+//! * OpenAI: `POST /v1/chat/completions`, `/v1/responses`,
+//!   `/v1/completions`, `/v1/embeddings`, `/v1/audio/transcriptions`,
+//!   `/v1/audio/translations`, `/v1/images/generations`,
+//!   `/v1/images/edits`, `/v1/images/variations`; `GET /v1/models`,
+//!   `/v1/models/{id}` (`Authorization: Bearer`).
+//! * vLLM (no auth): `POST /tokenize`, `/detokenize`, `/pooling`,
+//!   `/classify`, `/score`, `/rerank` (also `/v1/score`, `/v1/rerank`,
+//!   `/v2/rerank`); `GET /health`, `/version`.
+//! * Anthropic: `POST /v1/messages`, `/v1/messages/count_tokens`
+//!   (`x-api-key`, `anthropic-version`).
+//! * Gemini: `POST /v1beta/models/{model}:generateContent`,
+//!   `:streamGenerateContent[?alt=sse]`, `:countTokens`, `:embedContent`,
+//!   `:batchEmbedContents`; `GET /v1beta/models[/{model}]`
+//!   (`x-goog-api-key` or `?key=`).
+//!
 //! Per-request knobs (request headers): `x-mock-latency-ms`,
 //! `x-mock-ttft-ms`, `x-mock-itl-ms`, `x-mock-tokens`, `x-mock-status`,
 //! `x-mock-retry-after`, `x-mock-fault` (`reset`, `close`, `hang`,
-//! `drop-mid-stream`, `reset-mid-stream`, `stall-mid-stream`),
-//! `x-mock-drop-after` and `x-mock-echo-headers`.
+//! `drop-mid-stream`, `reset-mid-stream`, `stall-mid-stream`,
+//! `error-event`), `x-mock-fault-once`, `x-mock-drop-after`,
+//! `x-mock-tool-call` and `x-mock-echo-headers`.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -20,18 +39,44 @@ use std::process::ExitCode;
 use clap::Parser;
 use wharf::mock::{MockConfig, MockServer};
 
+/// Routes and knobs, shown after the options by `--help`.
+const AFTER_HELP: &str = r"Routes (the path picks the API family):
+  OpenAI     POST /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings,
+             /v1/audio/transcriptions, /v1/audio/translations, /v1/images/generations,
+             /v1/images/edits, /v1/images/variations; GET /v1/models[/{id}]
+             (Authorization: Bearer KEY)
+  vLLM       POST /tokenize, /detokenize, /pooling, /classify, /score, /rerank
+             (also /v1/score, /v1/rerank, /v2/rerank); GET /health, /version (no auth)
+  Anthropic  POST /v1/messages, /v1/messages/count_tokens
+             (x-api-key: KEY, anthropic-version: 2023-06-01)
+  Gemini     POST /v1beta/models/{model}:generateContent, :streamGenerateContent[?alt=sse],
+             :countTokens, :embedContent, :batchEmbedContents; GET /v1beta/models[/{model}]
+             (x-goog-api-key: KEY or ?key=KEY)
+
+Request-header knobs:
+  x-mock-latency-ms, x-mock-ttft-ms, x-mock-itl-ms  delays in milliseconds
+  x-mock-tokens: N                                  completion tokens
+  x-mock-status: 4xx|5xx, x-mock-retry-after: S     forced error in the family's shape
+  x-mock-fault: reset | close | hang | drop-mid-stream | reset-mid-stream |
+                stall-mid-stream | error-event
+  x-mock-fault-once: TOKEN                          fault only the first request with TOKEN
+  x-mock-drop-after: N                              events before a mid-stream fault
+  x-mock-tool-call: NAME                            Anthropic/Gemini: call tool NAME
+  x-mock-echo-headers: 1                            list request header names in JSON answers";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wharf-mock",
     version,
-    about = "Mock OpenAI-compatible LLM provider"
+    about = "Mock LLM provider speaking the OpenAI, Anthropic, Gemini and vLLM APIs",
+    after_help = AFTER_HELP
 )]
 struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9999")]
     listen: String,
-    /// Require `Authorization: Bearer <KEY>` (any bearer token is accepted
-    /// when unset).
+    /// Require this API key (`Authorization: Bearer`, `x-api-key` or
+    /// `x-goog-api-key`); any key is accepted when unset.
     #[arg(long)]
     api_key: Option<String>,
     /// Delay before the head of non-streaming responses, in milliseconds.

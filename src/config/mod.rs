@@ -235,6 +235,8 @@ pub struct Pricing {
     pub output: u64,
     pub cached: u64,
     pub reasoning: u64,
+    /// nanos-USD per generated image.
+    pub image: u64,
 }
 
 /// A client-facing model.
@@ -684,6 +686,8 @@ fn validate_model(
             pr.reasoning.unwrap_or(pr.output),
             errs,
         ),
+        // USD per image → nanos per image (the helper scales by 1e9 either way).
+        image: usd_to_nanos(&format!("{at}.pricing.image"), pr.image, errs),
     };
     if errs.len() > before {
         return None;

@@ -169,6 +169,9 @@ pub struct RawPricing {
     pub cached: Option<f64>,
     /// Reasoning tokens; defaults to the output price.
     pub reasoning: Option<f64>,
+    /// USD per generated image.
+    #[serde(default)]
+    pub image: f64,
 }
 
 /// `[[keys]]`

@@ -11,7 +11,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::openai::{self, Action, Body, Reply, Truncation};
+use super::common::{Action, Body, Reply, TimingHeader, Truncation};
+use super::{openai, router};
 use super::{Shared, MAX_BODY_BYTES};
 
 /// Largest request head (request line plus headers).
@@ -56,6 +57,11 @@ impl Request {
             None => &self.path,
         }
     }
+
+    /// The query string (without `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.path.split_once('?').map(|(_, q)| q)
+    }
 }
 
 #[derive(Debug)]
@@ -99,7 +105,7 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             }
         };
         shared.record(&req);
-        let keep_alive = match openai::handle(&shared.cfg, &req) {
+        let keep_alive = match router::handle(&shared.cfg, &req) {
             Action::Reset => {
                 conn.reset();
                 return;
@@ -483,7 +489,7 @@ impl Conn {
 
     async fn finish_truncation(&mut self, truncation: Truncation) {
         match truncation {
-            Truncation::Close { .. } => {
+            Truncation::Close { .. } | Truncation::ErrorEvent { .. } => {
                 let _ = self.stream.shutdown().await;
                 self.wait_for_close_briefly().await;
             }
@@ -499,8 +505,8 @@ impl Conn {
     /// Streams SSE events, one chunk per event. `Ok(true)` means the
     /// connection can be reused.
     async fn send_sse(&mut self, reply: &Reply, req: &Request) -> io::Result<bool> {
-        let (count, event) = match &reply.body {
-            Body::Sse(events) => (events.count, &events.event),
+        let (count, event, error) = match &reply.body {
+            Body::Sse(events) => (events.count, &events.event, events.error.as_deref()),
             Body::Json(_) => return Ok(false),
         };
         // HTTP/1.0 has no chunked encoding: the body ends when we close.
@@ -539,9 +545,22 @@ impl Conn {
             self.stream.write_all(&out).await?;
             self.stream.flush().await?;
         }
-        if let Some(truncation) = reply.truncation {
-            self.finish_truncation(truncation).await;
-            return Ok(false);
+        match (reply.truncation, error) {
+            (Some(Truncation::ErrorEvent { .. }), Some(error)) => {
+                out.clear();
+                if chunked {
+                    write_chunk(&mut out, error.as_bytes());
+                } else {
+                    out.extend_from_slice(error.as_bytes());
+                }
+                self.stream.write_all(&out).await?;
+                self.stream.flush().await?;
+            }
+            (Some(truncation), _) => {
+                self.finish_truncation(truncation).await;
+                return Ok(false);
+            }
+            (None, _) => {}
         }
         if chunked {
             self.stream.write_all(b"0\r\n\r\n").await?;
@@ -576,11 +595,16 @@ fn write_head(
     for (name, value) in &reply.headers {
         let _ = write!(out, "{name}: {value}\r\n");
     }
-    let _ = write!(
-        out,
-        "openai-processing-ms: {}\r\n",
-        received_at.elapsed().as_millis()
-    );
+    let elapsed = received_at.elapsed().as_millis();
+    match reply.timing {
+        TimingHeader::OpenAi => {
+            let _ = write!(out, "openai-processing-ms: {elapsed}\r\n");
+        }
+        TimingHeader::ServerTiming => {
+            let _ = write!(out, "server-timing: gfet4t7; dur={elapsed}\r\n");
+        }
+        TimingHeader::None => {}
+    }
     match framing {
         Framing::Empty => {}
         Framing::Length(len) => {

@@ -1,45 +1,123 @@
-//! `wharf-mock`: a fast, faithful mock of the OpenAI HTTP API.
+//! `wharf-mock`: a fast, faithful mock of the OpenAI, Anthropic, Gemini and
+//! vLLM HTTP APIs.
 //!
-//! The mock stands in for OpenAI in tests, benchmarks and demos. It speaks
-//! OpenAI's wire format (JSON bodies, SSE framing, error envelopes and the
-//! usual response headers) over a small HTTP/1.1 server written directly on
-//! top of tokio and `httparse`, so that it is never the bottleneck of a load
-//! test.
+//! The mock stands in for real providers in tests, benchmarks and demos. It
+//! speaks each provider's wire format (JSON bodies, SSE framing, error
+//! envelopes and the usual response headers) over a small HTTP/1.1 server
+//! written directly on top of tokio and `httparse`, so that it is never the
+//! bottleneck of a load test. One server answers every family; the path
+//! picks it.
 //!
-//! Supported routes:
+//! # OpenAI (and vLLM's OpenAI-compatible routes)
 //!
 //! * `POST /v1/chat/completions` (unary and `"stream": true`, with
 //!   `stream_options.include_usage`)
 //! * `POST /v1/responses` (unary and streaming with named events)
+//! * `POST /v1/completions` (legacy text completions: string, string-array
+//!   or token-id prompts, `n`, `max_tokens`, `stop`; unary and SSE with
+//!   `[DONE]` and `stream_options.include_usage`)
 //! * `POST /v1/embeddings` (`float` and `base64` encodings)
+//! * `POST /v1/audio/transcriptions`, `POST /v1/audio/translations`
+//!   (`multipart/form-data` with `file` and `model`; `response_format` `json`,
+//!   `text`, `srt`, `vtt` or `verbose_json`; audio length is taken as one
+//!   second per 32,000 bytes)
+//! * `POST /v1/images/generations` (JSON) and `POST /v1/images/edits`,
+//!   `POST /v1/images/variations` (`multipart/form-data` with `model` and
+//!   `image` or `image[]`, plus `prompt` for edits): `data` holds `b64_json`
+//!   (a 1x1 PNG) or `url` items and `usage` is billed like gpt-image-1
 //! * `GET /v1/models` and `GET /v1/models/{id}`
 //!
-//! Every request needs `Authorization: Bearer <token>` (checked against
+//! These need `Authorization: Bearer <token>` (checked against
 //! [`MockConfig::api_key`] when set). Every answer carries
-//! `x-request-id: req_<32 hex>`, `openai-processing-ms` and `openai-version`.
+//! `x-request-id: req_<32 hex>`, `openai-processing-ms` and `openai-version`;
+//! errors use OpenAI's `{"error":{"message","type","param","code"}}`.
+//! Upload routes also send `x-mock-file-sizes: <field>=<bytes>, ...` listing
+//! the files they received.
 //!
-//! Behaviour can be tuned per request with headers (defaults come from
-//! [`MockConfig`]):
+//! vLLM serves these at the root, without authentication (as vLLM checks the
+//! key only under `/v1`):
+//!
+//! * `POST /tokenize` (`prompt`, or `messages` rendered with a simple chat
+//!   template; `{"count","max_model_len","tokens","token_strs"}`) and
+//!   `POST /detokenize` (`{"prompt"}`); token ids encode up to four
+//!   characters each, so `/detokenize` inverts `/tokenize` exactly
+//! * `POST /pooling`, `POST /classify`, `POST /score` (also `/v1/score`) and
+//!   `POST /rerank` (also `/v1/rerank`, `/v2/rerank`), with usage
+//!   `{"prompt_tokens","total_tokens",...}`; scores favour word overlap and
+//!   are deterministic
+//! * `GET /health` (200, empty body) and `GET /version`
+//!
+//! # Anthropic
+//!
+//! * `POST /v1/messages`: unary, or `"stream": true` with `message_start`,
+//!   `content_block_start`, `ping`, `content_block_delta` (`text_delta` per
+//!   token, or `input_json_delta` pieces for tool use), `content_block_stop`,
+//!   `message_delta` (stop reason and cumulative usage) and `message_stop`.
+//!   `max_tokens` caps the answer (`stop_reason: "max_tokens"`) and
+//!   `stop_sequences` cut it (`"stop_sequence"`).
+//! * `POST /v1/messages/count_tokens` -> `{"input_tokens": N}` (the same
+//!   count `/v1/messages` reports).
+//!
+//! These need `x-api-key` (checked against [`MockConfig::api_key`] when set)
+//! and `anthropic-version`. Answers carry `request-id: req_...`; errors use
+//! `{"type":"error","error":{"type","message"}}` (`x-mock-status: 429` gives
+//! `rate_limit_error` with `retry-after`, `500` `api_error`, `529`
+//! `overloaded_error`).
+//!
+//! # Gemini
+//!
+//! * `POST /v1beta/models/{model}:generateContent`
+//! * `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`: one
+//!   `data: {chunk}\r\n\r\n` per token, each with cumulative
+//!   `usageMetadata`, the last with `finishReason`. Without `alt=sse` the same
+//!   chunks are streamed as a JSON array, as the real API does.
+//! * `POST /v1beta/models/{model}:countTokens`, `:embedContent`,
+//!   `:batchEmbedContents`, `GET /v1beta/models` and
+//!   `GET /v1beta/models/{model}`
+//!
+//! The `:method` routes also answer under `/v1/models/`. They need an API key
+//! in `x-goog-api-key` or `?key=` (403 `PERMISSION_DENIED` when missing, 400
+//! `INVALID_ARGUMENT` when it does not match [`MockConfig::api_key`]); errors
+//! use `{"error":{"code","message","status"}}`. `generationConfig`
+//! (`maxOutputTokens` -> `MAX_TOKENS`, `stopSequences`,
+//! `responseMimeType: application/json` with an optional `responseSchema`)
+//! is honoured.
+//!
+//! # Tool use
+//!
+//! Anthropic and Gemini answer with a tool call (`tool_use` block /
+//! `functionCall` part) when tools are declared and the last user turn
+//! mentions "weather" (the call goes to a tool with "weather" in its name or
+//! description, else the first one), when the request forces a call
+//! (`tool_choice` / `toolConfig`), or when `x-mock-tool-call: <name>` is
+//! sent. Arguments are generated from the tool's JSON schema.
+//!
+//! # Knobs
+//!
+//! Behaviour can be tuned per request with headers, for every family
+//! (defaults come from [`MockConfig`]):
 //!
 //! | header | effect |
 //! |---|---|
 //! | `x-mock-latency-ms: N` | delay before the head of non-streaming answers |
-//! | `x-mock-ttft-ms: N` | delay between the SSE head and the first event |
-//! | `x-mock-itl-ms: N` | delay between SSE events |
+//! | `x-mock-ttft-ms: N` | delay between the streamed head and the first event |
+//! | `x-mock-itl-ms: N` | delay between streamed events |
 //! | `x-mock-tokens: N` | completion tokens (at most 1,000,000) |
-//! | `x-mock-status: 4xx/5xx` | answer that status with an OpenAI error body |
-//! | `x-mock-retry-after: S` | `Retry-After` value (429 sends `1` by default) |
+//! | `x-mock-status: 4xx/5xx` | answer that status with the family's error body |
+//! | `x-mock-retry-after: S` | `Retry-After` value (429 sends `1` by default; Gemini puts it in `RetryInfo`) |
 //! | `x-mock-fault: reset` | close with a TCP RST without answering |
 //! | `x-mock-fault: close` | close cleanly without answering |
 //! | `x-mock-fault: hang` | never answer; keep the socket until the client leaves |
 //! | `x-mock-fault: drop-mid-stream` | send the head and `x-mock-drop-after` events (default 3), then close without the terminating chunk (unary: half the body) |
 //! | `x-mock-fault: reset-mid-stream` | same, but abort with RST |
 //! | `x-mock-fault: stall-mid-stream` | same, but then go silent and keep the socket open |
+//! | `x-mock-fault: error-event` | after `x-mock-drop-after` events send the family's mid-stream error (Anthropic `event: error` with `overloaded_error`, Gemini `UNAVAILABLE`, OpenAI `server_error`) and end the stream cleanly; a unary answer becomes a 529 / 503 / 500 error |
 //! | `x-mock-fault-once: TOKEN` | apply `x-mock-fault` only to the first request carrying TOKEN |
-//! | `x-mock-drop-after: N` | events sent before a `*-mid-stream` fault |
+//! | `x-mock-drop-after: N` | events sent before a `*-mid-stream` or `error-event` fault |
+//! | `x-mock-tool-call: NAME` | Anthropic / Gemini: answer with a call to tool NAME |
 //! | `x-mock-echo-headers: 1` | JSON answers get a `mock_echo_headers` list of the request's header names |
 //!
-//! An invalid knob value is answered with `400`.
+//! An invalid knob value is answered with `400` in the family's error shape.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -52,8 +130,15 @@
 //! # }
 //! ```
 
+mod anthropic;
+mod common;
 mod conn;
+mod gemini;
+mod images;
+mod multipart;
 mod openai;
+mod router;
+mod vllm;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -75,8 +160,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// with `x-mock-*` headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MockConfig {
-    /// When set, `Authorization: Bearer <api_key>` must match exactly.
-    /// A bearer token is always required, even when this is `None`.
+    /// When set, the API key must match exactly: `Authorization: Bearer`
+    /// (OpenAI routes under `/v1`), `x-api-key` (Anthropic) or
+    /// `x-goog-api-key` / `?key=` (Gemini). A key is always required on those
+    /// routes, even when this is `None`.
     pub api_key: Option<String>,
     /// Delay before the response head of non-streaming answers
     /// (`x-mock-latency-ms`).

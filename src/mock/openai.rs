@@ -1,95 +1,23 @@
-//! The OpenAI surface of the mock: routing, authentication, `x-mock-*`
-//! knobs and the JSON / SSE payloads.
+//! The OpenAI surface of the mock, which is also what vLLM serves under
+//! `/v1`: routing, authentication, error envelopes and the chat, responses,
+//! embeddings and models payloads. The vLLM-only routes live in `vllm.rs`
+//! and the image routes in `images.rs`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde::ser::{SerializeMap, SerializeSeq};
+use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use super::common::{
+    base64, completion_plan, completion_text, content_chars, embedding_vector, flag, fnv1a,
+    json_reply, random_hex, sse_data, sse_named, sse_reply, text_tokens, to_json, token_text,
+    unix_now, EmptyArray, Knobs, Reply, SseEvents,
+};
 use super::conn::Request;
-use super::MockConfig;
+use super::multipart::{self, Part};
+use super::{images, vllm, MockConfig};
 
-/// What the connection should do with a request.
-#[derive(Debug)]
-pub(crate) enum Action {
-    /// Abort the connection with a TCP RST, without answering.
-    Reset,
-    /// Close the connection cleanly, without answering.
-    Close,
-    /// Never answer; wait until the peer goes away.
-    Hang,
-    Reply(Reply),
-}
-
-/// A response to write.
-#[derive(Debug)]
-pub(crate) struct Reply {
-    pub status: u16,
-    /// Headers besides the framing ones (content-length / transfer-encoding,
-    /// connection) and `openai-processing-ms`, which the writer adds.
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Body,
-    /// Delay before the head (unary bodies only).
-    pub latency: Duration,
-    /// Delay before the first SSE event.
-    pub ttft: Duration,
-    /// Delay between SSE events.
-    pub itl: Duration,
-    pub truncation: Option<Truncation>,
-}
-
-#[derive(Debug)]
-pub(crate) enum Body {
-    Json(Vec<u8>),
-    Sse(SseEvents),
-}
-
-/// A stream of SSE events, produced one at a time so that long streams cost
-/// no memory up front.
-pub(crate) struct SseEvents {
-    /// How many events the stream has.
-    pub count: usize,
-    /// Event `i` (`0..count`), complete with its blank-line terminator.
-    pub event: Box<dyn Fn(usize) -> String + Send + Sync>,
-}
-
-impl std::fmt::Debug for SseEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SseEvents")
-            .field("count", &self.count)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Cut the answer short after some SSE events (unary bodies: after half the
-/// body).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Truncation {
-    /// Close the connection (FIN) without the terminating chunk.
-    Close { after: usize },
-    /// Abort the connection with RST.
-    Reset { after: usize },
-    /// Stop sending but keep the connection open until the peer leaves.
-    Stall { after: usize },
-}
-
-impl Truncation {
-    pub fn after_events(self) -> usize {
-        match self {
-            Truncation::Close { after }
-            | Truncation::Reset { after }
-            | Truncation::Stall { after } => after,
-        }
-    }
-}
-
-const JSON: &str = "application/json";
-const EVENT_STREAM: &str = "text/event-stream";
 const FINGERPRINT: &str = "fp_mock";
 const OWNER: &str = "wharf-mock";
-/// Upper bound for completion tokens per answer.
-const MAX_TOKENS: u32 = 1_000_000;
 /// Upper bound for `dimensions` on embeddings.
 const MAX_EMBEDDING_DIM: usize = 65_536;
 /// Models listed by `GET /v1/models`: (id, created).
@@ -101,124 +29,6 @@ const MODELS: &[(&str, u64)] = &[
     ("gpt-4o-mini", 1_721_172_741),
     ("text-embedding-3-small", 1_705_948_997),
 ];
-/// The completion text, one word per token, repeated as needed.
-const WORDS: &[&str] = &[
-    "Hello",
-    "from",
-    "the",
-    "mock",
-    "provider.",
-    "This",
-    "is",
-    "a",
-    "deterministic",
-    "answer",
-    "streamed",
-    "one",
-    "word",
-    "per",
-    "token",
-    "so",
-    "that",
-    "gateways,",
-    "benchmarks",
-    "and",
-    "demos",
-    "see",
-    "realistic",
-    "traffic.",
-];
-
-// ---------------------------------------------------------------------------
-// Knobs
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    Reset,
-    Close,
-    Hang,
-    DropMidStream,
-    ResetMidStream,
-    StallMidStream,
-}
-
-#[derive(Debug)]
-struct Knobs {
-    latency: Duration,
-    ttft: Duration,
-    itl: Duration,
-    tokens: u32,
-    status: Option<u16>,
-    retry_after: Option<String>,
-    fault: Option<Fault>,
-    drop_after: usize,
-    echo_headers: bool,
-}
-
-impl Knobs {
-    fn parse(cfg: &MockConfig, req: &Request) -> Result<Knobs, ApiError> {
-        fn number<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T>, ApiError> {
-            match req.header(name) {
-                None => Ok(None),
-                Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                    ApiError::invalid_request(format!(
-                        "Invalid value for header '{name}': expected a non-negative integer."
-                    ))
-                }),
-            }
-        }
-        let ms = |name: &str, default: u64| -> Result<Duration, ApiError> {
-            Ok(Duration::from_millis(number(req, name)?.unwrap_or(default)))
-        };
-        let fault = match req.header("x-mock-fault").map(str::trim) {
-            None | Some("") | Some("none") => None,
-            Some(v) => Some(match v.to_ascii_lowercase().as_str() {
-                "reset" => Fault::Reset,
-                "close" => Fault::Close,
-                "hang" => Fault::Hang,
-                "drop-mid-stream" => Fault::DropMidStream,
-                "reset-mid-stream" => Fault::ResetMidStream,
-                "stall-mid-stream" => Fault::StallMidStream,
-                _ => {
-                    return Err(ApiError::invalid_request(format!(
-                        "Invalid value for header 'x-mock-fault': '{v}'. Expected one of \
-                         reset, close, hang, drop-mid-stream, reset-mid-stream, stall-mid-stream."
-                    )))
-                }
-            }),
-        };
-        let status = match number::<u16>(req, "x-mock-status")? {
-            None => None,
-            Some(s) if (400..=599).contains(&s) => Some(s),
-            Some(s) if (200..=299).contains(&s) => None,
-            Some(_) => return Err(ApiError::invalid_request(
-                "Invalid value for header 'x-mock-status': expected a status between 400 and 599.",
-            )),
-        };
-        Ok(Knobs {
-            latency: ms("x-mock-latency-ms", cfg.latency_ms)?,
-            ttft: ms("x-mock-ttft-ms", cfg.ttft_ms)?,
-            itl: ms("x-mock-itl-ms", cfg.itl_ms)?,
-            tokens: match number::<u32>(req, "x-mock-tokens")? {
-                Some(n) if n > MAX_TOKENS => {
-                    return Err(ApiError::invalid_request(format!(
-                        "Invalid value for header 'x-mock-tokens': at most {MAX_TOKENS}."
-                    )))
-                }
-                Some(n) => n,
-                None => cfg.tokens.min(MAX_TOKENS),
-            },
-            status,
-            retry_after: req.header("x-mock-retry-after").map(str::to_owned),
-            fault,
-            drop_after: number(req, "x-mock-drop-after")?.unwrap_or(3),
-            echo_headers: req
-                .header("x-mock-echo-headers")
-                .is_some_and(|v| matches!(v, "1" | "true" | "yes" | "on")),
-        })
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -226,10 +36,10 @@ impl Knobs {
 
 /// An OpenAI-style error answer.
 #[derive(Debug)]
-struct ApiError {
-    status: u16,
-    message: String,
-    kind: &'static str,
+pub(crate) struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
     headers: Vec<(&'static str, String)>,
@@ -250,7 +60,7 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    fn new(status: u16, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -261,31 +71,31 @@ impl ApiError {
         }
     }
 
-    fn invalid_request(message: impl Into<String>) -> ApiError {
+    pub fn invalid_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "invalid_request_error", message)
     }
 
-    fn with_status(mut self, status: u16) -> ApiError {
+    pub fn with_status(mut self, status: u16) -> ApiError {
         self.status = status;
         self
     }
 
-    fn param(mut self, param: impl Into<String>) -> ApiError {
+    pub fn param(mut self, param: impl Into<String>) -> ApiError {
         self.param = Some(param.into());
         self
     }
 
-    fn code(mut self, code: &'static str) -> ApiError {
+    pub fn code(mut self, code: &'static str) -> ApiError {
         self.code = Some(code);
         self
     }
 
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> ApiError {
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> ApiError {
         self.headers.push((name, value.into()));
         self
     }
 
-    fn invalid_json() -> ApiError {
+    pub fn invalid_json() -> ApiError {
         ApiError::invalid_request(
             "We could not parse the JSON body of your request. (HINT: This likely means you \
              aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but \
@@ -294,13 +104,13 @@ impl ApiError {
         )
     }
 
-    fn missing(param: &str) -> ApiError {
+    pub fn missing(param: &str) -> ApiError {
         ApiError::invalid_request(format!("Missing required parameter: '{param}'."))
             .param(param)
             .code("missing_required_parameter")
     }
 
-    fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
+    pub fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
         ApiError::invalid_request(format!(
             "Invalid type for '{param}': expected {expected}, but got {} instead.",
             describe(got)
@@ -320,7 +130,7 @@ impl ApiError {
         })
     }
 
-    fn into_reply(self) -> Reply {
+    pub fn into_reply(self) -> Reply {
         let mut reply = json_reply(self.status, self.body());
         reply.headers.extend(self.headers);
         reply
@@ -328,7 +138,7 @@ impl ApiError {
 }
 
 /// "a string", "an array", ... as OpenAI phrases type mismatches.
-fn describe(v: &Value) -> &'static str {
+pub(crate) fn describe(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -418,18 +228,6 @@ fn forced_error(status: u16, knobs: &Knobs, req: &Request) -> ApiError {
     }
 }
 
-/// `x-mock-fault-once: TOKEN` applies the fault only to the first request carrying TOKEN, so a
-/// retry of the same request succeeds.
-fn first_sighting(token: &str) -> bool {
-    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
-        std::sync::OnceLock::new();
-    let seen = SEEN.get_or_init(Default::default);
-    match seen.lock() {
-        Ok(mut g) => g.insert(token.to_owned()),
-        Err(_) => true,
-    }
-}
-
 fn requested_model(req: &Request) -> String {
     serde_json::from_slice::<Value>(&req.body)
         .ok()
@@ -441,81 +239,79 @@ fn requested_model(req: &Request) -> String {
 // Dispatch
 // ---------------------------------------------------------------------------
 
-/// Decides how to answer one request.
-pub(crate) fn handle(cfg: &MockConfig, req: &Request) -> Action {
-    let mut knobs = match Knobs::parse(cfg, req) {
-        Ok(knobs) => knobs,
-        Err(err) => return Action::Reply(finish(err.into_reply(), req, false)),
-    };
-    if let Some(token) = req.header("x-mock-fault-once") {
-        if !first_sighting(token) {
-            knobs.fault = None;
-        }
-    }
-    let truncation = match knobs.fault {
-        Some(Fault::Reset) => return Action::Reset,
-        Some(Fault::Close) => return Action::Close,
-        Some(Fault::Hang) => return Action::Hang,
-        Some(Fault::DropMidStream) => Some(Truncation::Close {
-            after: knobs.drop_after,
-        }),
-        Some(Fault::ResetMidStream) => Some(Truncation::Reset {
-            after: knobs.drop_after,
-        }),
-        Some(Fault::StallMidStream) => Some(Truncation::Stall {
-            after: knobs.drop_after,
-        }),
-        None => None,
-    };
-    let mut reply = route(cfg, req, &knobs).unwrap_or_else(ApiError::into_reply);
-    match reply.body {
-        Body::Json(_) => reply.latency = knobs.latency,
-        Body::Sse(_) => {
-            reply.ttft = knobs.ttft;
-            reply.itl = knobs.itl;
-        }
-    }
-    // Only successful answers are cut short: errors are sent whole.
-    if reply.status < 400 {
-        reply.truncation = truncation;
-    }
-    Action::Reply(finish(reply, req, knobs.echo_headers))
-}
-
-/// Adds the headers every answer carries and the optional header echo.
-fn finish(mut reply: Reply, req: &Request, echo_headers: bool) -> Reply {
+/// Adds the headers every OpenAI answer carries.
+pub(crate) fn finish(mut reply: Reply) -> Reply {
     reply.headers.insert(0, ("x-request-id", new_request_id()));
     reply
         .headers
         .push(("openai-version", "2020-10-01".to_owned()));
-    if echo_headers {
-        if let Body::Json(body) = &mut reply.body {
-            let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
-            append_field(body, "mock_echo_headers", &names);
-        }
-    }
     reply
 }
 
-fn route(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
-    authenticate(cfg, req)?;
+/// The answer to an invalid `x-mock-*` knob.
+pub(crate) fn invalid_knob(message: String) -> Reply {
+    ApiError::invalid_request(message).into_reply()
+}
+
+/// What `x-mock-fault: error-event` makes of a unary answer.
+pub(crate) fn overloaded(req: &Request, knobs: &Knobs) -> Reply {
+    forced_error(500, knobs, req).into_reply()
+}
+
+/// The error event that `x-mock-fault: error-event` puts in a stream.
+pub(crate) fn stream_error_event() -> String {
+    sse_data(&ErrorEnvelope {
+        error: ErrorBody {
+            message: "The server had an error while processing your request. Sorry about that!",
+            kind: "server_error",
+            param: None,
+            code: None,
+        },
+    })
+}
+
+/// Answers a request for the OpenAI family (and vLLM).
+pub(crate) fn route(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Reply {
+    dispatch(cfg, req, knobs).unwrap_or_else(ApiError::into_reply)
+}
+
+fn dispatch(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
+    let path = req.route();
+    // Like vLLM, only the `/v1` routes need the API key.
+    if path.starts_with("/v1/") {
+        authenticate(cfg, req)?;
+    }
     if let Some(status) = knobs.status {
         return Err(forced_error(status, knobs, req));
     }
-    let path = req.route();
     let method = req.method.as_str();
+    let post = |handler: fn(&MockConfig, &Request, &Knobs) -> Result<Reply, ApiError>| {
+        allow(req, "POST")?;
+        handler(cfg, req, knobs)
+    };
     match path {
-        "/v1/chat/completions" => {
-            allow(req, "POST")?;
-            chat_completions(req, knobs)
+        "/v1/chat/completions" => post(|_, req, knobs| chat_completions(req, knobs)),
+        "/v1/responses" => post(|_, req, knobs| responses(req, knobs)),
+        "/v1/embeddings" => post(|cfg, req, _| embeddings(cfg, req)),
+        "/v1/completions" => post(vllm::completions),
+        "/v1/audio/transcriptions" => post(vllm::transcriptions),
+        "/v1/audio/translations" => post(vllm::translations),
+        "/v1/images/generations" => post(images::generations),
+        "/v1/images/edits" => post(images::edits),
+        "/v1/images/variations" => post(images::variations),
+        "/tokenize" => post(vllm::tokenize),
+        "/detokenize" => post(vllm::detokenize),
+        "/pooling" => post(vllm::pooling),
+        "/classify" => post(vllm::classify),
+        "/score" | "/v1/score" => post(vllm::score),
+        "/rerank" | "/v1/rerank" | "/v2/rerank" => post(vllm::rerank),
+        "/health" => {
+            allow(req, "GET")?;
+            Ok(vllm::health())
         }
-        "/v1/responses" => {
-            allow(req, "POST")?;
-            responses(req, knobs)
-        }
-        "/v1/embeddings" => {
-            allow(req, "POST")?;
-            embeddings(cfg, req)
+        "/version" => {
+            allow(req, "GET")?;
+            Ok(vllm::version())
         }
         "/v1/models" => {
             allow(req, "GET")?;
@@ -526,15 +322,16 @@ fn route(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Result<Reply, ApiErr
                 allow(req, "GET")?;
                 retrieve_model(id)
             }
-            _ => Err(
-                ApiError::invalid_request(format!("Invalid URL ({method} {path})"))
-                    .with_status(404),
-            ),
+            _ => Err(not_found(method, path)),
         },
     }
 }
 
-fn allow(req: &Request, method: &'static str) -> Result<(), ApiError> {
+pub(crate) fn not_found(method: &str, path: &str) -> ApiError {
+    ApiError::invalid_request(format!("Invalid URL ({method} {path})")).with_status(404)
+}
+
+pub(crate) fn allow(req: &Request, method: &'static str) -> Result<(), ApiError> {
     if req.method == method || (method == "GET" && req.method == "HEAD") {
         return Ok(());
     }
@@ -595,103 +392,18 @@ fn mask_key(key: &str) -> String {
 // Shared helpers
 // ---------------------------------------------------------------------------
 
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("mock payloads always serialize")
-}
-
-fn json_reply(status: u16, body: Vec<u8>) -> Reply {
-    Reply {
-        status,
-        headers: vec![("content-type", JSON.to_owned())],
-        body: Body::Json(body),
-        latency: Duration::ZERO,
-        ttft: Duration::ZERO,
-        itl: Duration::ZERO,
-        truncation: None,
-    }
-}
-
-fn sse_reply(events: SseEvents) -> Reply {
-    Reply {
-        status: 200,
-        headers: vec![
-            ("content-type", EVENT_STREAM.to_owned()),
-            ("cache-control", "no-cache".to_owned()),
-        ],
-        body: Body::Sse(events),
-        latency: Duration::ZERO,
-        ttft: Duration::ZERO,
-        itl: Duration::ZERO,
-        truncation: None,
-    }
-}
-
-/// `data: <json>\n\n`
-fn sse_data<T: Serialize>(value: &T) -> String {
-    let json = serde_json::to_string(value).expect("mock payloads always serialize");
-    let mut out = String::with_capacity(json.len() + 8);
-    out.push_str("data: ");
-    out.push_str(&json);
-    out.push_str("\n\n");
-    out
-}
-
-/// `event: <name>\ndata: <json>\n\n`
-fn sse_named<T: Serialize>(name: &str, value: &T) -> String {
-    let json = serde_json::to_string(value).expect("mock payloads always serialize");
-    let mut out = String::with_capacity(json.len() + name.len() + 16);
-    out.push_str("event: ");
-    out.push_str(name);
-    out.push_str("\ndata: ");
-    out.push_str(&json);
-    out.push_str("\n\n");
-    out
-}
-
-/// Inserts `"key": value` as the last member of a serialized JSON object.
-fn append_field<T: Serialize>(body: &mut Vec<u8>, key: &str, value: &T) {
-    if body.last() != Some(&b'}') {
-        return;
-    }
-    body.pop();
-    if body.last() != Some(&b'{') {
-        body.push(b',');
-    }
-    body.extend_from_slice(&to_json(&key));
-    body.push(b':');
-    body.extend_from_slice(&to_json(value));
-    body.push(b'}');
-}
-
-fn random_hex(len: usize) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(len + 32);
-    while out.len() < len {
-        let _ = write!(out, "{:032x}", rand::random::<u128>());
-    }
-    out.truncate(len);
-    out
-}
-
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     format!("req_{}", random_hex(32))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn parse_object(req: &Request) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_object(req: &Request) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(&req.body) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(ApiError::invalid_json()),
     }
 }
 
-fn require_model(obj: &Map<String, Value>) -> Result<&str, ApiError> {
+pub(crate) fn require_model(obj: &Map<String, Value>) -> Result<&str, ApiError> {
     match obj.get("model") {
         None | Some(Value::Null) => Err(ApiError::invalid_request(
             "you must provide a model parameter",
@@ -701,78 +413,13 @@ fn require_model(obj: &Map<String, Value>) -> Result<&str, ApiError> {
     }
 }
 
-fn optional_u64(obj: &Map<String, Value>, name: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn optional_u64(obj: &Map<String, Value>, name: &str) -> Result<Option<u64>, ApiError> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
             .map(Some)
             .ok_or_else(|| ApiError::invalid_type(name, "an integer", v)),
-    }
-}
-
-fn flag(obj: &Map<String, Value>, name: &str) -> bool {
-    obj.get(name).and_then(Value::as_bool).unwrap_or(false)
-}
-
-/// Rough token estimate: a quarter of the characters, rounded up.
-fn text_tokens(chars: usize) -> u64 {
-    chars.div_ceil(4) as u64
-}
-
-/// Characters of text in a message `content` (a string or content parts).
-fn content_chars(content: &Value) -> usize {
-    match content {
-        Value::String(s) => s.chars().count(),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|part| match part {
-                Value::String(s) => s.chars().count(),
-                Value::Object(o) => o
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .map_or(0, |s| s.chars().count()),
-                _ => 0,
-            })
-            .sum(),
-        _ => 0,
-    }
-}
-
-/// How many completion tokens to produce and why the answer stops.
-fn completion_plan(tokens: u32, cap: Option<u64>) -> (u64, bool) {
-    let tokens = u64::from(tokens);
-    match cap {
-        Some(cap) if cap < tokens => (cap, true),
-        _ => (tokens, false),
-    }
-}
-
-/// The text of completion token `i` out of `n`: a word, followed by a space
-/// unless it is the last one.
-fn token_text(i: u64, n: u64) -> String {
-    let word = WORDS[(i % WORDS.len() as u64) as usize];
-    if i + 1 < n {
-        let mut s = String::with_capacity(word.len() + 1);
-        s.push_str(word);
-        s.push(' ');
-        s
-    } else {
-        word.to_owned()
-    }
-}
-
-fn completion_text(n: u64) -> String {
-    (0..n).map(|i| token_text(i, n)).collect()
-}
-
-/// Serializes as `[]`.
-#[derive(Debug, Clone, Copy)]
-struct EmptyArray;
-
-impl Serialize for EmptyArray {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_seq(Some(0))?.end()
     }
 }
 
@@ -972,6 +619,7 @@ fn chat_completions(req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
     Ok(sse_reply(SseEvents {
         count,
         event: Box::new(move |i| stream.event(i as u64)),
+        error: Some(stream_error_event()),
     }))
 }
 
@@ -1198,6 +846,17 @@ impl<'a> ResponseEvent<'a> {
             logprobs: None,
         }
     }
+}
+
+/// The `error` event of a Responses stream.
+#[derive(Serialize)]
+struct ResponseError {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    message: &'static str,
+    param: Option<&'static str>,
+    sequence_number: u64,
 }
 
 /// Characters of text in a Responses `input` item.
@@ -1466,9 +1125,23 @@ fn responses(req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
         let body = plan.with_final(|response| to_json(response));
         return Ok(json_reply(200, body));
     }
+    let count = plan.event_count() as usize;
+    // The error event takes the sequence number of the first event it
+    // replaces.
+    let error = sse_named(
+        "error",
+        &ResponseError {
+            kind: "error",
+            code: "server_error",
+            message: "The server had an error while processing your request. Sorry about that!",
+            param: None,
+            sequence_number: knobs.drop_after.min(count.saturating_sub(1)) as u64,
+        },
+    );
     Ok(sse_reply(SseEvents {
-        count: plan.event_count() as usize,
+        count,
         event: Box::new(move |i| plan.event(i as u64)),
+        error: Some(error),
     }))
 }
 
@@ -1505,12 +1178,12 @@ struct EmbeddingUsage {
 }
 
 /// One input to embed: its hash seed and its token count.
-struct EmbeddingInput {
-    seed: u64,
-    tokens: u64,
+pub(crate) struct EmbeddingInput {
+    pub seed: u64,
+    pub tokens: u64,
 }
 
-fn embedding_inputs(input: &Value) -> Option<Vec<EmbeddingInput>> {
+pub(crate) fn embedding_inputs(input: &Value) -> Option<Vec<EmbeddingInput>> {
     fn text(s: &str) -> Option<EmbeddingInput> {
         (!s.is_empty()).then(|| EmbeddingInput {
             seed: fnv1a(0, s.as_bytes()),
@@ -1544,66 +1217,6 @@ fn embedding_inputs(input: &Value) -> Option<Vec<EmbeddingInput>> {
             .collect(),
         _ => None,
     }
-}
-
-/// FNV-1a, continuing from `seed` (0 starts a fresh hash).
-fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
-    let mut hash = if seed == 0 {
-        0xcbf2_9ce4_8422_2325
-    } else {
-        seed
-    };
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-/// A deterministic unit vector derived from `seed`.
-fn embedding_vector(seed: u64, dim: usize) -> Vec<f32> {
-    let mut state = seed;
-    let mut values: Vec<f32> = (0..dim)
-        .map(|_| {
-            // splitmix64
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            // 24 random bits mapped onto [-1, 1).
-            (z >> 40) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect();
-    let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        for v in &mut values {
-            *v /= norm;
-        }
-    }
-    values
-}
-
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn embeddings(cfg: &MockConfig, req: &Request) -> Result<Reply, ApiError> {
@@ -1729,54 +1342,49 @@ fn retrieve_model(id: &str) -> Result<Reply, ApiError> {
     ))
 }
 
+// ---------------------------------------------------------------------------
+// Uploads
+// ---------------------------------------------------------------------------
+
+/// The parts of a `multipart/form-data` body.
+pub(crate) fn parse_form(req: &Request) -> Result<Vec<Part<'_>>, ApiError> {
+    let content_type = req.header("content-type").unwrap_or("");
+    let Some(boundary) = multipart::boundary(content_type) else {
+        return Err(ApiError::invalid_request(format!(
+            "Invalid Content-Type header ({content_type}), expected multipart/form-data. \
+             (HINT: If you're using curl, you can pass -H 'Content-Type: multipart/form-data')"
+        )));
+    };
+    multipart::parse(&req.body, &boundary)
+        .map_err(|why| ApiError::invalid_request(format!("Could not parse multipart form: {why}.")))
+}
+
+/// The value of the text field `name`.
+pub(crate) fn form_field(parts: &[Part<'_>], name: &str) -> Option<String> {
+    parts
+        .iter()
+        .find(|p| p.name == name && p.filename.is_none())
+        .map(Part::text)
+}
+
+/// `x-mock-file-sizes: image=1234, mask=56`: the size of every uploaded file,
+/// so tests can check that uploads arrive intact.
+pub(crate) fn file_sizes_header(parts: &[Part<'_>]) -> Option<(&'static str, String)> {
+    let sizes: Vec<String> = parts
+        .iter()
+        .filter(|p| p.filename.is_some())
+        .map(|p| format!("{}={}", p.name, p.data.len()))
+        .collect();
+    (!sizes.is_empty()).then(|| ("x-mock-file-sizes", sizes.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_reference() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
-    fn embeddings_are_deterministic_unit_vectors() {
-        let a = embedding_vector(fnv1a(0, b"hello"), 32);
-        let b = embedding_vector(fnv1a(0, b"hello"), 32);
-        let c = embedding_vector(fnv1a(0, b"world"), 32);
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        let norm: f32 = a.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4);
-        assert!(a.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
-    }
-
-    #[test]
-    fn completion_text_concatenates_tokens() {
-        assert_eq!(completion_text(0), "");
-        assert_eq!(completion_text(1), "Hello");
-        assert_eq!(completion_text(3), "Hello from the");
-        let streamed: String = (0..40).map(|i| token_text(i, 40)).collect();
-        assert_eq!(streamed, completion_text(40));
-        assert_eq!(streamed.split(' ').count(), 40);
-    }
-
-    #[test]
     fn keys_are_masked() {
         assert_eq!(mask_key("short"), "*****");
         assert_eq!(mask_key("sk-abcdefghijkl"), "sk-********ijkl");
-    }
-
-    #[test]
-    fn append_field_extends_objects() {
-        let mut body = b"{\"a\":1}".to_vec();
-        append_field(&mut body, "b", &["x"]);
-        assert_eq!(body, b"{\"a\":1,\"b\":[\"x\"]}");
-        let mut empty = b"{}".to_vec();
-        append_field(&mut empty, "b", &2);
-        assert_eq!(empty, b"{\"b\":2}");
     }
 }

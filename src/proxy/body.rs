@@ -30,6 +30,12 @@ pub enum BodyKind {
     AnthropicCount,
     /// Gemini `generateContent`: `contents`; the model is in the path.
     Gemini,
+    /// `/v1/images/generations`: `prompt`.
+    Image,
+    /// Any JSON body with a `model` (vLLM's own endpoints).
+    Generic,
+    /// multipart/form-data with a `model` field (image edits, audio); see [`inspect_multipart`].
+    Multipart,
 }
 
 impl BodyKind {
@@ -57,6 +63,8 @@ pub struct Inspected {
     pub max_tokens: Option<u64>,
     /// Offset just after the opening `{`.
     pub object_start: usize,
+    /// The model value is raw text (a multipart field), not a JSON string.
+    pub model_raw: bool,
 }
 
 #[derive(Deserialize)]
@@ -166,8 +174,9 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
             }
         }
         BodyKind::Responses | BodyKind::Embeddings => Some(("input", peek.input.is_some())),
-        BodyKind::Completions => Some(("prompt", peek.prompt.is_some())),
+        BodyKind::Completions | BodyKind::Image => Some(("prompt", peek.prompt.is_some())),
         BodyKind::Gemini => Some(("contents", peek.contents.is_some())),
+        BodyKind::Generic | BodyKind::Multipart => None,
     };
     if let Some((field, false)) = required {
         return Err(bad(
@@ -232,6 +241,7 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
             .or(peek.max_tokens)
             .or(peek.max_output_tokens),
         object_start,
+        model_raw: false,
     })
 }
 
@@ -240,8 +250,14 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
 pub fn rewrite(body: &[u8], insp: &Inspected, slug: &str, force_usage: bool) -> Bytes {
     let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
     if let Some(span) = &insp.model_span {
-        let slug_json = serde_json::to_string(slug).unwrap_or_else(|_| format!("\"{slug}\""));
-        edits.push((span.clone(), slug_json.into_bytes()));
+        let value = if insp.model_raw {
+            slug.as_bytes().to_vec()
+        } else {
+            serde_json::to_string(slug)
+                .unwrap_or_else(|_| format!("\"{slug}\""))
+                .into_bytes()
+        };
+        edits.push((span.clone(), value));
     }
     if edits.is_empty() && !(force_usage && insp.stream && !insp.client_include_usage) {
         return Bytes::copy_from_slice(body);
@@ -276,6 +292,75 @@ pub fn rewrite(body: &[u8], insp: &Inspected, slug: &str, force_usage: bool) -> 
     }
     out.extend_from_slice(&body[pos..]);
     Bytes::from(out)
+}
+
+/// Finds the `model` field of a multipart/form-data body. Only that field's value is ever
+/// rewritten; files and every other part pass through byte for byte.
+pub fn inspect_multipart(content_type: &str, body: &[u8]) -> Result<Inspected, GatewayError> {
+    let boundary = content_type
+        .split(';')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"'))
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| {
+            bad(
+                ErrorCode::InvalidRequestBody,
+                "expected multipart/form-data with a boundary",
+            )
+        })?;
+    if body.is_empty() {
+        return Err(bad(ErrorCode::InvalidRequestBody, "request body is empty"));
+    }
+    let delim = format!("--{boundary}");
+    let finder = memchr::memmem::Finder::new(delim.as_bytes());
+    let starts: Vec<usize> = finder.find_iter(body).collect();
+    if starts.is_empty() {
+        return Err(bad(
+            ErrorCode::InvalidRequestBody,
+            "multipart body has no part with the declared boundary",
+        ));
+    }
+    for w in starts.windows(2) {
+        let part = &body[w[0] + delim.len()..w[1]];
+        let Some(head_end) = memchr::memmem::find(part, b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&part[..head_end]).to_ascii_lowercase();
+        let is_model = head.lines().any(|l| {
+            l.starts_with("content-disposition:")
+                && l.split(';')
+                    .map(str::trim)
+                    .any(|p| p == "name=\"model\"" || p == "name=model")
+        });
+        if !is_model {
+            continue;
+        }
+        let value_start = w[0] + delim.len() + head_end + 4;
+        // The value ends at the CRLF that precedes the next delimiter.
+        let value_end = w[1].saturating_sub(2).max(value_start);
+        let value = std::str::from_utf8(&body[value_start..value_end])
+            .map_err(|_| bad(ErrorCode::InvalidRequestBody, "`model` is not valid UTF-8"))?
+            .trim()
+            .to_string();
+        if value.is_empty() {
+            return Err(bad(ErrorCode::InvalidRequest, "`model` must not be empty"));
+        }
+        return Ok(Inspected {
+            model: value,
+            model_span: Some(value_start..value_end),
+            stream: false,
+            stream_options_span: None,
+            client_include_usage: false,
+            max_tokens: None,
+            object_start: 0,
+            model_raw: true,
+        });
+    }
+    Err(bad(
+        ErrorCode::InvalidRequest,
+        "the multipart form has no `model` field",
+    ))
 }
 
 /// A rough input-token estimate (≈ 4 bytes a token over the body's string values), used only
@@ -371,6 +456,34 @@ mod tests {
         assert_eq!(e.code, ErrorCode::InvalidRequestBody);
         let e = chat(r#"{"model":"m","messages":[]} trailing"#).expect_err("bad");
         assert_eq!(e.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn multipart_model_is_rewritten_and_files_untouched() {
+        let file: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let mut body = Vec::new();
+        body.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n");
+        body.extend_from_slice(&file);
+        body.extend_from_slice(b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-image\r\n--XyZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na cat\r\n--XyZ--\r\n");
+        let i = inspect_multipart("multipart/form-data; boundary=XyZ", &body).expect("ok");
+        assert_eq!(i.model, "gpt-image");
+        let out = rewrite(&body, &i, "up-image-1", false);
+        let expect = {
+            let s = body.clone();
+            let pos = memchr::memmem::find(&s, b"gpt-image").expect("model");
+            let mut e = s[..pos].to_vec();
+            e.extend_from_slice(b"up-image-1");
+            e.extend_from_slice(&s[pos + 9..]);
+            e
+        };
+        assert_eq!(out.to_vec(), expect);
+        let e = inspect_multipart(
+            "multipart/form-data; boundary=XyZ",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx\r\n--XyZ--\r\n",
+        )
+        .expect_err("no model");
+        assert!(e.message.contains("model"));
+        assert!(inspect_multipart("application/json", b"{}").is_err());
     }
 
     #[test]

@@ -340,6 +340,11 @@ fn resolve_model(
     }
     let type_ok = match route {
         Route::Embeddings => model.kind == ModelType::Embeddings,
+        Route::ImagesGenerations | Route::ImagesEdits | Route::ImagesVariations => {
+            model.kind == ModelType::Image
+        }
+        // vLLM serves whatever the replica was started with; the family pin is the check.
+        Route::Vllm(_) => true,
         _ => matches!(model.kind, ModelType::Chat | ModelType::Reasoning),
     };
     if !type_ok {
@@ -394,6 +399,14 @@ fn upstream_uri(
                 route.upstream_suffix()
             ),
         }
+    } else if let Route::Vllm(op) = route {
+        let (under_api_root, suffix) = op.upstream_path();
+        let root = if under_api_root {
+            p.base_path.as_str()
+        } else {
+            p.base_path.strip_suffix("/v1").unwrap_or(&p.base_path)
+        };
+        format!("{root}{suffix}")
     } else if route.family() == Family::Gemini {
         format!(
             "{}/models/{}{}",
@@ -440,7 +453,13 @@ impl Gateway {
         };
         ctx.key = Some(key.clone());
         match route {
-            Route::Models => return write_reply(s, ctx, admin::models(&snap, &key), &[]).await,
+            Route::Models => {
+                return write_reply(s, ctx, admin::models(&snap, &key, None), &[]).await
+            }
+            Route::Vllm(routes::VllmOp::Models) => {
+                let reply = admin::models(&snap, &key, Some(ProviderKind::Vllm));
+                return write_reply(s, ctx, reply, &[]).await;
+            }
             Route::KeysValidate => {
                 return write_reply(s, ctx, admin::key_info(&snap, &key), &[]).await
             }
@@ -460,7 +479,18 @@ impl Gateway {
         // The client's upload time is not gateway overhead.
         ctx.overhead = ctx.overhead.saturating_sub(t_read.elapsed());
         ctx.request_bytes = raw.len() as u64;
-        let mut insp = match body::inspect(kind, &raw) {
+        let inspected = if kind == body::BodyKind::Multipart {
+            let ct = s
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            body::inspect_multipart(ct, &raw)
+        } else {
+            body::inspect(kind, &raw)
+        };
+        let mut insp = match inspected {
             Ok(i) => i,
             Err(e) => return write_error(s, ctx, e, "body").await,
         };
@@ -600,8 +630,14 @@ impl Gateway {
         };
         let mut tokens = Tokens::default();
         let mut source = UsageSource::None;
+        let images = matches!(
+            ctx.route,
+            Some(Route::ImagesGenerations | Route::ImagesEdits | Route::ImagesVariations)
+        );
         if let Some(t) = ctx.tap.tokens {
             tokens = t;
+            source = UsageSource::Provider;
+        } else if images && ctx.tap.data_items > 0 {
             source = UsageSource::Provider;
         } else if ctx.upstream_status.is_some_and(|s| s < 300) {
             // The provider produced something but reported no usage (cut stream, vanished
@@ -614,6 +650,9 @@ impl Gateway {
             tokens.output = ctx.tap.content_events;
             tokens.total = tokens.input + tokens.output;
             source = UsageSource::Estimated;
+        }
+        if images {
+            tokens.images = ctx.tap.data_items;
         }
         let pricing = ctx.model.as_ref().map(|m| m.pricing);
         let cost = pricing.map(|p| tokens.cost_nanos(&p)).unwrap_or(0);
@@ -781,7 +820,10 @@ impl ProxyHttp for Gateway {
         for (k, v) in &p.headers {
             req.insert_header(k.clone(), v.clone())?;
         }
-        req.insert_header("content-type", "application/json")?;
+        let multipart = ctx.route.and_then(Route::body_kind) == Some(body::BodyKind::Multipart);
+        if !multipart {
+            req.insert_header("content-type", "application/json")?;
+        }
         req.insert_header("content-length", body.len().to_string())?;
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
         ctx.overhead += t.elapsed();

@@ -26,6 +26,92 @@ pub enum Route {
     GeminiGenerate,
     /// Gemini `POST /v1beta/models/{model}:streamGenerateContent`.
     GeminiStream,
+    /// `POST /v1/images/generations` (JSON).
+    ImagesGenerations,
+    /// `POST /v1/images/edits` (multipart).
+    ImagesEdits,
+    /// `POST /v1/images/variations` (multipart).
+    ImagesVariations,
+    /// `/v1/vllm/*`: raw pass-through to a VLLM provider.
+    Vllm(VllmOp),
+}
+
+/// The `/v1/vllm/*` operations (SPEC §1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VllmOp {
+    Models,
+    ChatCompletions,
+    Completions,
+    Responses,
+    Embeddings,
+    AudioTranscriptions,
+    AudioTranslations,
+    Tokenize,
+    Detokenize,
+    Pooling,
+    Classify,
+    Score,
+    Rerank,
+}
+
+impl VllmOp {
+    fn parse(rest: &str) -> Option<VllmOp> {
+        Some(match rest {
+            "models" => VllmOp::Models,
+            "chat/completions" => VllmOp::ChatCompletions,
+            "completions" => VllmOp::Completions,
+            "responses" => VllmOp::Responses,
+            "embeddings" => VllmOp::Embeddings,
+            "audio/transcriptions" => VllmOp::AudioTranscriptions,
+            "audio/translations" => VllmOp::AudioTranslations,
+            "tokenize" => VllmOp::Tokenize,
+            "detokenize" => VllmOp::Detokenize,
+            "pooling" => VllmOp::Pooling,
+            "classify" => VllmOp::Classify,
+            "score" => VllmOp::Score,
+            "rerank" => VllmOp::Rerank,
+            _ => return None,
+        })
+    }
+
+    /// The route label.
+    pub fn name(self) -> &'static str {
+        match self {
+            VllmOp::Models => "/v1/vllm/models",
+            VllmOp::ChatCompletions => "/v1/vllm/chat/completions",
+            VllmOp::Completions => "/v1/vllm/completions",
+            VllmOp::Responses => "/v1/vllm/responses",
+            VllmOp::Embeddings => "/v1/vllm/embeddings",
+            VllmOp::AudioTranscriptions => "/v1/vllm/audio/transcriptions",
+            VllmOp::AudioTranslations => "/v1/vllm/audio/translations",
+            VllmOp::Tokenize => "/v1/vllm/tokenize",
+            VllmOp::Detokenize => "/v1/vllm/detokenize",
+            VllmOp::Pooling => "/v1/vllm/pooling",
+            VllmOp::Classify => "/v1/vllm/classify",
+            VllmOp::Score => "/v1/vllm/score",
+            VllmOp::Rerank => "/v1/vllm/rerank",
+        }
+    }
+
+    /// Path on the vLLM server: OpenAI-compatible routes under the API root (`/v1`), vLLM's own
+    /// (`/tokenize`, `/pooling`, ...) at the server root.
+    pub fn upstream_path(self) -> (bool, &'static str) {
+        match self {
+            VllmOp::Models => (true, "/models"),
+            VllmOp::ChatCompletions => (true, "/chat/completions"),
+            VllmOp::Completions => (true, "/completions"),
+            VllmOp::Responses => (true, "/responses"),
+            VllmOp::Embeddings => (true, "/embeddings"),
+            VllmOp::AudioTranscriptions => (true, "/audio/transcriptions"),
+            VllmOp::AudioTranslations => (true, "/audio/translations"),
+            VllmOp::Score => (true, "/score"),
+            VllmOp::Rerank => (true, "/rerank"),
+            VllmOp::Tokenize => (false, "/tokenize"),
+            VllmOp::Detokenize => (false, "/detokenize"),
+            VllmOp::Pooling => (false, "/pooling"),
+            VllmOp::Classify => (false, "/classify"),
+        }
+    }
 }
 
 /// The provider family a native route is pinned to (SPEC §1.1).
@@ -34,6 +120,7 @@ pub enum Family {
     OpenAi,
     Anthropic,
     Gemini,
+    Vllm,
 }
 
 impl Family {
@@ -43,6 +130,7 @@ impl Family {
             Family::OpenAi => kind.is_openai_family(),
             Family::Anthropic => kind == ProviderKind::Anthropic,
             Family::Gemini => kind == ProviderKind::Google,
+            Family::Vllm => kind == ProviderKind::Vllm,
         }
     }
 
@@ -52,6 +140,7 @@ impl Family {
             Family::OpenAi => "OpenAI-compatible",
             Family::Anthropic => "Anthropic",
             Family::Gemini => "Gemini",
+            Family::Vllm => "vLLM",
         }
     }
 }
@@ -74,6 +163,10 @@ impl Route {
             Route::CountTokens => "/v1/messages/count_tokens",
             Route::GeminiGenerate => "/v1beta/models/{model}:generateContent",
             Route::GeminiStream => "/v1beta/models/{model}:streamGenerateContent",
+            Route::ImagesGenerations => "/v1/images/generations",
+            Route::ImagesEdits => "/v1/images/edits",
+            Route::ImagesVariations => "/v1/images/variations",
+            Route::Vllm(op) => op.name(),
         }
     }
 
@@ -82,6 +175,7 @@ impl Route {
         match self {
             Route::Messages | Route::CountTokens => Family::Anthropic,
             Route::GeminiGenerate | Route::GeminiStream => Family::Gemini,
+            Route::Vllm(_) => Family::Vllm,
             _ => Family::OpenAi,
         }
     }
@@ -109,6 +203,15 @@ impl Route {
             Route::Messages => Some(BodyKind::Anthropic),
             Route::CountTokens => Some(BodyKind::AnthropicCount),
             Route::GeminiGenerate | Route::GeminiStream => Some(BodyKind::Gemini),
+            Route::ImagesGenerations => Some(BodyKind::Image),
+            Route::ImagesEdits | Route::ImagesVariations => Some(BodyKind::Multipart),
+            Route::Vllm(VllmOp::ChatCompletions) => Some(BodyKind::Chat),
+            Route::Vllm(VllmOp::Completions) => Some(BodyKind::Completions),
+            Route::Vllm(VllmOp::AudioTranscriptions | VllmOp::AudioTranslations) => {
+                Some(BodyKind::Multipart)
+            }
+            Route::Vllm(VllmOp::Models) => None,
+            Route::Vllm(_) => Some(BodyKind::Generic),
             _ => None,
         }
     }
@@ -125,6 +228,10 @@ impl Route {
             Route::CountTokens => "/messages/count_tokens",
             Route::GeminiGenerate => ":generateContent",
             Route::GeminiStream => ":streamGenerateContent",
+            Route::ImagesGenerations => "/images/generations",
+            Route::ImagesEdits => "/images/edits",
+            Route::ImagesVariations => "/images/variations",
+            Route::Vllm(op) => op.upstream_path().1,
             _ => "",
         }
     }
@@ -167,6 +274,14 @@ pub fn match_route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         "/v1/completions" => (Route::Completions, &[Method::POST]),
         "/v1/messages" => (Route::Messages, &[Method::POST]),
         "/v1/messages/count_tokens" => (Route::CountTokens, &[Method::POST]),
+        "/v1/images/generations" => (Route::ImagesGenerations, &[Method::POST]),
+        "/v1/images/edits" => (Route::ImagesEdits, &[Method::POST]),
+        "/v1/images/variations" => (Route::ImagesVariations, &[Method::POST]),
+        "/v1/vllm/models" => (Route::Vllm(VllmOp::Models), &[Method::GET, Method::POST]),
+        p if p.starts_with("/v1/vllm/") => match VllmOp::parse(&p["/v1/vllm/".len()..]) {
+            Some(op) => (Route::Vllm(op), &[Method::POST]),
+            None => unreachable_route(p)?,
+        },
         p if gemini_model(p).is_some() => match gemini_model(p) {
             Some((_, r)) => (r, &[Method::POST]),
             None => unreachable_route(p)?,

@@ -65,6 +65,8 @@ pub struct ResponseTap {
     unary_overflow: bool,
     /// Bytes written towards the client.
     pub bytes_out: u64,
+    /// Items in a unary answer's `data` array (generated images, embeddings).
+    pub data_items: u64,
 }
 
 impl ResponseTap {
@@ -302,6 +304,7 @@ impl ResponseTap {
                     struct Unary {
                         id: Option<String>,
                         usage: Option<serde_json::Value>,
+                        data: Option<Vec<serde::de::IgnoredAny>>,
                     }
                     if let Ok(v) = serde_json::from_slice::<Unary>(&self.unary) {
                         self.tokens = v.usage.as_ref().and_then(|u| {
@@ -312,6 +315,7 @@ impl ResponseTap {
                             }
                         });
                         self.response_id = v.id;
+                        self.data_items = v.data.map(|d| d.len() as u64).unwrap_or(0);
                         self.done = true;
                     }
                 }

@@ -100,6 +100,25 @@ slug = "gem-up"
 provider = "google"
 pricing = {{ input = 1.25, output = 5.0 }}
 
+[[providers]]
+name = "vllm"
+type = "VLLM"
+base_url = "http://{mock}/v1"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+
+[[models]]
+name = "llama"
+slug = "llama-up"
+provider = "vllm"
+pricing = {{ input = 0.1, output = 0.1 }}
+
+[[models]]
+name = "img"
+slug = "gpt-image-up"
+type = "image"
+provider = "mock"
+pricing = {{ image = 0.04 }}
+
 [[models]]
 name = "chat-a"
 slug = "up-chat-a"
@@ -137,7 +156,7 @@ hash = "{good}"
 type = "TEAM"
 organisation_id = "org_1"
 team_id = "team_1"
-models = ["chat-a", "chat-b", "embed", "dead-chat", "claude", "gem"]
+models = ["chat-a", "chat-b", "embed", "dead-chat", "claude", "gem", "llama", "img"]
 
 [[keys]]
 id = "key_limited"
