@@ -469,3 +469,80 @@ async fn vllm_routes_pass_through_to_vllm_providers() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn azure_deployments_and_custom_auth_header() {
+    let mock = mock().await;
+    let extra = format!(
+        r#"
+[[providers]]
+name = "azure"
+type = "AZURE_OPENAI"
+base_url = "http://{m}"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+api_version = "2024-10-21"
+
+[[providers]]
+name = "custom"
+type = "CUSTOM"
+base_url = "http://{m}/v1"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+auth_header = "api-key"
+headers = {{ "x-tenant" = "acme" }}
+
+[[models]]
+name = "az-chat"
+slug = "my-gpt4o-deployment"
+provider = "azure"
+
+[[models]]
+name = "custom-chat"
+slug = "custom-up"
+provider = "custom"
+
+[[keys]]
+id = "key_az"
+hash = "{h}"
+organisation_id = "org_1"
+models = ["az-chat", "custom-chat"]
+"#,
+        m = mock.addr(),
+        h = sha("wharf-test-azure")
+    );
+    let gw = Gw::start_with(&mock, &extra).await;
+    let c = client();
+    for stream in [false, true] {
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("wharf-test-azure")
+            .json(&chat_body("az-chat", stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let _ = r.text().await.unwrap();
+        let seen = mock.last_request().unwrap();
+        assert_eq!(
+            seen.path,
+            "/openai/deployments/my-gpt4o-deployment/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(seen.header("api-key"), Some(PROVIDER_KEY));
+        assert!(seen.header("authorization").is_none());
+        let rec = gw.usage_of(&id).await;
+        assert_eq!(rec["usage_source"], "provider");
+    }
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("wharf-test-azure")
+        .json(&chat_body("custom-chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.header("api-key"), Some(PROVIDER_KEY));
+    assert_eq!(seen.header("x-tenant"), Some("acme"));
+    assert!(seen.header("authorization").is_none());
+}

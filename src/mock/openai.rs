@@ -276,7 +276,30 @@ pub(crate) fn route(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Reply {
 }
 
 fn dispatch(cfg: &MockConfig, req: &Request, knobs: &Knobs) -> Result<Reply, ApiError> {
-    let path = req.route();
+    let mut path = req.route();
+    // Azure OpenAI: `/openai/deployments/{deployment}/{op}?api-version=...` with `api-key`.
+    if let Some(rest) = path.strip_prefix("/openai/deployments/") {
+        if !req.path.contains("api-version=") {
+            return Err(ApiError::new(
+                404,
+                "invalid_request_error",
+                "Resource not found: the api-version query parameter is required",
+            ));
+        }
+        if req.header("api-key").is_none() {
+            return Err(ApiError::new(
+                401,
+                "invalid_request_error",
+                "Access denied due to missing subscription key.",
+            ));
+        }
+        path = match rest.split_once('/').map(|(_, op)| op) {
+            Some("chat/completions") => "/v1/chat/completions",
+            Some("completions") => "/v1/completions",
+            Some("embeddings") => "/v1/embeddings",
+            _ => "/azure/unknown",
+        };
+    }
     // Like vLLM, only the `/v1` routes need the API key.
     if path.starts_with("/v1/") {
         authenticate(cfg, req)?;
@@ -345,11 +368,19 @@ pub(crate) fn allow(req: &Request, method: &'static str) -> Result<(), ApiError>
 }
 
 fn authenticate(cfg: &MockConfig, req: &Request) -> Result<(), ApiError> {
-    let token = req.header("authorization").and_then(|v| {
-        let (scheme, token) = v.split_once(' ')?;
-        let token = token.trim();
-        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-    });
+    // Bearer (OpenAI), or `api-key` (Azure OpenAI and servers configured that way).
+    let token = req
+        .header("authorization")
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        })
+        .or_else(|| {
+            req.header("api-key")
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+        });
     let Some(token) = token else {
         return Err(ApiError::new(
             401,
