@@ -266,15 +266,22 @@ url_of() {
     mock) echo "http://$MOCK_HOST:$MOCK_PORT$CHAT_PATH" ;;
     passthrough) echo "http://$PT_HOST:$PT_PORT$CHAT_PATH" ;;
     wharf) echo "http://$WHARF_HOST:$WHARF_PORT$CHAT_PATH" ;;
+    mock-anthropic) echo "http://$MOCK_HOST:$MOCK_PORT/v1/messages" ;;
+    passthrough-anthropic) echo "http://$PT_HOST:$PT_PORT/v1/messages" ;;
+    wharf-anthropic) echo "http://$WHARF_HOST:$WHARF_PORT/v1/messages" ;;
+    wharf-unified-anthropic) echo "http://$WHARF_HOST:$WHARF_PORT/v1/llm/chat" ;;
     esac
 }
 pid_of() {
     case $1 in
-    mock) echo "$MOCK_PID" ;;
-    passthrough) echo "$PT_PID" ;;
-    wharf) echo "$WHARF_PID" ;;
+    mock*) echo "$MOCK_PID" ;;
+    passthrough*) echo "$PT_PID" ;;
+    wharf*) echo "$WHARF_PID" ;;
     esac
 }
+
+ANTHROPIC_BODY='{"model":"%s","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Say hello"}]}'
+UNIFIED_BODY='{"model":"%s","stream":true,"messages":[{"role":"user","content":"Say hello"}]}'
 
 # lg PATH MODE ARGS...: runs loadgen against PATH in MODE, JSON to stdout.
 lg() {
@@ -282,11 +289,20 @@ lg() {
     shift 2
     local -a a=(--url "$(url_of "$path")" --json --threads "$LOADGEN_THREADS"
         -H "x-mock-tokens: $TOKENS" -H "x-mock-ttft-ms: 0" -H "x-mock-itl-ms: 0")
-    if [[ $path == wharf ]]; then
-        a+=(-H "authorization: Bearer wharf-bench-key" --model bench-model)
-    else
-        a+=(-H "authorization: Bearer sk-mock" --model mock-gpt)
-    fi
+    case $path in
+    wharf) a+=(-H "authorization: Bearer wharf-bench-key" --model bench-model) ;;
+    mock | passthrough) a+=(-H "authorization: Bearer sk-mock" --model mock-gpt) ;;
+    mock-anthropic | passthrough-anthropic)
+        # shellcheck disable=SC2059
+        a+=(-H "x-api-key: sk-mock" -H "anthropic-version: 2023-06-01"
+            --body "$(printf "$ANTHROPIC_BODY" claude-mock)") ;;
+    wharf-anthropic)
+        # shellcheck disable=SC2059
+        a+=(-H "x-api-key: wharf-bench-key" --body "$(printf "$ANTHROPIC_BODY" bench-claude)") ;;
+    wharf-unified-anthropic)
+        # shellcheck disable=SC2059
+        a+=(-H "authorization: Bearer wharf-bench-key" --body "$(printf "$UNIFIED_BODY" bench-claude)") ;;
+    esac
     [[ $mode == stream ]] && a+=(--stream)
     pin "$LG_CPUS" "$LOADGEN" "${a[@]}" "$@" 2>>"$OUT_DIR/loadgen.log" || true
 }
@@ -344,6 +360,18 @@ for mode in unary stream; do
     for path in "${PATHS[@]}"; do
         measure "$path" "$mode"
     done
+done
+
+# Anthropic-native streaming: direct, bare passthrough, Wharf's /v1/messages and (when the
+# gateway serves it) the unified endpoint translating to Anthropic. TTFB p50 shows the time Wharf
+# adds before the first byte.
+ANTH_PATHS=(mock-anthropic passthrough-anthropic)
+if ((WHARF_OK)); then
+    ANTH_PATHS+=(wharf-anthropic)
+    [[ $(http_status "$WHARF_HOST" "$WHARF_PORT" /v1/llm/chat) != 404 ]] && ANTH_PATHS+=(wharf-unified-anthropic)
+fi
+for path in "${ANTH_PATHS[@]}"; do
+    measure "$path" stream
 done
 
 # Latency at half of the passthrough's maximum throughput (open loop).

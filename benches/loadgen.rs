@@ -482,10 +482,10 @@ impl Tail {
         }
     }
 
+    /// OpenAI-style streams end with `data: [DONE]`, Anthropic's with `message_stop`.
     fn ends_with_done(&self) -> bool {
-        self.buf[..self.len]
-            .trim_ascii_end()
-            .ends_with(b"data: [DONE]")
+        let t = self.buf[..self.len].trim_ascii_end();
+        t.ends_with(b"data: [DONE]") || t.ends_with(b"{\"type\":\"message_stop\"}")
     }
 }
 

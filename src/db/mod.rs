@@ -9,6 +9,8 @@
 //! notification channel; [`ConfigChange`] is the payload (see
 //! `migrations/0005_config_change_notify.sql`).
 
+pub mod crypto;
+pub mod load;
 mod migrate;
 
 pub use migrate::{check_schema, expected_version, migrate};
