@@ -22,14 +22,49 @@ pub struct ServeOpts {
     pub daemon: bool,
 }
 
+/// Forwards Pingora's `log` records into the structured log: message, level and the emitting
+/// module only (no source file paths).
+struct LogBridge;
+
+impl log::Log for LogBridge {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        let source = r.target();
+        let msg = r.args();
+        match r.level() {
+            log::Level::Error => tracing::error!(source, "{msg}"),
+            log::Level::Warn => tracing::warn!(source, "{msg}"),
+            log::Level::Info => tracing::info!(source, "{msg}"),
+            log::Level::Debug => tracing::debug!(source, "{msg}"),
+            log::Level::Trace => tracing::trace!(source, "{msg}"),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// Installs the JSON (or text) log subscriber.
 pub fn init_logging(cfg: &Config) {
+    if log::set_boxed_logger(Box::new(LogBridge)).is_ok() {
+        log::set_max_level(match cfg.server.log_level.as_str() {
+            "trace" => log::LevelFilter::Trace,
+            "debug" => log::LevelFilter::Debug,
+            "info" => log::LevelFilter::Info,
+            "warn" => log::LevelFilter::Warn,
+            _ => log::LevelFilter::Error,
+        });
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.server.log_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .with_file(false)
+        .with_line_number(false);
     let _ = if cfg.server.log_json {
         builder.json().flatten_event(true).try_init()
     } else {
