@@ -4,7 +4,7 @@ CARGO ?= cargo
 MOCK_ADDR ?= 127.0.0.1:9999
 CONF ?= conf/wharf.toml
 
-.PHONY: run test deps services build fmt-check lint unit conf-check bench bench-load clean
+.PHONY: run test deps services sdk build fmt-check lint unit conf-check bench bench-load clean
 
 ## Install what the build needs (pingora needs cmake) when it is missing.
 deps:
@@ -40,7 +40,7 @@ run: build
 
 ## Everything CI checks: formatting, lints, all tests, every shipped config.
 ## Postgres and Redis: the local ones when they answer, else throwaway instances (scripts/services.sh).
-test: deps services fmt-check lint unit conf-check
+test: deps services fmt-check lint unit conf-check sdk
 
 services:
 	bash scripts/services.sh
@@ -56,6 +56,10 @@ unit:
 
 conf-check:
 	$(CARGO) run --quiet --bin wharf -- check conf/*.toml
+
+## The official Python SDKs (openai, anthropic, google-genai) against Wharf, in a local venv.
+sdk:
+	bash tests/sdk/run.sh
 
 ## Criterion micro-benchmarks (SSE parser, body rewrite).
 bench: deps

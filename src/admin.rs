@@ -66,9 +66,16 @@ pub fn healthz(state: &State) -> Reply {
         "loaded_at": rfc3339(snap.loaded_at),
         "last_reload_error": reload_error,
     });
+    let mut components = json!({ "config": config });
+    let mut ok = true;
+    if let Some(db) = &state.db {
+        let up = db.healthy() && db.pool.load().is_some();
+        ok &= up;
+        components["database"] = json!({"status": if up { "ok" } else { "down" }});
+    }
     Reply::json(
-        200,
-        json!({"status": "ok", "components": {"config": config}}),
+        if ok { 200 } else { 503 },
+        json!({"status": if ok { "ok" } else { "degraded" }, "components": components}),
     )
 }
 
@@ -134,9 +141,8 @@ pub fn models(
     let created = unix(snap.loaded_at);
     let data: Vec<serde_json::Value> = snap
         .config
-        .model_order
-        .iter()
-        .filter_map(|n| snap.config.models.get(n))
+        .model_names(&key.organisation_id)
+        .into_iter()
         .filter(|m| m.enabled && key.may_use(&m.name))
         .filter(|m| kind.is_none_or(|k| m.provider.kind == k))
         .map(|m| {
@@ -155,11 +161,12 @@ pub fn models(
 pub fn key_info(snap: &Snapshot, key: &VirtualKey) -> Reply {
     let mut models: Vec<&str> = snap
         .config
-        .model_order
-        .iter()
-        .filter(|n| key.may_use(n))
-        .map(String::as_str)
+        .model_names(&key.organisation_id)
+        .into_iter()
+        .filter(|m| key.may_use(&m.name))
+        .map(|m| m.name.as_str())
         .collect();
+    models.dedup();
     models.sort_unstable();
     let expires = key.expires_at.and_then(|t| {
         time::OffsetDateTime::from_unix_timestamp(t)

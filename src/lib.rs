@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod db;
 pub mod error;
 pub mod keys;

@@ -74,19 +74,35 @@ pub fn init_logging(cfg: &Config) {
 
 /// Loads the configuration, builds every service and runs forever.
 pub fn serve(opts: ServeOpts) -> Result<(), String> {
-    let cfg = config::load(&opts.config_path).map_err(|e| e.to_string())?;
+    let mut cfg = config::load(&opts.config_path).map_err(|e| e.to_string())?;
     init_logging(&cfg);
     for w in &cfg.warnings {
         tracing::warn!(warning = %w, "configuration");
     }
     crate::metrics::init();
-    // Resolve provider host names before the first request (a short-lived runtime holds no
-    // connection or pool; everything long-lived is created inside Pingora's runtimes).
-    tokio::runtime::Builder::new_current_thread()
+    // Database mode: the first catalog load and the schema check happen before any listener
+    // opens. A short-lived runtime holds no connection afterwards; everything long-lived is
+    // created inside Pingora's runtimes.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("runtime: {e}"))?
-        .block_on(resolve_providers(&cfg, None));
+        .map_err(|e| format!("runtime: {e}"))?;
+    let db = match cfg.database.clone() {
+        Some(settings) => {
+            let keys = crate::db::crypto::MasterKeys::from_env().map_err(|e| {
+                format!(
+                    "database mode needs {} to decrypt provider credentials: {e}",
+                    crate::db::crypto::MASTER_KEYS_ENV
+                )
+            })?;
+            rt.block_on(crate::control::initial_load(&mut cfg, &keys))?;
+            Some(Arc::new(crate::control::DbMode::new(settings, keys)))
+        }
+        None => None,
+    };
+    // Resolve provider host names before the first request.
+    rt.block_on(resolve_providers(&cfg, None));
+    drop(rt);
 
     let server_cfg = cfg.server.clone();
     let conf = ServerConf {
@@ -111,7 +127,8 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
 
     let (sink, rx) = UsageSink::new(cfg.usage.queue_capacity);
     let usage_path = cfg.usage.path.clone();
-    let state = State::new(cfg, opts.config_path.clone(), sink);
+    let db_mode = db.is_some();
+    let state = State::new(cfg, opts.config_path.clone(), sink, db);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -164,6 +181,14 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
             every: Duration::from_secs(10),
         },
     ));
+    if db_mode {
+        server.add_service(background_service(
+            "control-sync",
+            crate::control::ControlSync {
+                state: state.clone(),
+            },
+        ));
+    }
     tracing::info!(
         listen = %server_cfg.listen,
         admin = server_cfg.admin_listen.as_deref().unwrap_or("off"),

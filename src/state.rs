@@ -40,11 +40,18 @@ pub struct State {
     generation: AtomicU64,
     /// Last reload error, for `/v1/healthz`.
     pub last_reload_error: RwLock<Option<String>>,
+    /// Database mode (Postgres holds the catalog and keys).
+    pub db: Option<Arc<crate::control::DbMode>>,
 }
 
 impl State {
     /// State around a first, already validated configuration.
-    pub fn new(config: Config, config_path: String, usage: UsageSink) -> Arc<State> {
+    pub fn new(
+        config: Config,
+        config_path: String,
+        usage: UsageSink,
+        db: Option<Arc<crate::control::DbMode>>,
+    ) -> Arc<State> {
         metrics::CONFIG_VERSION.set(1);
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(Snapshot {
@@ -59,6 +66,7 @@ impl State {
             reachability: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(1),
             last_reload_error: RwLock::new(None),
+            db,
         })
     }
 
@@ -75,6 +83,20 @@ impl State {
             .await
             .map_err(|e| ConfigError(vec![format!("reload task failed: {e}")]))
             .and_then(|r| r);
+        let parsed = match (parsed, &self.db) {
+            (Ok(mut c), Some(db)) => match db.pool.load_full() {
+                Some(pool) => {
+                    match crate::control::merge_catalog(&mut c, &pool, &db.master_keys).await {
+                        Ok(()) => Ok(c),
+                        Err(e) => Err(ConfigError(vec![format!("database catalog: {e}")])),
+                    }
+                }
+                None => Err(ConfigError(vec![
+                    "database catalog: not connected yet".to_string()
+                ])),
+            },
+            (other, _) => other,
+        };
         let cfg = match parsed {
             Ok(c) => c,
             Err(e) => {

@@ -63,8 +63,53 @@ pub struct Config {
     /// Model names in file order (for `/v1/models`).
     pub model_order: Vec<String>,
     pub keys: HashMap<KeyHash, Arc<VirtualKey>>,
+    /// Database mode: models per organisation (from Postgres), beside the file's global ones.
+    pub org_models: HashMap<String, OrgModels>,
+    pub database: Option<DatabaseConfig>,
+    pub redis_url: Option<String>,
+    /// Shared secret of the cache invalidation route (absent: no route).
+    pub invalidation_secret: Option<Secret>,
     /// Non-fatal findings (e.g. a credential variable that is not set).
     pub warnings: Vec<String>,
+}
+
+/// One organisation's models (database mode).
+#[derive(Debug, Default)]
+pub struct OrgModels {
+    pub by_name: HashMap<String, Arc<Model>>,
+    pub order: Vec<String>,
+}
+
+/// `[database]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub url_env: String,
+    pub key_cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub key_cache_capacity: u64,
+    pub refresh_interval: Duration,
+}
+
+impl Config {
+    /// The model `name` as the key's organisation sees it: its own model first, then a
+    /// model of the file.
+    pub fn model(&self, organisation_id: &str, name: &str) -> Option<&Arc<Model>> {
+        self.org_models
+            .get(organisation_id)
+            .and_then(|o| o.by_name.get(name))
+            .or_else(|| self.models.get(name))
+    }
+
+    /// Model names visible to an organisation, in order (its own, then the file's).
+    pub fn model_names(&self, organisation_id: &str) -> Vec<&Arc<Model>> {
+        let mut out: Vec<&Arc<Model>> = Vec::new();
+        if let Some(o) = self.org_models.get(organisation_id) {
+            out.extend(o.order.iter().filter_map(|n| o.by_name.get(n)));
+        }
+        out.extend(self.model_order.iter().filter_map(|n| self.models.get(n)));
+        out
+    }
 }
 
 /// `[server]`, validated.
@@ -379,6 +424,65 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let env_secret = |at: &str, var: &str, errs: &mut Vec<String>| -> Option<Secret> {
+        if var.is_empty() {
+            errs.push(format!("{at}: must name an environment variable"));
+            return None;
+        }
+        std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Secret::new)
+    };
+    let database = raw.database.as_ref().map(|d| {
+        let url = env_secret("database.url_env", &d.url_env, &mut errs);
+        if url.is_none() && !d.url_env.is_empty() {
+            warnings.push(format!(
+                "database.url_env: environment variable `{}` is not set; `wharf serve` needs it",
+                d.url_env
+            ));
+        }
+        for (k, v) in [
+            ("key_cache_ttl_seconds", d.key_cache_ttl_seconds),
+            ("refresh_interval_seconds", d.refresh_interval_seconds),
+            ("key_cache_capacity", d.key_cache_capacity),
+        ] {
+            if v == 0 {
+                errs.push(format!("database.{k}: must be at least 1"));
+            }
+        }
+        DatabaseConfig {
+            url: url.unwrap_or_else(|| Secret::new(String::new())),
+            url_env: d.url_env.clone(),
+            key_cache_ttl: Duration::from_secs(d.key_cache_ttl_seconds.max(1)),
+            negative_cache_ttl: Duration::from_secs(d.negative_cache_ttl_seconds),
+            key_cache_capacity: d.key_cache_capacity.max(1),
+            refresh_interval: Duration::from_secs(d.refresh_interval_seconds.max(1)),
+        }
+    });
+    let redis_url = raw.redis.as_ref().and_then(|r| {
+        let v = env_secret("redis.url_env", &r.url_env, &mut errs);
+        if v.is_none() && !r.url_env.is_empty() {
+            warnings.push(format!(
+                "redis.url_env: environment variable `{}` is not set; invalidations stay on this node",
+                r.url_env
+            ));
+        }
+        v.map(|s| s.expose().to_string())
+    });
+    let invalidation_secret = raw
+        .control
+        .invalidation_secret_env
+        .as_ref()
+        .and_then(|var| {
+            let v = env_secret("control.invalidation_secret_env", var, &mut errs);
+            if v.is_none() && !var.is_empty() {
+                warnings.push(format!(
+                    "control.invalidation_secret_env: environment variable `{var}` is not set; the invalidation route is off"
+                ));
+            }
+            v
+        });
     if !errs.is_empty() {
         return Err(ConfigError(errs));
     }
@@ -389,6 +493,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         models,
         model_order,
         keys,
+        org_models: HashMap::new(),
+        database,
+        redis_url,
+        invalidation_secret,
         warnings,
     })
 }

@@ -25,6 +25,52 @@ pub struct RawConfig {
     /// Virtual keys (SHA-256 hashes only).
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// Database mode: Postgres holds providers, models, keys and grants.
+    pub database: Option<RawDatabase>,
+    /// Redis: fan-out of cache invalidations between nodes.
+    pub redis: Option<RawRedis>,
+    /// Control-plane settings of the data plane.
+    #[serde(default)]
+    pub control: RawControl,
+}
+
+/// `[database]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    /// Environment variable holding the Postgres URL (default `DATABASE_URL`).
+    #[serde(default = "default_database_env")]
+    pub url_env: String,
+    /// How long a key lookup stays cached (bounded by the key's own expiry).
+    #[serde(default = "default_key_ttl")]
+    pub key_cache_ttl_seconds: u64,
+    /// How long an unknown key stays cached as unknown.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_cache_ttl_seconds: u64,
+    /// Keys kept in memory at most.
+    #[serde(default = "default_key_cache_capacity")]
+    pub key_cache_capacity: u64,
+    /// Safety net: full reload of the catalog every so often.
+    #[serde(default = "default_refresh")]
+    pub refresh_interval_seconds: u64,
+}
+
+/// `[redis]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// Environment variable holding the Redis URL (default `REDIS_URL`).
+    #[serde(default = "default_redis_env")]
+    pub url_env: String,
+}
+
+/// `[control]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    /// Environment variable holding the shared secret of `POST /v1/internal/cache/invalidate`;
+    /// without it the route does not exist.
+    pub invalidation_secret_env: Option<String>,
 }
 
 /// `[server]`
@@ -232,6 +278,24 @@ fn default_true() -> bool {
 }
 fn default_watch_ms() -> u64 {
     1000
+}
+fn default_database_env() -> String {
+    "DATABASE_URL".into()
+}
+fn default_redis_env() -> String {
+    "REDIS_URL".into()
+}
+fn default_key_ttl() -> u64 {
+    300
+}
+fn default_negative_ttl() -> u64 {
+    5
+}
+fn default_key_cache_capacity() -> u64 {
+    100_000
+}
+fn default_refresh() -> u64 {
+    60
 }
 fn default_body_timeout_ms() -> u64 {
     30_000

@@ -36,6 +36,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType, RetryType};
 use routes::{Family, Route};
+use sha2::Digest;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tap::{ResponseTap, TapMode, WireFormat};
@@ -264,8 +265,13 @@ fn too_large(max: usize) -> GatewayError {
     )
 }
 
-/// Finds and checks the key (SPEC §1.2); `Err` carries the 401.
-fn authenticate(snap: &Snapshot, req: &RequestHeader) -> Result<Arc<VirtualKey>, GatewayError> {
+/// Finds and checks the key (SPEC §1.2); `Err` carries the 401 (or 503 when the key store is
+/// down and the key is not cached).
+async fn authenticate(
+    state: &State,
+    snap: &Snapshot,
+    req: &RequestHeader,
+) -> Result<Arc<VirtualKey>, GatewayError> {
     let (secret, _src) =
         keys::extract_credential(&req.headers, req.uri.query()).ok_or_else(|| {
             GatewayError::new(
@@ -273,12 +279,15 @@ fn authenticate(snap: &Snapshot, req: &RequestHeader) -> Result<Arc<VirtualKey>,
                 "missing API key: send Authorization: Bearer <key>",
             )
         })?;
-    let key = snap
-        .config
-        .keys
-        .get(&KeyHash::of(secret))
-        .cloned()
-        .ok_or_else(|| GatewayError::new(ErrorCode::Unauthorized, "invalid API key"))?;
+    let hash = KeyHash::of(secret);
+    let key = match snap.config.keys.get(&hash) {
+        Some(k) => Some(k.clone()),
+        None => match &state.db {
+            Some(db) => db.key(hash).await?,
+            None => None,
+        },
+    };
+    let key = key.ok_or_else(|| GatewayError::new(ErrorCode::Unauthorized, "invalid API key"))?;
     if key.revoked {
         return Err(GatewayError::new(
             ErrorCode::ApiKeyRevoked,
@@ -309,8 +318,7 @@ fn resolve_model(
 ) -> Result<Arc<Model>, GatewayError> {
     let model = snap
         .config
-        .models
-        .get(name)
+        .model(&key.organisation_id, name)
         .filter(|m| m.enabled)
         .cloned()
         .ok_or_else(|| {
@@ -447,7 +455,10 @@ impl Gateway {
             }
             _ => {}
         }
-        let key = match authenticate(&snap, s.req_header()) {
+        if route == Route::Invalidate {
+            return self.invalidate(s, ctx).await;
+        }
+        let key = match authenticate(&self.state, &snap, s.req_header()).await {
             Ok(k) => k,
             Err(e) => return write_error(s, ctx, e, "auth").await,
         };
@@ -516,6 +527,69 @@ impl Gateway {
         ctx.model = Some(model);
         ctx.insp = Some(insp);
         Ok(false)
+    }
+
+    /// `POST /v1/internal/cache/invalidate`: shared secret (constant-time check), then the
+    /// invalidation applies here and is published to the other nodes.
+    async fn invalidate(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        use subtle::ConstantTimeEq;
+        let snap = ctx.snap.clone();
+        let Some(secret) = &snap.config.invalidation_secret else {
+            let e = GatewayError::new(
+                ErrorCode::NotFound,
+                "no route for /v1/internal/cache/invalidate",
+            );
+            return write_error(s, ctx, e, "route").await;
+        };
+        let given = s
+            .req_header()
+            .headers
+            .get("x-wharf-invalidation-secret")
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        let a = sha2::Sha256::digest(&given);
+        let b = sha2::Sha256::digest(secret.expose().as_bytes());
+        if !bool::from(a.as_slice().ct_eq(b.as_slice())) {
+            let e = GatewayError::new(ErrorCode::Unauthorized, "invalid invalidation secret");
+            return write_error(s, ctx, e, "auth").await;
+        }
+        let raw = match read_body(s, 1024 * 1024, snap.config.server.client_body_timeout).await? {
+            BodyRead::Ok(b) => b,
+            BodyRead::Reject(e) => return write_error(s, ctx, e, "body").await,
+        };
+        let inv: crate::control::Invalidation = if raw.is_empty() {
+            crate::control::Invalidation {
+                all_keys: true,
+                reload: true,
+                ..Default::default()
+            }
+        } else {
+            match serde_json::from_slice(&raw) {
+                Ok(i) => i,
+                Err(e) => {
+                    let e = GatewayError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("invalid invalidation request: {e}"),
+                    );
+                    return write_error(s, ctx, e, "body").await;
+                }
+            }
+        };
+        crate::control::apply(&self.state, &inv).await;
+        let published = crate::control::publish(&self.state, &inv).await;
+        if let Err(e) = &published {
+            tracing::warn!(error = %e, "invalidation not published to other nodes");
+        }
+        let body = serde_json::json!({
+            "invalidated": true,
+            "published": published.is_ok() && snap.config.redis_url.is_some(),
+        });
+        let reply = Reply {
+            status: 200,
+            content_type: "application/json",
+            body: Bytes::from(body.to_string()),
+        };
+        write_reply(s, ctx, reply, &[]).await
     }
 
     /// Classifies a Pingora error as a gateway error (status + code).

@@ -34,6 +34,8 @@ pub enum Route {
     ImagesVariations,
     /// `/v1/vllm/*`: raw pass-through to a VLLM provider.
     Vllm(VllmOp),
+    /// `POST /v1/internal/cache/invalidate` (exists only with a configured secret).
+    Invalidate,
 }
 
 /// The `/v1/vllm/*` operations (SPEC §1.1).
@@ -167,6 +169,7 @@ impl Route {
             Route::ImagesEdits => "/v1/images/edits",
             Route::ImagesVariations => "/v1/images/variations",
             Route::Vllm(op) => op.name(),
+            Route::Invalidate => "/v1/internal/cache/invalidate",
         }
     }
 
@@ -184,7 +187,7 @@ impl Route {
     pub fn records_usage(self) -> bool {
         !matches!(
             self,
-            Route::Health | Route::Healthz | Route::Metrics | Route::Status
+            Route::Health | Route::Healthz | Route::Metrics | Route::Status | Route::Invalidate
         )
     }
 
@@ -239,7 +242,11 @@ impl Route {
 
 /// The model name in a Gemini path (`/v1beta/models/{model}:action`), if the path is one.
 pub fn gemini_model(path: &str) -> Option<(&str, Route)> {
-    let rest = path.strip_prefix("/v1beta/models/")?;
+    // google-genai 3.x calls `v1` by default, earlier versions `v1beta`: both are Gemini routes
+    // when the model carries a `:generateContent` / `:streamGenerateContent` action.
+    let rest = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
     let (model, action) = rest.rsplit_once(':')?;
     let route = match action {
         "generateContent" => Route::GeminiGenerate,
@@ -275,6 +282,7 @@ pub fn match_route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         "/v1/messages" => (Route::Messages, &[Method::POST]),
         "/v1/messages/count_tokens" => (Route::CountTokens, &[Method::POST]),
         "/v1/images/generations" => (Route::ImagesGenerations, &[Method::POST]),
+        "/v1/internal/cache/invalidate" => (Route::Invalidate, &[Method::POST]),
         "/v1/images/edits" => (Route::ImagesEdits, &[Method::POST]),
         "/v1/images/variations" => (Route::ImagesVariations, &[Method::POST]),
         "/v1/vllm/models" => (Route::Vllm(VllmOp::Models), &[Method::GET, Method::POST]),
@@ -340,5 +348,13 @@ mod tests {
             Some(("gem-1", Route::GeminiGenerate))
         );
         assert_eq!(gemini_model("/v1beta/models/:generateContent"), None);
+        assert_eq!(
+            match_route(&Method::POST, "/v1/models/gem-1:generateContent"),
+            Ok(Route::GeminiGenerate)
+        );
+        assert_eq!(
+            match_route(&Method::GET, "/v1/models").map(|r| r.name()),
+            Ok("/v1/models")
+        );
     }
 }
