@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use moka::future::Cache;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -335,8 +336,14 @@ impl ControlSync {
 
 #[async_trait]
 impl BackgroundService for ControlSync {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    /// The proxy service depends on this one: it opens its listener only once the pool exists.
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
         let Some(db) = self.state.db.clone() else {
+            ready.notify_ready();
             return;
         };
         if let Some(url) = self.state.current().config.redis_url.clone() {
@@ -345,6 +352,7 @@ impl BackgroundService for ControlSync {
         let pool = self.connect_pool(&db).await;
         db.pool.store(Some(Arc::new(pool.clone())));
         db.healthy.store(true, Ordering::Relaxed);
+        ready.notify_ready();
         let mut refresh = tokio::time::interval(db.settings.refresh_interval);
         refresh.tick().await;
         let mut probe = tokio::time::interval(Duration::from_secs(2));

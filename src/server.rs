@@ -148,7 +148,7 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
         }
         None => proxy.add_tcp(&server_cfg.listen),
     }
-    server.add_service(proxy);
+    let proxy_handle = server.add_service(proxy);
 
     if let Some(admin_addr) = &server_cfg.admin_listen {
         let mut admin = Service::new(
@@ -182,12 +182,14 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
         },
     ));
     if db_mode {
-        server.add_service(background_service(
+        let control = server.add_service(background_service(
             "control-sync",
             crate::control::ControlSync {
                 state: state.clone(),
             },
         ));
+        // No traffic before the key store is reachable.
+        proxy_handle.add_dependency(&control);
     }
     tracing::info!(
         listen = %server_cfg.listen,

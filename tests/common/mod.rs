@@ -1,6 +1,8 @@
 //! Test harness: a real `wharf` process on free ports, in front of an in-process mock provider.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod db;
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -204,19 +206,34 @@ impl Gw {
     }
 
     pub async fn start_with(mock: &MockServer, extra: &str) -> Gw {
+        Self::start_custom(
+            mock,
+            |port, admin, dir| config_text(&mock.addr().to_string(), port, admin, dir, extra),
+            &[],
+        )
+        .await
+    }
+
+    /// A gateway on a configuration built by `text(port, admin_port, dir)`, with extra
+    /// environment variables.
+    pub async fn start_custom(
+        mock: &MockServer,
+        text: impl FnOnce(u16, u16, &std::path::Path) -> String,
+        env: &[(&str, String)],
+    ) -> Gw {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin = free_port();
         let mock_addr = mock.addr().to_string();
-        std::fs::write(
-            dir.path().join("wharf.toml"),
-            config_text(&mock_addr, port, admin, dir.path(), extra),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["serve", "-c"])
+        std::fs::write(dir.path().join("wharf.toml"), text(port, admin, dir.path())).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        cmd.args(["serve", "-c"])
             .arg(dir.path().join("wharf.toml"))
-            .env("WHARF_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("WHARF_TEST_PROVIDER_KEY", PROVIDER_KEY);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.path().join("wharf.log")).unwrap(),
@@ -243,7 +260,10 @@ impl Gw {
                 .send()
                 .await
                 .map(|r| r.status() == 200)
-                .unwrap_or(false);
+                .unwrap_or(false)
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok();
             if ok {
                 return;
             }
