@@ -205,7 +205,7 @@ impl GatewayError {
     /// `{"type":"error","error":{..}}`, Google's `status` beside the SPEC fields.
     pub fn body_for(&self, family: Family) -> Bytes {
         match family {
-            Family::OpenAi | Family::Vllm => self.body(),
+            Family::OpenAi | Family::Vllm | Family::Unified => self.body(),
             Family::Anthropic => {
                 let mut err = json!({
                     "type": self.code.kind(),
@@ -245,7 +245,7 @@ impl GatewayError {
     pub fn sse_event_for(&self, family: Family) -> Bytes {
         let mut out = Vec::with_capacity(160);
         let (prefix, sep): (&[u8], &[u8]) = match family {
-            Family::OpenAi | Family::Vllm => (b"data: ", b"\n\n"),
+            Family::OpenAi | Family::Vllm | Family::Unified => (b"data: ", b"\n\n"),
             Family::Anthropic => (b"event: error\ndata: ", b"\n\n"),
             Family::Gemini => (b"data: ", b"\r\n\r\n"),
         };

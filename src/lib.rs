@@ -17,3 +17,4 @@ pub mod services;
 pub mod sse;
 pub mod state;
 pub mod usage;
+pub mod translate;

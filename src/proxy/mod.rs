@@ -27,6 +27,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::keys::{self, KeyHash};
 use crate::metrics;
 use crate::state::{Snapshot, State};
+use crate::translate;
 use crate::usage::{Attempt, Tokens, UsageRecord, UsageSource};
 use async_trait::async_trait;
 use body::Inspected;
@@ -92,7 +93,19 @@ pub struct Ctx {
     provider_request_id: Option<String>,
     overhead: Duration,
     recorded: bool,
+    /// `/v1/llm/chat`: the target family and how its answer is turned back.
+    unified: Option<Unified>,
     _in_flight: InFlight,
+}
+
+/// State of a unified (`/v1/llm/chat`) request.
+struct Unified {
+    target: translate::Target,
+    /// Streaming answers, translated event by event.
+    stream: Option<translate::StreamTranslator>,
+    /// Unary answers (and provider errors), kept whole and converted at the end.
+    buffer: Option<Vec<u8>>,
+    upstream_status: u16,
 }
 
 impl Ctx {
@@ -521,6 +534,47 @@ impl Gateway {
             Ok(u) => u,
             Err(e) => return write_error(s, ctx, e, "model").await,
         };
+        if route == Route::Unified {
+            let target = match model.provider.kind {
+                ProviderKind::Anthropic => translate::Target::Anthropic,
+                ProviderKind::Google => translate::Target::Gemini,
+                _ => translate::Target::OpenAi,
+            };
+            let prepared = match translate::prepare(target, &raw, &model.slug) {
+                Ok(p) => p,
+                Err(e) => return write_error(s, ctx, e, "body").await,
+            };
+            let uri = if model.provider.kind == ProviderKind::AzureOpenAi {
+                upstream_uri(&model, Route::ChatCompletions, None)
+            } else {
+                format!(
+                    "{}{}",
+                    model.provider.base_path,
+                    translate::target_path(target, &model.slug, prepared.stream)
+                )
+                .parse::<http::Uri>()
+                .map_err(|_| {
+                    GatewayError::new(ErrorCode::InvalidRequest, "cannot build the upstream URL")
+                })
+            };
+            let uri = match uri {
+                Ok(u) => u,
+                Err(e) => return write_error(s, ctx, e, "model").await,
+            };
+            insp.stream = prepared.stream;
+            insp.client_include_usage = prepared.include_usage;
+            ctx.body = Some(prepared.body);
+            ctx.upstream_uri = Some(uri);
+            ctx.unified = Some(Unified {
+                target,
+                stream: None,
+                buffer: None,
+                upstream_status: 0,
+            });
+            ctx.model = Some(model);
+            ctx.insp = Some(insp);
+            return Ok(false);
+        }
         let force_usage = kind.openai_stream_usage();
         ctx.body = Some(body::rewrite(&raw, &insp, &model.slug, force_usage));
         ctx.upstream_uri = Some(uri);
@@ -590,6 +644,87 @@ impl Gateway {
             body: Bytes::from(body.to_string()),
         };
         write_reply(s, ctx, reply, &[]).await
+    }
+
+    /// Turns the provider's answer into the unified endpoint's: SSE translated event by event,
+    /// unary answers normalized at the end, provider errors wrapped in the gateway's envelope.
+    fn unified_body(&self, body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
+        let Some(u) = ctx.unified.as_mut() else {
+            return;
+        };
+        if let Some(tr) = u.stream.as_mut() {
+            let mut out = BytesMut::new();
+            if let Some(b) = body.take() {
+                tr.feed(&b, &mut out);
+            }
+            if eos {
+                tr.finish(&mut out);
+            }
+            ctx.tap.tokens = tr.tokens();
+            ctx.tap.done = tr.done();
+            ctx.tap.content_events = tr.content_events();
+            ctx.tap.bytes_out += out.len() as u64;
+            *body = Some(out.freeze());
+            return;
+        }
+        let Some(buf) = u.buffer.as_mut() else {
+            return;
+        };
+        if let Some(b) = body.take() {
+            if buf.len() + b.len() <= 16 * 1024 * 1024 {
+                buf.extend_from_slice(&b);
+            }
+        }
+        if !eos {
+            *body = Some(Bytes::new());
+            return;
+        }
+        let raw = std::mem::take(buf);
+        let provider = ctx
+            .model
+            .as_ref()
+            .map(|m| m.provider.name.clone())
+            .unwrap_or_default();
+        let model = ctx
+            .model
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let out = if (200..300).contains(&u.upstream_status) {
+            match translate::normalize_unary(u.target, &provider, &model, &raw) {
+                Ok((v, tokens)) => {
+                    ctx.tap.tokens = Some(tokens);
+                    ctx.tap.done = true;
+                    ctx.provider_request_id = ctx
+                        .provider_request_id
+                        .clone()
+                        .or_else(|| v["provider_request_id"].as_str().map(str::to_string));
+                    Bytes::from(v.to_string())
+                }
+                Err(e) => {
+                    ctx.error_code = Some(e.code.as_str().to_string());
+                    e.body()
+                }
+            }
+        } else {
+            // The provider's error, in the gateway's envelope (its status is kept).
+            let provider_error: serde_json::Value =
+                serde_json::from_slice(&raw).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&raw).into())
+                });
+            let message = provider_error["error"]["message"]
+                .as_str()
+                .or_else(|| provider_error["message"].as_str())
+                .unwrap_or("the provider returned an error")
+                .to_string();
+            let mut e = GatewayError::new(ErrorCode::UpstreamError, message);
+            e.extra
+                .push(("provider_status", serde_json::json!(u.upstream_status)));
+            e.extra.push(("provider_error", provider_error));
+            e.body()
+        };
+        ctx.tap.bytes_out += out.len() as u64;
+        *body = Some(out);
     }
 
     /// Classifies a Pingora error as a gateway error (status + code).
@@ -810,6 +945,7 @@ impl ProxyHttp for Gateway {
             provider_request_id: None,
             overhead: Duration::ZERO,
             recorded: false,
+            unified: None,
             _in_flight: InFlight::new(),
         }
     }
@@ -965,6 +1101,30 @@ impl ProxyHttp for Gateway {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        if let Some(u) = ctx.unified.as_mut() {
+            u.upstream_status = status;
+            let sse = ct.starts_with("text/event-stream");
+            resp.remove_header("content-length");
+            if (200..300).contains(&status) && sse {
+                let (model, usage) = match (&ctx.model, &ctx.insp) {
+                    (Some(m), Some(i)) => (m.name.as_str(), i.client_include_usage),
+                    _ => ("", false),
+                };
+                u.stream = Some(translate::StreamTranslator::new(u.target, model, usage));
+                ctx.tap = ResponseTap::with_format(
+                    TapMode::Sse {
+                        strip_usage_chunk: false,
+                    },
+                    WireFormat::OpenAi,
+                );
+            } else {
+                u.buffer = Some(Vec::new());
+                resp.insert_header("content-type", "application/json")?;
+                ctx.tap = ResponseTap::with_format(TapMode::Off, WireFormat::OpenAi);
+            }
+            ctx.overhead += t.elapsed();
+            return Ok(());
+        }
         let format = match ctx.route.map(Route::family) {
             Some(Family::Anthropic) => WireFormat::Anthropic,
             Some(Family::Gemini) => WireFormat::Gemini,
@@ -1018,7 +1178,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         let t = Instant::now();
-        ctx.tap.on_chunk(body, end_of_stream);
+        if ctx.unified.is_some() {
+            self.unified_body(body, end_of_stream, ctx);
+        } else {
+            ctx.tap.on_chunk(body, end_of_stream);
+        }
         if end_of_stream {
             ctx.upstream_done = Some(t);
         }

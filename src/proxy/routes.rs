@@ -36,6 +36,8 @@ pub enum Route {
     Vllm(VllmOp),
     /// `POST /v1/internal/cache/invalidate` (exists only with a configured secret).
     Invalidate,
+    /// `POST /v1/llm/chat`: OpenAI-shaped request to any family, translated both ways.
+    Unified,
 }
 
 /// The `/v1/vllm/*` operations (SPEC §1.1).
@@ -123,6 +125,8 @@ pub enum Family {
     Anthropic,
     Gemini,
     Vllm,
+    /// The unified endpoint: any family, OpenAI shapes towards the client.
+    Unified,
 }
 
 impl Family {
@@ -133,6 +137,7 @@ impl Family {
             Family::Anthropic => kind == ProviderKind::Anthropic,
             Family::Gemini => kind == ProviderKind::Google,
             Family::Vllm => kind == ProviderKind::Vllm,
+            Family::Unified => true,
         }
     }
 
@@ -143,6 +148,7 @@ impl Family {
             Family::Anthropic => "Anthropic",
             Family::Gemini => "Gemini",
             Family::Vllm => "vLLM",
+            Family::Unified => "any",
         }
     }
 }
@@ -170,6 +176,7 @@ impl Route {
             Route::ImagesVariations => "/v1/images/variations",
             Route::Vllm(op) => op.name(),
             Route::Invalidate => "/v1/internal/cache/invalidate",
+            Route::Unified => "/v1/llm/chat",
         }
     }
 
@@ -179,6 +186,7 @@ impl Route {
             Route::Messages | Route::CountTokens => Family::Anthropic,
             Route::GeminiGenerate | Route::GeminiStream => Family::Gemini,
             Route::Vllm(_) => Family::Vllm,
+            Route::Unified => Family::Unified,
             _ => Family::OpenAi,
         }
     }
@@ -215,6 +223,7 @@ impl Route {
             }
             Route::Vllm(VllmOp::Models) => None,
             Route::Vllm(_) => Some(BodyKind::Generic),
+            Route::Unified => Some(BodyKind::Generic),
             _ => None,
         }
     }
@@ -283,6 +292,7 @@ pub fn match_route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         "/v1/messages/count_tokens" => (Route::CountTokens, &[Method::POST]),
         "/v1/images/generations" => (Route::ImagesGenerations, &[Method::POST]),
         "/v1/internal/cache/invalidate" => (Route::Invalidate, &[Method::POST]),
+        "/v1/llm/chat" => (Route::Unified, &[Method::POST]),
         "/v1/images/edits" => (Route::ImagesEdits, &[Method::POST]),
         "/v1/images/variations" => (Route::ImagesVariations, &[Method::POST]),
         "/v1/vllm/models" => (Route::Vllm(VllmOp::Models), &[Method::GET, Method::POST]),
