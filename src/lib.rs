@@ -16,5 +16,5 @@ pub mod server;
 pub mod services;
 pub mod sse;
 pub mod state;
-pub mod usage;
 pub mod translate;
+pub mod usage;
