@@ -11,6 +11,8 @@
 
 pub mod crypto;
 pub mod load;
+pub mod secrets;
+pub mod usage_store;
 mod migrate;
 
 pub use migrate::{check_schema, expected_version, migrate};

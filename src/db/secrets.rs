@@ -1,0 +1,1 @@
+//! Secret maintenance: master-key rotation of provider credential envelopes, virtual key rotation.

@@ -1,0 +1,1 @@
+//! Usage records in Postgres (batching writer, spill and replay).
