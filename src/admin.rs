@@ -73,6 +73,11 @@ pub fn healthz(state: &State) -> Reply {
         ok &= up;
         components["database"] = json!({"status": if up { "ok" } else { "down" }});
     }
+    if let Some(r) = &state.redis_healthy {
+        let up = r.load(std::sync::atomic::Ordering::Relaxed);
+        ok &= up;
+        components["redis"] = json!({"status": if up { "ok" } else { "down" }});
+    }
     Reply::json(
         if ok { 200 } else { 503 },
         json!({"status": if ok { "ok" } else { "degraded" }, "components": components}),

@@ -252,6 +252,45 @@ pub async fn publish(state: &State, inv: &Invalidation) -> Result<(), String> {
     r.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// Probes Redis every two seconds for `/v1/healthz`.
+pub struct RedisProbe {
+    pub state: Arc<State>,
+    pub url: String,
+}
+
+#[async_trait]
+impl BackgroundService for RedisProbe {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use fred::prelude::*;
+        let Some(flag) = &self.state.redis_healthy else {
+            return;
+        };
+        let client = Config::from_url(&self.url).ok().and_then(|c| {
+            Builder::from_config(c)
+                .with_connection_config(|cc| {
+                    cc.connection_timeout = Duration::from_secs(2);
+                })
+                .build()
+                .ok()
+        });
+        let Some(client) = client else {
+            tracing::error!("redis: invalid URL");
+            return;
+        };
+        let _conn = client.init().await;
+        loop {
+            let ok = tokio::time::timeout(Duration::from_secs(2), client.ping::<String>(None))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            flag.store(ok, Ordering::Relaxed);
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
 /// The control service (database mode): owns the pool, listens for changes, refreshes, probes.
 pub struct ControlSync {
     pub state: Arc<State>,

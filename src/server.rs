@@ -181,6 +181,15 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
             every: Duration::from_secs(10),
         },
     ));
+    if let Some(url) = state.current().config.redis_url.clone() {
+        server.add_service(background_service(
+            "redis-probe",
+            crate::control::RedisProbe {
+                state: state.clone(),
+                url,
+            },
+        ));
+    }
     if db_mode {
         let control = server.add_service(background_service(
             "control-sync",

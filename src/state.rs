@@ -42,6 +42,8 @@ pub struct State {
     pub last_reload_error: RwLock<Option<String>>,
     /// Database mode (Postgres holds the catalog and keys).
     pub db: Option<Arc<crate::control::DbMode>>,
+    /// Last Redis probe (`None` when Redis is not configured).
+    pub redis_healthy: Option<std::sync::atomic::AtomicBool>,
 }
 
 impl State {
@@ -53,6 +55,10 @@ impl State {
         db: Option<Arc<crate::control::DbMode>>,
     ) -> Arc<State> {
         metrics::CONFIG_VERSION.set(1);
+        let redis_healthy = config
+            .redis_url
+            .as_ref()
+            .map(|_| std::sync::atomic::AtomicBool::new(false));
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config,
@@ -67,6 +73,7 @@ impl State {
             generation: AtomicU64::new(1),
             last_reload_error: RwLock::new(None),
             db,
+            redis_healthy,
         })
     }
 

@@ -225,7 +225,16 @@ async fn serves_from_postgres_and_direct_sql_changes_apply_within_a_second() {
     assert_eq!(v["error"]["code"], "api_key_revoked", "{v}");
     eprintln!("revocation took {took:?}");
 
-    // Readiness reports the database.
+    // Readiness reports the database and Redis.
+    within(Duration::from_secs(5), "ready", || async {
+        client()
+            .get(gw.admin_url("/v1/healthz"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    })
+    .await;
     let v: Value = client()
         .get(gw.admin_url("/v1/healthz"))
         .send()
@@ -235,6 +244,7 @@ async fn serves_from_postgres_and_direct_sql_changes_apply_within_a_second() {
         .await
         .unwrap();
     assert_eq!(v["components"]["database"]["status"], "ok", "{v}");
+    assert_eq!(v["components"]["redis"]["status"], "ok", "{v}");
 }
 
 #[tokio::test]
