@@ -43,10 +43,26 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Secret maintenance (database mode).
+    Secrets {
+        #[command(subcommand)]
+        cmd: SecretsCmd,
+    },
     /// Generate a virtual key: prints the secret (once) and the SHA-256 hash for the config.
     Keygen,
     /// Print the SHA-256 hash of a virtual key read from standard input.
     Hash,
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Re-encrypt every provider credential envelope under the newest master key of
+    /// WHARF_MASTER_KEYS (add the new key to every gateway first).
+    Rotate {
+        /// Postgres URL (default: $DATABASE_URL).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -124,6 +140,34 @@ fn main() -> ExitCode {
                         wharf::db::expected_version()
                     );
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wharf: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Secrets {
+            cmd: SecretsCmd::Rotate { database_url },
+        } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("wharf: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(wharf::db::secrets::rotate_envelopes_at(&database_url)) {
+                Ok(report) => {
+                    println!("{report}");
+                    if report.is_complete() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
                 Err(e) => {
                     eprintln!("wharf: {e}");

@@ -242,6 +242,7 @@ async fn every_table_and_enum_exists() {
         "teams",
         "team_members",
         "api_keys",
+        "api_key_history",
         "providers",
         "provider_api_keys",
         "models",

@@ -11,9 +11,9 @@
 
 pub mod crypto;
 pub mod load;
+mod migrate;
 pub mod secrets;
 pub mod usage_store;
-mod migrate;
 
 pub use migrate::{check_schema, expected_version, migrate};
 
