@@ -332,9 +332,12 @@ pub(crate) fn build(u: &Unified<'_>, slug: &str) -> Result<Bytes, GatewayError> 
         tool_choice,
         metadata: user_id.map(|user_id| Metadata { user_id }),
     };
-    serde_json::to_vec(&body)
-        .map(Bytes::from)
-        .map_err(|e| invalid(&Loc::Root("messages"), format_args!("cannot be encoded: {e}")))
+    serde_json::to_vec(&body).map(Bytes::from).map_err(|e| {
+        invalid(
+            &Loc::Root("messages"),
+            format_args!("cannot be encoded: {e}"),
+        )
+    })
 }
 
 /// Anthropic `stop_reason` → normalized.
@@ -364,7 +367,12 @@ pub(crate) fn normalize(response: &[u8]) -> Result<Normalized, GatewayError> {
                 n.push_text_block(t.to_owned());
             }
             Some("tool_use") => {
-                let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+                let s = |k: &str| {
+                    b.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
                 let args = b
                     .get("input")
                     .map(Value::to_string)
@@ -462,7 +470,11 @@ pub(crate) fn on_event(st: &mut State, name: Option<&str>, data: &[u8], out: &mu
     match ev.kind.0.as_ref() {
         "message_start" => {
             let msg = ev.message;
-            st.set_id(msg.as_ref().and_then(|m| m.id.as_ref()).map(|i| i.0.as_ref()));
+            st.set_id(
+                msg.as_ref()
+                    .and_then(|m| m.id.as_ref())
+                    .map(|i| i.0.as_ref()),
+            );
             if let Some(u) = msg.and_then(|m| m.usage) {
                 merge_usage(st, u);
             }
@@ -478,7 +490,11 @@ pub(crate) fn on_event(st: &mut State, name: Option<&str>, data: &[u8], out: &mu
                     st.tool_calls += 1;
                     st.blocks.push((ev.index, tool));
                     let id = block.id.as_ref().map(|s| s.0.as_ref()).unwrap_or_default();
-                    let name = block.name.as_ref().map(|s| s.0.as_ref()).unwrap_or_default();
+                    let name = block
+                        .name
+                        .as_ref()
+                        .map(|s| s.0.as_ref())
+                        .unwrap_or_default();
                     st.emit_tool_call(out, tool, id, name, "", None);
                 }
                 "text" => {

@@ -430,17 +430,26 @@ pub(crate) fn build(u: &Unified<'_>) -> Result<Bytes, GatewayError> {
             response_json_schema,
         },
     };
-    serde_json::to_vec(&body)
-        .map(Bytes::from)
-        .map_err(|e| invalid(&Loc::Root("messages"), format_args!("cannot be encoded: {e}")))
+    serde_json::to_vec(&body).map(Bytes::from).map_err(|e| {
+        invalid(
+            &Loc::Root("messages"),
+            format_args!("cannot be encoded: {e}"),
+        )
+    })
 }
 
 /// Gemini `finishReason` → normalized (`STOP` with function calls is `tool_calls`).
 fn finish_reason(r: &str, tool_calls: bool) -> &'static str {
     match r {
         "MAX_TOKENS" => "length",
-        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
-        | "IMAGE_SAFETY" | "IMAGE_PROHIBITED_CONTENT" | "IMAGE_RECITATION" => "content_filter",
+        "SAFETY"
+        | "RECITATION"
+        | "BLOCKLIST"
+        | "PROHIBITED_CONTENT"
+        | "SPII"
+        | "IMAGE_SAFETY"
+        | "IMAGE_PROHIBITED_CONTENT"
+        | "IMAGE_RECITATION" => "content_filter",
         _ if tool_calls => "tool_calls",
         _ => "stop",
     }
@@ -496,10 +505,15 @@ pub(crate) fn normalize(response: &[u8]) -> Result<Normalized, GatewayError> {
             }
         }
     }
-    n.stop_reason = match candidate.and_then(|c| c.get("finishReason")).and_then(Value::as_str) {
+    n.stop_reason = match candidate
+        .and_then(|c| c.get("finishReason"))
+        .and_then(Value::as_str)
+    {
         Some(r) => finish_reason(r, calls > 0),
         None if candidate.is_none()
-            && v.get("promptFeedback").and_then(|f| f.get("blockReason")).is_some() =>
+            && v.get("promptFeedback")
+                .and_then(|f| f.get("blockReason"))
+                .is_some() =>
         {
             "content_filter"
         }
@@ -507,7 +521,10 @@ pub(crate) fn normalize(response: &[u8]) -> Result<Normalized, GatewayError> {
     };
     n.usage = v.get("usageMetadata").cloned().unwrap_or(Value::Null);
     n.tokens = Tokens::from_gemini_usage(&n.usage).unwrap_or_default();
-    n.request_id = v.get("responseId").and_then(Value::as_str).map(str::to_owned);
+    n.request_id = v
+        .get("responseId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     Ok(n)
 }
 

@@ -75,11 +75,13 @@ impl<'a> RawObject<'a> {
             .filter(|v| !is_null(v))
     }
 
-    /// The first key with a non-null value that is not in `known`.
+    /// The first key not in `known` whose value says something: `null`, `[]` and `{}` express
+    /// nothing (clients echo `"annotations": []` or `"audio": null` back in history), so they
+    /// pass.
     pub fn unknown(&self, known: &[&str]) -> Option<&str> {
         self.entries
             .iter()
-            .find(|(k, v)| !is_null(v) && !known.contains(&k.as_ref()))
+            .find(|(k, v)| !is_empty(v) && !known.contains(&k.as_ref()))
             .map(|(k, _)| k.as_ref())
     }
 }
@@ -127,12 +129,27 @@ pub(crate) fn invalid(loc: &Loc<'_>, message: impl fmt::Display) -> GatewayError
 
 /// A 400 for a field the target provider cannot express.
 pub(crate) fn unsupported(loc: &Loc<'_>, provider: &str, what: impl fmt::Display) -> GatewayError {
-    invalid(loc, format_args!("{what} is not supported by {provider} models"))
+    invalid(
+        loc,
+        format_args!("{what} is not supported by {provider} models"),
+    )
 }
 
 /// Whether the raw value is `null`.
 pub(crate) fn is_null(v: &RawValue) -> bool {
     v.get() == "null"
+}
+
+/// Whether the raw value is `null`, an empty array or an empty object.
+pub(crate) fn is_empty(v: &RawValue) -> bool {
+    let s = v.get();
+    if s == "null" {
+        return true;
+    }
+    let b = s.as_bytes();
+    b.len() >= 2
+        && matches!((b[0], b[b.len() - 1]), (b'[', b']') | (b'{', b'}'))
+        && s[1..s.len() - 1].trim().is_empty()
 }
 
 fn first_byte(v: &RawValue) -> u8 {
@@ -217,10 +234,10 @@ mod tests {
 
     #[test]
     fn raw_object_borrows_and_keeps_order() {
-        let body = r#"{"b":1,"a":"x","c":null,"a":"y"}"#;
+        let body = r#"{"b":1,"a":"x","c":null,"a":"y","d":[ ],"e":{}}"#;
         let o: RawObject<'_> = serde_json::from_str(body).expect("object");
         let keys: Vec<&str> = o.entries.iter().map(|(k, _)| k.as_ref()).collect();
-        assert_eq!(keys, ["b", "a", "c", "a"]);
+        assert_eq!(keys, ["b", "a", "c", "a", "d", "e"]);
         assert_eq!(o.get("a").map(RawValue::get), Some("\"y\""));
         assert!(o.get("c").is_none());
         assert_eq!(o.unknown(&["a"]), Some("b"));

@@ -194,7 +194,13 @@ impl Normalized {
     }
 
     /// Adds a tool call to both `content_blocks` and `tool_calls`.
-    fn push_tool_call(&mut self, id: String, name: String, arguments: String, extra: Option<Value>) {
+    fn push_tool_call(
+        &mut self,
+        id: String,
+        name: String,
+        arguments: String,
+        extra: Option<Value>,
+    ) {
         let mut call = json!({
             "id": id, "type": "function", "function": {"name": name, "arguments": arguments},
         });

@@ -244,7 +244,9 @@ mod tests {
         assert!(has_usage(br#"{"choices":[],"usage": {"prompt_tokens":1}}"#));
         assert!(!has_usage(br#"{"choices":[],"usage":null}"#));
         assert!(has_content(br#"{"delta":{"content":"hi"}}"#));
-        assert!(!has_content(br#"{"delta":{"role":"assistant","content":""}}"#));
+        assert!(!has_content(
+            br#"{"delta":{"role":"assistant","content":""}}"#
+        ));
         assert!(has_content(br#"{"delta":{"tool_calls":[]}}"#));
     }
 }

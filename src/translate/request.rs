@@ -100,8 +100,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<Unified<'_>, GatewayError> {
                 return Err(invalid(
                     &rloc,
                     format_args!(
-                        "unknown role {other:?} (expected system, developer, user, assistant or tool)"
-                    ),
+                    "unknown role {other:?} (expected system, developer, user, assistant or tool)"
+                ),
                 ))
             }
         };
@@ -116,7 +116,9 @@ pub(crate) fn parse(body: &[u8]) -> Result<Unified<'_>, GatewayError> {
             Some(provider_name(&s).ok_or_else(|| {
                 invalid(
                     &loc,
-                    format_args!("unknown provider {s:?} (expected openai, anthropic, gemini or vllm)"),
+                    format_args!(
+                        "unknown provider {s:?} (expected openai, anthropic, gemini or vllm)"
+                    ),
                 )
             })?)
         }
@@ -153,7 +155,12 @@ pub(crate) fn parse(body: &[u8]) -> Result<Unified<'_>, GatewayError> {
 /// Type checks of the common scalar fields (every target, so a wrong type is always a 400
 /// from the gateway rather than whatever the provider makes of it).
 fn check_scalars(fields: &RawObject<'_>) -> Result<(), GatewayError> {
-    for key in ["temperature", "top_p", "presence_penalty", "frequency_penalty"] {
+    for key in [
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+    ] {
         if let Some(v) = fields.get(key) {
             number(v, &Loc::Root(key))?;
         }
@@ -194,8 +201,8 @@ fn stop_sequences(v: &RawValue) -> Result<Vec<Cow<'_, str>>, GatewayError> {
     if v.get().starts_with('"') {
         return Ok(vec![string(v, &loc)?]);
     }
-    let items = array(v, &loc)
-        .map_err(|_| invalid(&loc, "must be a string or an array of strings"))?;
+    let items =
+        array(v, &loc).map_err(|_| invalid(&loc, "must be a string or an array of strings"))?;
     items
         .into_iter()
         .enumerate()
@@ -296,7 +303,11 @@ impl<'a> Options<'a> {
             let loc = Loc::Root("stream_options");
             let o = object(v, &loc)?;
             if let Some(key) = o.unknown(&["include_usage"]) {
-                return Err(super::json::unsupported(&loc.field(key), provider, "this option"));
+                return Err(super::json::unsupported(
+                    &loc.field(key),
+                    provider,
+                    "this option",
+                ));
             }
         }
         if let Some(v) = f.get("n") {
@@ -455,7 +466,11 @@ fn tools<'a>(v: &'a RawValue, provider: &str) -> Result<Vec<Tool<'a>>, GatewayEr
             None => return Err(invalid(&floc, "is required")),
         };
         if let Some(key) = func.unknown(&["name", "description", "parameters", "strict"]) {
-            return Err(super::json::unsupported(&floc.field(key), provider, "this field"));
+            return Err(super::json::unsupported(
+                &floc.field(key),
+                provider,
+                "this field",
+            ));
         }
         let nloc = floc.field("name");
         let name = match func.get("name") {
@@ -505,7 +520,9 @@ fn tool_choice(v: &RawValue) -> Result<ToolChoice<'_>, GatewayError> {
             "required" => Ok(ToolChoice::Required),
             other => Err(invalid(
                 &loc,
-                format_args!("unknown value {other:?} (expected auto, none, required or a function)"),
+                format_args!(
+                    "unknown value {other:?} (expected auto, none, required or a function)"
+                ),
             )),
         };
     }
@@ -607,7 +624,10 @@ pub(crate) enum PartKind<'a> {
 
 /// Media given inline (a base64 `data:` URL) or by URL.
 pub(crate) enum Media<'a> {
-    Inline { mime: Cow<'a, str>, data: Cow<'a, str> },
+    Inline {
+        mime: Cow<'a, str>,
+        data: Cow<'a, str>,
+    },
     Url(Cow<'a, str>),
 }
 
@@ -671,7 +691,11 @@ fn message<'a>(
         }
     };
     if let Some(key) = obj.unknown(known) {
-        return Err(super::json::unsupported(&mloc.field(key), provider, "this field"));
+        return Err(super::json::unsupported(
+            &mloc.field(key),
+            provider,
+            "this field",
+        ));
     }
     let mut msg = Msg {
         index,
@@ -715,7 +739,8 @@ fn message<'a>(
     if let Some(v) = obj.get("tool_calls") {
         let tloc = mloc.field("tool_calls");
         for (j, call) in array(v, &tloc)?.into_iter().enumerate() {
-            msg.tool_calls.push(tool_call(call, &tloc.index(j), provider)?);
+            msg.tool_calls
+                .push(tool_call(call, &tloc.index(j), provider)?);
         }
     }
     if role == Role::Tool {
@@ -767,7 +792,11 @@ fn content_part<'a>(
         "text" | "refusal" => {
             let key = if kind == "text" { "text" } else { "refusal" };
             if let Some(k) = o.unknown(&["type", key]) {
-                return Err(super::json::unsupported(&loc.field(k), provider, "this field"));
+                return Err(super::json::unsupported(
+                    &loc.field(k),
+                    provider,
+                    "this field",
+                ));
             }
             let tloc = loc.field(key);
             match o.get(key) {
@@ -797,7 +826,11 @@ fn content_part<'a>(
                     }
                 }
                 if let Some(k) = img.unknown(&["url", "detail"]) {
-                    return Err(super::json::unsupported(&iloc.field(k), provider, "this field"));
+                    return Err(super::json::unsupported(
+                        &iloc.field(k),
+                        provider,
+                        "this field",
+                    ));
                 }
                 match img.get("url") {
                     Some(u) => string(u, &url_loc)?,
@@ -902,7 +935,11 @@ fn tool_call<'a>(
 ) -> Result<ToolCall<'a>, GatewayError> {
     let o = object(v, loc)?;
     if let Some(k) = o.unknown(&["id", "type", "function", "extra_content", "index"]) {
-        return Err(super::json::unsupported(&loc.field(k), provider, "this field"));
+        return Err(super::json::unsupported(
+            &loc.field(k),
+            provider,
+            "this field",
+        ));
     }
     let kloc = loc.field("type");
     if let Some(k) = o.get("type") {

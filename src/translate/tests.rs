@@ -79,7 +79,10 @@ fn validation_errors_name_the_field() {
             target,
             json!({"model": "m", "messages": [user("a"), {"role": "robot", "content": "x"}]}),
         );
-        assert!(m.starts_with("messages[1].role: unknown role \"robot\""), "{m}");
+        assert!(
+            m.starts_with("messages[1].role: unknown role \"robot\""),
+            "{m}"
+        );
         let m = rejected(target, json!({"model": 3, "messages": [user("a")]}));
         assert_eq!(m, "model: must be a string");
         let m = rejected(
@@ -121,9 +124,21 @@ fn error_carries_param() {
 fn provider_must_match_target() {
     let req = |p: &str| json!({"model": "m", "messages": [user("a")], "provider": p});
     for (target, ok, bad) in [
-        (Target::OpenAi, &["openai", "vllm", "OpenAI"][..], &["anthropic", "gemini"][..]),
-        (Target::Anthropic, &["anthropic"], &["openai", "vllm", "gemini"]),
-        (Target::Gemini, &["gemini", "google"], &["openai", "anthropic"]),
+        (
+            Target::OpenAi,
+            &["openai", "vllm", "OpenAI"][..],
+            &["anthropic", "gemini"][..],
+        ),
+        (
+            Target::Anthropic,
+            &["anthropic"],
+            &["openai", "vllm", "gemini"],
+        ),
+        (
+            Target::Gemini,
+            &["gemini", "google"],
+            &["openai", "anthropic"],
+        ),
     ] {
         for p in ok {
             assert!(prep(target, req(p)).is_ok(), "{p} on {target:?}");
@@ -163,7 +178,10 @@ fn prepared_flags() {
 
 #[test]
 fn paths() {
-    assert_eq!(target_path(Target::OpenAi, "gpt", true), "/chat/completions");
+    assert_eq!(
+        target_path(Target::OpenAi, "gpt", true),
+        "/chat/completions"
+    );
     assert_eq!(target_path(Target::Anthropic, "claude", false), "/messages");
     assert_eq!(
         target_path(Target::Gemini, "gemini-2.0-flash", false),
@@ -199,8 +217,8 @@ fn openai_body_passes_through_with_rewrites() {
 
     // Not streaming: stream_options is dropped (OpenAI rejects it without stream).
     let raw = br#"{"model":"m","stream_options":{"include_usage":true},"messages":[{"role":"user","content":"a"}]}"#;
-    let v: Value = serde_json::from_slice(&prepare(Target::OpenAi, raw, "s").expect("p").body)
-        .expect("json");
+    let v: Value =
+        serde_json::from_slice(&prepare(Target::OpenAi, raw, "s").expect("p").body).expect("json");
     assert!(v.get("stream_options").is_none());
     assert_eq!(v["model"], "s");
 }
@@ -421,13 +439,19 @@ fn anthropic_rejects_what_it_cannot_express() {
         json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}}]}]}),
     );
-    assert!(m.starts_with("messages[0].content[0].image_url.detail:"), "{m}");
+    assert!(
+        m.starts_with("messages[0].content[0].image_url.detail:"),
+        "{m}"
+    );
     let m = rejected(
         Target::Anthropic,
         json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]}),
     );
-    assert!(m.starts_with("messages[0].content[0].image_url.url:"), "{m}");
+    assert!(
+        m.starts_with("messages[0].content[0].image_url.url:"),
+        "{m}"
+    );
     let m = rejected(
         Target::Anthropic,
         json!({"model": "m", "messages": [user("a"), {"role": "assistant", "tool_calls": [
@@ -519,7 +543,10 @@ fn gemini_tools_and_results() {
         json!({"model": "m", "messages": tool_conversation(), "tools": [weather_tool()],
                "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
     );
-    assert_eq!(v["systemInstruction"], json!({"parts": [{"text": "Be brief."}]}));
+    assert_eq!(
+        v["systemInstruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
     assert_eq!(
         v["contents"],
         json!([
@@ -710,7 +737,10 @@ fn unary_anthropic() {
         json!([{"id": "toolu_1", "type": "function",
                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}])
     );
-    assert_eq!((v["input_tokens"].clone(), v["output_tokens"].clone()), (json!(25), json!(7)));
+    assert_eq!(
+        (v["input_tokens"].clone(), v["output_tokens"].clone()),
+        (json!(25), json!(7))
+    );
     assert_eq!(v["usage"], resp["usage"]);
     assert_eq!(v["provider_request_id"], "msg_1");
     assert_eq!(t.cached_input, 5);
@@ -721,9 +751,15 @@ fn unary_anthropic() {
         ("stop_sequence", "stop"),
         ("refusal", "content_filter"),
     ] {
-        let r = json!({"id": "m", "content": [{"type": "text", "text": "x"}], "stop_reason": reason});
-        let (v, t) = normalize_unary(Target::Anthropic, "anthropic", "m", r.to_string().as_bytes())
-            .expect("normalize");
+        let r =
+            json!({"id": "m", "content": [{"type": "text", "text": "x"}], "stop_reason": reason});
+        let (v, t) = normalize_unary(
+            Target::Anthropic,
+            "anthropic",
+            "m",
+            r.to_string().as_bytes(),
+        )
+        .expect("normalize");
         assert_eq!(v["stop_reason"], want);
         assert_eq!(v["usage"], Value::Null);
         assert_eq!(t, Tokens::default());
@@ -766,7 +802,10 @@ fn unary_gemini() {
     let r = json!({"candidates": [{"finishReason": "SAFETY"}]});
     let (v, _) = normalize_unary(Target::Gemini, "gemini", "m", r.to_string().as_bytes())
         .expect("normalize");
-    assert_eq!((v["stop_reason"].clone(), v["content"].clone()), (json!("content_filter"), json!("")));
+    assert_eq!(
+        (v["stop_reason"].clone(), v["content"].clone()),
+        (json!("content_filter"), json!(""))
+    );
     let r = json!({"promptFeedback": {"blockReason": "SAFETY"}});
     let (v, _) = normalize_unary(Target::Gemini, "gemini", "m", r.to_string().as_bytes())
         .expect("normalize");
@@ -778,7 +817,12 @@ fn unary_gemini() {
 // ---------------------------------------------------------------------------
 
 /// Translates `input` fed in `chunk`-byte pieces; returns the `data:` payloads.
-fn run(target: Target, input: &str, include_usage: bool, chunk: usize) -> (StreamTranslator, Vec<String>) {
+fn run(
+    target: Target,
+    input: &str,
+    include_usage: bool,
+    chunk: usize,
+) -> (StreamTranslator, Vec<String>) {
     let mut t = StreamTranslator::new(target, "wharf-model", include_usage);
     let mut out = BytesMut::new();
     for piece in input.as_bytes().chunks(chunk.max(1)) {
@@ -846,7 +890,10 @@ fn anthropic_stream_text() {
     let tokens = t.tokens().expect("tokens");
     assert_eq!((tokens.input, tokens.output), (23, 16));
     assert_eq!(t.content_events(), 16);
-    assert_eq!(t.provider_request_id(), Some("msg_01sptMfT2dcp50K0dkHpEYHw"));
+    assert_eq!(
+        t.provider_request_id(),
+        Some("msg_01sptMfT2dcp50K0dkHpEYHw")
+    );
 
     let (_, events) = run(Target::Anthropic, ANTHROPIC_STREAM, false, 4096);
     let chunks = chunks_json(&events);
@@ -872,7 +919,10 @@ fn anthropic_stream_tool_call() {
         .filter_map(|c| c[0]["function"]["arguments"].as_str())
         .collect();
     let args: Value = serde_json::from_str(&args).expect("arguments are JSON");
-    assert_eq!(args, json!({"location": "San Francisco, CA", "unit": "celsius"}));
+    assert_eq!(
+        args,
+        json!({"location": "San Francisco, CA", "unit": "celsius"})
+    );
     assert!(calls.iter().all(|c| c[0]["index"] == 0));
     assert_eq!(finish_of(&chunks), ["tool_calls"]);
     assert_eq!(t.tokens().map(|t| (t.input, t.output)), Some((111, 13)));
@@ -935,10 +985,17 @@ fn gemini_stream_tool_call() {
     assert_eq!(calls[0][0]["id"], "call_0");
     assert_eq!(calls[0][0]["index"], 0);
     assert_eq!(calls[0][0]["function"]["name"], "get_weather");
-    let args: Value = serde_json::from_str(calls[0][0]["function"]["arguments"].as_str().expect("args"))
-        .expect("json");
-    assert_eq!(args, json!({"location": "San Francisco, CA", "unit": "celsius"}));
-    assert_eq!(calls[0][0]["extra_content"]["google"]["thought_signature"], "Q2lRQjBkNmR");
+    let args: Value =
+        serde_json::from_str(calls[0][0]["function"]["arguments"].as_str().expect("args"))
+            .expect("json");
+    assert_eq!(
+        args,
+        json!({"location": "San Francisco, CA", "unit": "celsius"})
+    );
+    assert_eq!(
+        calls[0][0]["extra_content"]["google"]["thought_signature"],
+        "Q2lRQjBkNmR"
+    );
     assert_eq!(calls[1][0]["id"], "call_1");
     assert_eq!(calls[1][0]["index"], 1);
     assert_eq!(finish_of(&chunks), ["tool_calls"]);
@@ -964,7 +1021,9 @@ data: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status
 fn openai_stream_passthrough() {
     let (t, events) = run(Target::OpenAi, OPENAI_STREAM, false, 17);
     let chunks = chunks_json(&events);
-    assert!(chunks.iter().all(|c| !c["choices"].as_array().expect("choices").is_empty()));
+    assert!(chunks
+        .iter()
+        .all(|c| !c["choices"].as_array().expect("choices").is_empty()));
     assert!(chunks.iter().all(|c| c["model"] == "wharf-model"));
     assert_eq!(
         text_of(&chunks),
@@ -1014,13 +1073,19 @@ fn stream_round_trip_into_next_request() {
         {"role": "assistant", "content": null, "tool_calls": [
             {"id": id, "type": "function", "function": {"name": name, "arguments": args}}]},
         {"role": "tool", "tool_call_id": id, "content": "18C"}]);
-    let v = body(Target::Anthropic, json!({"model": "m", "messages": history.clone()}));
+    let v = body(
+        Target::Anthropic,
+        json!({"model": "m", "messages": history.clone()}),
+    );
     assert_eq!(
         v["messages"][1]["content"][0],
         json!({"type": "tool_use", "id": "toolu_01gT80dmLi5hrYL8VTOR38dq", "name": "get_weather",
                "input": {"location": "San Francisco, CA", "unit": "celsius"}})
     );
-    assert_eq!(v["messages"][2]["content"][0]["tool_use_id"], "toolu_01gT80dmLi5hrYL8VTOR38dq");
+    assert_eq!(
+        v["messages"][2]["content"][0]["tool_use_id"],
+        "toolu_01gT80dmLi5hrYL8VTOR38dq"
+    );
     let v = body(Target::Gemini, json!({"model": "m", "messages": history}));
     assert_eq!(
         v["contents"][2]["parts"][0]["functionResponse"],
