@@ -127,6 +127,10 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
 
     let (sink, rx) = UsageSink::new(cfg.usage.queue_capacity);
     let usage_path = cfg.usage.path.clone();
+    let usage_database = cfg
+        .database
+        .as_ref()
+        .map(|d| (d.url.expose().to_string(), cfg.usage.spill_path.clone()));
     let db_mode = db.is_some();
     let state = State::new(cfg, opts.config_path.clone(), sink, db);
 
@@ -166,6 +170,7 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
         UsageWriter {
             rx: Mutex::new(Some(rx)),
             path: usage_path,
+            database: usage_database,
         },
     ));
     server.add_service(background_service(

@@ -11,10 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
-/// Drains the usage queue into the configured sink.
+/// Drains the usage queue into the configured sinks: the JSON Lines file, and in database
+/// mode Postgres (spilling to `usage.spill_path` while it is down).
 pub struct UsageWriter {
     pub rx: Mutex<Option<mpsc::Receiver<UsageRecord>>>,
     pub path: Option<String>,
+    /// Postgres URL and spill file (database mode).
+    pub database: Option<(String, String)>,
 }
 
 #[async_trait]
@@ -23,9 +26,44 @@ impl BackgroundService for UsageWriter {
         // Keeps draining through the shutdown grace period, so requests finishing during a
         // drain still leave their record; every batch is flushed as it is written.
         let rx = self.rx.lock().ok().and_then(|mut g| g.take());
-        if let Some(rx) = rx {
-            run_writer(rx, self.path.clone()).await;
-        }
+        let Some(rx) = rx else {
+            return;
+        };
+        let store = match &self.database {
+            Some((url, spill)) => {
+                // The pool lives in this service's runtime; connect lazily so an outage at
+                // start-up still spills instead of blocking.
+                match sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect_lazy(url)
+                {
+                    Ok(pool) => {
+                        let store = Arc::new(crate::db::usage_store::PgUsageStore::new(
+                            pool,
+                            std::path::PathBuf::from(spill),
+                        ));
+                        let replay = store.clone();
+                        tokio::spawn(async move {
+                            let mut t = tokio::time::interval(Duration::from_secs(1));
+                            loop {
+                                t.tick().await;
+                                if let Err(e) = replay.replay_spill().await {
+                                    tracing::debug!(error = %e, "usage replay");
+                                }
+                            }
+                        });
+                        Some(store)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "usage store: invalid database URL");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        run_writer(rx, self.path.clone(), store).await;
     }
 }
 

@@ -215,7 +215,11 @@ pub const WRITER_TICK: std::time::Duration = std::time::Duration::from_millis(20
 
 /// Drains `rx` into a JSON Lines file (or discards when no path is configured) every
 /// [`WRITER_TICK`], flushing after every batch. Returns when every sender is gone.
-pub async fn run_writer(mut rx: mpsc::Receiver<UsageRecord>, path: Option<String>) {
+pub async fn run_writer(
+    mut rx: mpsc::Receiver<UsageRecord>,
+    path: Option<String>,
+    store: Option<std::sync::Arc<crate::db::usage_store::PgUsageStore>>,
+) {
     let mut file = match &path {
         Some(p) => match std::fs::OpenOptions::new()
             .create(true)
@@ -232,24 +236,13 @@ pub async fn run_writer(mut rx: mpsc::Receiver<UsageRecord>, path: Option<String
     };
     let mut tick = tokio::time::interval(WRITER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<UsageRecord> = Vec::with_capacity(1024);
     loop {
         tick.tick().await;
-        let mut n = 0u64;
         let mut closed = false;
         loop {
             match rx.try_recv() {
-                Ok(rec) => {
-                    n += 1;
-                    if let Some(f) = file.as_mut() {
-                        let ok = serde_json::to_writer(&mut *f, &rec).is_ok()
-                            && f.write_all(b"\n").is_ok();
-                        if !ok {
-                            metrics::USAGE_WRITE_ERRORS.inc();
-                            continue;
-                        }
-                    }
-                    metrics::USAGE_WRITTEN.inc();
-                }
+                Ok(rec) => batch.push(rec),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     closed = true;
@@ -258,15 +251,38 @@ pub async fn run_writer(mut rx: mpsc::Receiver<UsageRecord>, path: Option<String
             }
         }
         metrics::USAGE_QUEUE_DEPTH.set(rx.len() as i64);
-        if n > 0 {
+        if !batch.is_empty() {
             if let Some(f) = file.as_mut() {
+                for rec in &batch {
+                    let ok =
+                        serde_json::to_writer(&mut *f, rec).is_ok() && f.write_all(b"\n").is_ok();
+                    if !ok {
+                        metrics::USAGE_WRITE_ERRORS.inc();
+                    }
+                }
                 if let Err(e) = f.flush() {
                     metrics::USAGE_WRITE_ERRORS.inc();
                     tracing::error!(error = %e, "usage file flush failed");
                 }
             }
+            match &store {
+                // Postgres (or its spill file when Postgres is down): nothing is lost unless
+                // the spill file itself cannot be written.
+                Some(st) => match st.write(&batch).await {
+                    Ok(_) => metrics::USAGE_WRITTEN.inc_by(batch.len() as u64),
+                    Err(e) => {
+                        metrics::USAGE_WRITE_ERRORS.inc_by(batch.len() as u64);
+                        tracing::error!(error = %e, lost = batch.len(), "usage records could not be stored or spilled");
+                    }
+                },
+                None => metrics::USAGE_WRITTEN.inc_by(batch.len() as u64),
+            }
+            batch.clear();
         }
         if closed {
+            if let Some(st) = &store {
+                let _ = st.replay_spill().await;
+            }
             return;
         }
     }

@@ -90,6 +90,7 @@ upgrade_sock = "{dir}/upgrade.sock"
 
 [usage]
 path = "{dir}/usage.jsonl"
+spill_path = "{dir}/spill.jsonl"
 
 [database]
 url_env = "WHARF_TEST_DATABASE_URL"
@@ -245,6 +246,42 @@ async fn serves_from_postgres_and_direct_sql_changes_apply_within_a_second() {
         .unwrap();
     assert_eq!(v["components"]["database"]["status"], "ok", "{v}");
     assert_eq!(v["components"]["redis"]["status"], "ok", "{v}");
+
+    // Every request left exactly one usage record, in Postgres as in the file.
+    let file_ids = || -> Vec<String> {
+        std::fs::read_to_string(gw.dir.path().join("usage.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["request_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected = file_ids();
+    assert!(expected.len() >= 6, "{expected:?}");
+    within(
+        Duration::from_secs(5),
+        "usage records in Postgres",
+        || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_records")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            n as usize == expected.len()
+        },
+    )
+    .await;
+    let tokens: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(output_tokens), 0)::bigint FROM usage_records WHERE status = 200",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(tokens > 0);
 }
 
 #[tokio::test]

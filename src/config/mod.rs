@@ -144,6 +144,7 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageConfig {
     pub path: Option<String>,
+    pub spill_path: String,
     pub queue_capacity: usize,
 }
 
@@ -377,6 +378,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let usage = UsageConfig {
         path: raw.usage.path.clone(),
+        spill_path: raw.usage.spill_path.clone(),
         queue_capacity: raw.usage.queue_capacity.max(1),
     };
 

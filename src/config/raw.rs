@@ -146,6 +146,9 @@ pub struct RawTls {
 pub struct RawUsage {
     /// JSON Lines file the usage records are appended to.
     pub path: Option<String>,
+    /// Database mode: where records wait while Postgres is unreachable.
+    #[serde(default = "default_spill_path")]
+    pub spill_path: String,
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
 }
@@ -154,6 +157,7 @@ impl Default for RawUsage {
     fn default() -> Self {
         RawUsage {
             path: None,
+            spill_path: default_spill_path(),
             queue_capacity: default_queue_capacity(),
         }
     }
@@ -278,6 +282,9 @@ fn default_true() -> bool {
 }
 fn default_watch_ms() -> u64 {
     1000
+}
+fn default_spill_path() -> String {
+    "usage-spill.jsonl".into()
 }
 fn default_database_env() -> String {
     "DATABASE_URL".into()
