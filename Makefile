@@ -61,9 +61,9 @@ conf-check:
 sdk:
 	bash tests/sdk/run.sh
 
-## Criterion micro-benchmarks (SSE parser, body rewrite).
+## Criterion micro-benchmarks (SSE parser, body rewrite, translation).
 bench: deps
-	$(CARGO) bench --bench sse --bench rewrite
+	$(CARGO) bench --bench sse --bench rewrite --bench translate
 
 ## Load benchmark: direct-to-mock vs bare Pingora passthrough vs Wharf, in one run.
 bench-load: deps
