@@ -227,7 +227,10 @@ pub(crate) fn build(u: &Unified<'_>, slug: &str) -> Result<Bytes, GatewayError> 
                                 m,
                                 p,
                                 PROVIDER,
-                                &format!("a file of type {mime} (only application/pdf)"),
+                                &format!(
+                                    "a file of type {} (only application/pdf)",
+                                    super::json::clip(mime)
+                                ),
                             ))
                         }
                         PartKind::File(Media::Url(_)) | PartKind::Audio { .. } => {

@@ -218,7 +218,10 @@ fn tool_name<'m>(msgs: &'m [Msg<'_>], at: usize) -> Result<&'m str, GatewayError
     found.or(m.name.as_deref()).ok_or_else(|| {
         invalid(
             &Loc::Root("messages").index(m.index).field("tool_call_id"),
-            format_args!("{id:?} matches no earlier tool call (gemini needs the function name)"),
+            format_args!(
+                "{} matches no earlier tool call (gemini needs the function name)",
+                super::json::clip(id)
+            ),
         )
     })
 }

@@ -119,9 +119,24 @@ impl<'p> Loc<'p> {
     }
 }
 
+/// The longest client-supplied text echoed in an error message.
+const ECHO_MAX: usize = 64;
+
+/// A client-supplied value for an error message: quoted, and cut at [`ECHO_MAX`] characters.
+pub(crate) fn clip(s: &str) -> String {
+    match s.char_indices().nth(ECHO_MAX) {
+        Some((end, _)) => format!("{:?}...", &s[..end]),
+        None => format!("{s:?}"),
+    }
+}
+
 /// A 400 `invalid_request` naming the field at `loc` (also given as `param`, as OpenAI does).
 pub(crate) fn invalid(loc: &Loc<'_>, message: impl fmt::Display) -> GatewayError {
-    let path = loc.to_string();
+    let mut path = loc.to_string();
+    if let Some((end, _)) = path.char_indices().nth(4 * ECHO_MAX) {
+        path.truncate(end);
+        path.push_str("...");
+    }
     let mut e = GatewayError::new(ErrorCode::InvalidRequest, format!("{path}: {message}"));
     e.extra.push(("param", serde_json::Value::String(path)));
     e
@@ -242,6 +257,16 @@ mod tests {
         assert!(o.get("c").is_none());
         assert_eq!(o.unknown(&["a"]), Some("b"));
         assert_eq!(o.unknown(&["a", "b"]), None);
+    }
+
+    #[test]
+    fn long_client_text_is_clipped() {
+        assert_eq!(clip("abc"), "\"abc\"");
+        let long = "é".repeat(100);
+        assert_eq!(clip(&long), format!("{:?}...", "é".repeat(64)));
+        let key = "k".repeat(1000);
+        let e = invalid(&Loc::Root(&key), "nope");
+        assert!(e.message.len() < 300, "{}", e.message);
     }
 
     #[test]

@@ -86,11 +86,16 @@ pub fn prepare(target: Target, request: &[u8], slug: &str) -> Result<Prepared, G
     let u = request::parse(request)?;
     if let Some(p) = u.provider {
         if !target.admits(p) {
+            let served_by = match target {
+                Target::OpenAi => "an OpenAI-compatible",
+                Target::Anthropic => "an Anthropic",
+                Target::Gemini => "a Gemini",
+            };
             let mut e = GatewayError::new(
                 ErrorCode::InvalidRequest,
                 format!(
-                    "provider: the request names {p:?} but the model is served by a {} provider",
-                    target.name()
+                    "provider: the request names {p:?} but the model is served by {served_by} \
+                     provider"
                 ),
             );
             e.extra.push(("param", Value::String("provider".into())));

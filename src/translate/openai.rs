@@ -7,7 +7,7 @@ use super::stream::State;
 use super::{upstream_error, Normalized};
 use crate::error::GatewayError;
 use crate::usage::Tokens;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use memchr::memmem::Finder;
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -216,6 +216,16 @@ pub(crate) fn on_event(st: &mut State, data: &[u8], out: &mut BytesMut) {
         st.content_events += 1;
     }
     match model_span(data) {
+        Some(span)
+            if data[span.clone()] != st.model_json[..] && memchr::memchr(b'\n', data).is_none() =>
+        {
+            out.reserve(data.len() + st.model_json.len() + 8);
+            out.put_slice(b"data: ");
+            out.put_slice(&data[..span.start]);
+            out.put_slice(&st.model_json);
+            out.put_slice(&data[span.end..]);
+            out.put_slice(b"\n\n");
+        }
         Some(span) if data[span.clone()] != st.model_json[..] => {
             let mut d = Vec::with_capacity(data.len() + st.model_json.len());
             d.extend_from_slice(&data[..span.start]);

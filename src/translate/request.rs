@@ -2,7 +2,7 @@
 //! the messages and options for the targets that are not OpenAI-shaped.
 
 use super::json::{
-    array, boolean, integer, invalid, number, object, string, unsigned, Loc, RawObject,
+    array, boolean, clip, integer, invalid, number, object, string, unsigned, Loc, RawObject,
 };
 use crate::error::{ErrorCode, GatewayError};
 use serde_json::value::RawValue;
@@ -100,8 +100,9 @@ pub(crate) fn parse(body: &[u8]) -> Result<Unified<'_>, GatewayError> {
                 return Err(invalid(
                     &rloc,
                     format_args!(
-                    "unknown role {other:?} (expected system, developer, user, assistant or tool)"
-                ),
+                        "unknown role {} (expected system, developer, user, assistant or tool)",
+                        clip(other)
+                    ),
                 ))
             }
         };
@@ -117,7 +118,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<Unified<'_>, GatewayError> {
                 invalid(
                     &loc,
                     format_args!(
-                        "unknown provider {s:?} (expected openai, anthropic, gemini or vllm)"
+                        "unknown provider {} (expected openai, anthropic, gemini or vllm)",
+                        clip(&s)
                     ),
                 )
             })?)
@@ -395,7 +397,7 @@ impl<'a> Options<'a> {
                     if !tools.is_empty() && !tools.iter().any(|t| t.name == *name) {
                         return Err(invalid(
                             &Loc::Root("tool_choice"),
-                            format_args!("names {name:?}, which is not in tools"),
+                            format_args!("names {}, which is not in tools", clip(name)),
                         ));
                     }
                     true
@@ -456,7 +458,7 @@ fn tools<'a>(v: &'a RawValue, provider: &str) -> Result<Vec<Tool<'a>>, GatewayEr
                 return Err(super::json::unsupported(
                     &kind_loc,
                     provider,
-                    format_args!("the tool type {k:?}"),
+                    format_args!("the tool type {}", clip(&k)),
                 ))
             }
         }
@@ -521,7 +523,8 @@ fn tool_choice(v: &RawValue) -> Result<ToolChoice<'_>, GatewayError> {
             other => Err(invalid(
                 &loc,
                 format_args!(
-                    "unknown value {other:?} (expected auto, none, required or a function)"
+                    "unknown value {} (expected auto, none, required or a function)",
+                    clip(other)
                 ),
             )),
         };
@@ -579,7 +582,10 @@ fn response_format(v: &RawValue) -> Result<ResponseFormat<'_>, GatewayError> {
         }
         other => Err(invalid(
             &kloc,
-            format_args!("unknown value {other:?} (expected text, json_object or json_schema)"),
+            format_args!(
+                "unknown value {} (expected text, json_object or json_schema)",
+                clip(other)
+            ),
         )),
     }
 }
@@ -782,10 +788,13 @@ fn content_part<'a>(
         return Err(if known {
             invalid(
                 &kloc,
-                format_args!("{kind:?} parts are not allowed in this message role"),
+                format_args!("{} parts are not allowed in this message role", clip(&kind)),
             )
         } else {
-            invalid(&kloc, format_args!("unknown content part type {kind:?}"))
+            invalid(
+                &kloc,
+                format_args!("unknown content part type {}", clip(&kind)),
+            )
         });
     }
     match kind.as_ref() {
@@ -821,7 +830,7 @@ fn content_part<'a>(
                         return Err(super::json::unsupported(
                             &dloc,
                             provider,
-                            format_args!("image detail {detail:?}"),
+                            format_args!("image detail {}", clip(&detail)),
                         ));
                     }
                 }
@@ -861,7 +870,7 @@ fn content_part<'a>(
                 other => {
                     return Err(invalid(
                         &floc,
-                        format_args!("unknown audio format {other:?} (expected wav or mp3)"),
+                        format_args!("unknown audio format {} (expected wav or mp3)", clip(other)),
                     ))
                 }
             };
@@ -948,7 +957,7 @@ fn tool_call<'a>(
             return Err(super::json::unsupported(
                 &kloc,
                 provider,
-                format_args!("the tool call type {k:?}"),
+                format_args!("the tool call type {}", clip(&k)),
             ));
         }
     }

@@ -182,6 +182,28 @@ impl StreamTranslator {
     }
 }
 
+/// Writes `s` as a JSON string literal.
+fn put_str(out: &mut BytesMut, s: &str) {
+    // Writing to a BytesMut cannot fail.
+    let _ = serde_json::to_writer((&mut *out).writer(), s);
+}
+
+/// Writes a decimal number.
+fn put_u32(out: &mut BytesMut, n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&buf[i..]);
+}
+
 /// The OpenAI `usage` object for `t`.
 pub(crate) fn openai_usage_json(out: &mut Vec<u8>, t: &Tokens) {
     use std::io::Write;
@@ -245,13 +267,16 @@ impl State {
         &self.prefix
     }
 
-    /// Writes one chunk whose single choice has `delta` (a JSON object's text).
-    fn emit_delta(&mut self, out: &mut BytesMut, delta: &[u8], finish: Option<&str>) {
+    /// Starts a chunk: the prefix and the opening of its single choice, up to `"delta":`.
+    fn open(&mut self, out: &mut BytesMut, extra: usize) {
         let prefix_len = self.prefix().len();
-        out.reserve(prefix_len + delta.len() + 80);
+        out.reserve(prefix_len + extra + 96);
         out.put_slice(&self.prefix);
         out.put_slice(b"{\"index\":0,\"delta\":");
-        out.put_slice(delta);
+    }
+
+    /// Ends a chunk opened with [`Self::open`] once its delta is written.
+    fn close(out: &mut BytesMut, finish: Option<&str>) {
         out.put_slice(b",\"logprobs\":null,\"finish_reason\":");
         match finish {
             Some(r) => {
@@ -268,7 +293,9 @@ impl State {
     pub fn ensure_role(&mut self, out: &mut BytesMut) {
         if !self.role_sent {
             self.role_sent = true;
-            self.emit_delta(out, b"{\"role\":\"assistant\",\"content\":\"\"}", None);
+            self.open(out, 40);
+            out.put_slice(b"{\"role\":\"assistant\",\"content\":\"\"}");
+            Self::close(out, None);
         }
     }
 
@@ -278,11 +305,11 @@ impl State {
             return;
         }
         self.ensure_role(out);
-        let mut d = Vec::with_capacity(text.len() + 16);
-        d.extend_from_slice(b"{\"content\":");
-        write_str(&mut d, text);
-        d.push(b'}');
-        self.emit_delta(out, &d, None);
+        self.open(out, text.len() + 16);
+        out.put_slice(b"{\"content\":");
+        put_str(out, text);
+        out.put_u8(b'}');
+        Self::close(out, None);
         self.content_events += 1;
     }
 
@@ -297,23 +324,24 @@ impl State {
         signature: Option<&str>,
     ) {
         self.ensure_role(out);
-        let mut d = Vec::with_capacity(96 + id.len() + name.len() + arguments.len());
-        d.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
-        d.extend_from_slice(index.to_string().as_bytes());
-        d.extend_from_slice(b",\"id\":");
-        write_str(&mut d, id);
-        d.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-        write_str(&mut d, name);
-        d.extend_from_slice(b",\"arguments\":");
-        write_str(&mut d, arguments);
-        d.push(b'}');
+        let sig_len = signature.map_or(0, |s| s.len() + 48);
+        self.open(out, 96 + id.len() + name.len() + arguments.len() + sig_len);
+        out.put_slice(b"{\"tool_calls\":[{\"index\":");
+        put_u32(out, index);
+        out.put_slice(b",\"id\":");
+        put_str(out, id);
+        out.put_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+        put_str(out, name);
+        out.put_slice(b",\"arguments\":");
+        put_str(out, arguments);
+        out.put_u8(b'}');
         if let Some(sig) = signature {
-            d.extend_from_slice(b",\"extra_content\":{\"google\":{\"thought_signature\":");
-            write_str(&mut d, sig);
-            d.extend_from_slice(b"}}");
+            out.put_slice(b",\"extra_content\":{\"google\":{\"thought_signature\":");
+            put_str(out, sig);
+            out.put_slice(b"}}");
         }
-        d.extend_from_slice(b"}]}");
-        self.emit_delta(out, &d, None);
+        out.put_slice(b"}]}");
+        Self::close(out, None);
         self.content_events += 1;
     }
 
@@ -323,13 +351,13 @@ impl State {
             return;
         }
         self.ensure_role(out);
-        let mut d = Vec::with_capacity(64 + fragment.len());
-        d.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
-        d.extend_from_slice(index.to_string().as_bytes());
-        d.extend_from_slice(b",\"function\":{\"arguments\":");
-        write_str(&mut d, fragment);
-        d.extend_from_slice(b"}}]}");
-        self.emit_delta(out, &d, None);
+        self.open(out, 64 + fragment.len());
+        out.put_slice(b"{\"tool_calls\":[{\"index\":");
+        put_u32(out, index);
+        out.put_slice(b",\"function\":{\"arguments\":");
+        put_str(out, fragment);
+        out.put_slice(b"}}]}");
+        Self::close(out, None);
         self.content_events += 1;
     }
 
@@ -341,7 +369,9 @@ impl State {
         self.ensure_role(out);
         self.finish_sent = true;
         self.finish_reason = Some(reason);
-        self.emit_delta(out, b"{}", Some(reason));
+        self.open(out, 0);
+        out.put_slice(b"{}");
+        Self::close(out, Some(reason));
     }
 
     /// The usage-only chunk (`choices: []`).

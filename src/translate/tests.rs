@@ -1092,3 +1092,59 @@ fn stream_round_trip_into_next_request() {
         json!({"name": "get_weather", "response": {"output": "18C"}})
     );
 }
+
+#[test]
+fn echoed_empty_fields_are_accepted() {
+    // History echoed from an OpenAI answer carries empty or null extras.
+    let req = json!({"model": "m", "messages": [user("a"),
+        {"role": "assistant", "content": "b", "refusal": null, "annotations": [], "audio": null,
+         "function_call": null},
+        user("c")], "functions": [], "logit_bias": {}});
+    for target in [Target::Anthropic, Target::Gemini] {
+        assert!(prep(target, req.clone()).is_ok(), "{target:?}");
+    }
+    let m = rejected(
+        Target::Anthropic,
+        json!({"model": "m", "messages": [user("a"),
+            {"role": "assistant", "content": "b", "annotations": [{"type": "url_citation"}]}]}),
+    );
+    assert!(m.starts_with("messages[1].annotations:"), "{m}");
+}
+
+#[test]
+fn stream_edge_events() {
+    // Text in content_block_start, an unknown block type, thinking deltas are skipped.
+    let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_e\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hmm\"}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"Hi\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\" \\\"there\\\"\\n\"}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":9}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let (t, events) = run(Target::Anthropic, stream, false, 1);
+    let chunks = chunks_json(&events);
+    assert_eq!(text_of(&chunks), "Hi \"there\"\n");
+    assert_eq!(finish_of(&chunks), ["length"]);
+    assert_eq!(t.tokens().map(|t| (t.input, t.output)), Some((3, 9)));
+    assert_eq!(t.content_events(), 2);
+
+    // A Gemini prompt blocked before any candidate.
+    let stream = "data: {\"promptFeedback\":{\"blockReason\":\"SAFETY\"},\"usageMetadata\":{\"promptTokenCount\":4,\"totalTokenCount\":4}}\r\n\r\n";
+    let (t, events) = run(Target::Gemini, stream, true, 8);
+    let chunks = chunks_json(&events);
+    assert_eq!(finish_of(&chunks), ["content_filter"]);
+    assert!(t.done());
+    assert_eq!(chunks.last().expect("usage")["usage"]["prompt_tokens"], 4);
+
+    // An OpenAI-compatible error event passes through as is.
+    let stream = "data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n";
+    let (t, events) = run(Target::OpenAi, stream, false, 4096);
+    assert!(t.errored());
+    assert_eq!(
+        events,
+        [
+            "{\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}",
+            "[DONE]"
+        ]
+    );
+}
