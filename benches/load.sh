@@ -410,8 +410,8 @@ report() {
     echo "$NCPU cores (proxy=[${PROXY_CPUS:-any}] mock=[${MOCK_CPUS:-any}] loadgen=[${LG_CPUS:-any}]); proxies run 1 worker thread."
     echo "CPU and peak RSS are those of the process serving the path (the mock itself for \`mock\`)."
     echo
-    echo "| path | mode | load | req/s | p50 µs | p99 µs | added p50/p99 vs passthrough µs | CPU s/1k req | peak RSS MB | errors |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| path | mode | load | req/s | p50 µs | p99 µs | TTFB p50 µs | added p50/p99 vs passthrough µs | CPU s/1k req | peak RSS MB | errors |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     local key path mode load added hwm
     for key in "${ROWS[@]}"; do
         IFS='|' read -r path mode load <<<"$key"
@@ -427,9 +427,9 @@ report() {
         [[ -n ${R[hwm|$key]:-} && ${R[hwm|$key]} != 0 ]] && hwm=$(calc "sprintf(\"%.1f\", ${R[hwm|$key]} / 1024)")
         local cpu=""
         [[ -n ${R[cpu|$key]:-} ]] && cpu=$(calc "sprintf(\"%.3f\", ${R[cpu|$key]})")
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
             "$path" "$mode" "$load" "$(fmt "${R[rps|$key]:-}")" "$(fmt "${R[p50|$key]:-}")" \
-            "$(fmt "${R[p99|$key]:-}")" "$added" "$(fmt "$cpu")" "$(fmt "$hwm")" "$(fmt "${R[errors|$key]:-}")"
+            "$(fmt "${R[p99|$key]:-}")" "$(fmt "${R[ttfb50|$key]:-}")" "$added" "$(fmt "$cpu")" "$(fmt "$hwm")" "$(fmt "${R[errors|$key]:-}")"
     done
     echo
     local m
