@@ -4,6 +4,7 @@
 //! problem with its key path (`providers[1].base_url: ...`) instead of stopping at the first.
 //! Start-up, `wharf check` and hot reload share this one path.
 
+pub mod provider;
 pub mod raw;
 
 use crate::keys::KeyHash;
@@ -580,13 +581,6 @@ fn validate_server(s: &raw::RawServer, errs: &mut Vec<String>) -> ServerConfig {
     }
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
-}
-
 fn validate_provider(
     at: &str,
     p: &RawProvider,
@@ -594,12 +588,6 @@ fn validate_provider(
     warnings: &mut Vec<String>,
 ) -> Option<Provider> {
     let before = errs.len();
-    if !valid_name(&p.name) {
-        errs.push(format!(
-            "{at}.name: `{}` must be 1-128 characters of letters, digits, - _ . : / @",
-            p.name
-        ));
-    }
     let kind = ProviderKind::parse(&p.kind);
     if kind.is_none() {
         errs.push(format!(
@@ -607,135 +595,49 @@ fn validate_provider(
             p.kind
         ));
     }
-    let uri: Option<http::Uri> = match p.base_url.parse::<http::Uri>() {
-        Ok(u) => Some(u),
-        Err(e) => {
-            errs.push(format!("{at}.base_url: `{}` is not a URL: {e}", p.base_url));
+    let api_key = match &p.api_key_env {
+        Some(var) if var.is_empty() => {
+            errs.push(format!(
+                "{at}.api_key_env: must name an environment variable"
+            ));
             None
         }
-    };
-    let (mut tls, mut host, mut port, mut base_path) = (false, String::new(), 0u16, String::new());
-    if let Some(u) = &uri {
-        match u.scheme_str() {
-            Some("http") => tls = false,
-            Some("https") => tls = true,
-            _ => errs.push(format!(
-                "{at}.base_url: `{}` must start with http:// or https://",
-                p.base_url
-            )),
-        }
-        match u.host() {
-            Some(h) if !h.is_empty() => host = h.to_string(),
-            _ => errs.push(format!("{at}.base_url: `{}` has no host", p.base_url)),
-        }
-        if u.query().is_some() {
-            errs.push(format!("{at}.base_url: must not have a query string"));
-        }
-        port = u.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        base_path = u.path().trim_end_matches('/').to_string();
-    }
-    let kind_v = kind.unwrap_or(ProviderKind::OpenAi);
-    if base_path.is_empty() {
-        // The API root: OpenAI-compatible and Anthropic servers under /v1, Gemini under /v1beta.
-        base_path = match kind_v {
-            ProviderKind::AzureOpenAi => String::new(),
-            ProviderKind::Google => "/v1beta".into(),
-            _ => "/v1".into(),
-        };
-    }
-    let default_port = if tls { 443 } else { 80 };
-    let authority = if port == default_port {
-        host.clone()
-    } else {
-        format!("{host}:{port}")
-    };
-    let api_key = match &p.api_key_env {
-        Some(var) => {
-            if var.is_empty() {
-                errs.push(format!(
-                    "{at}.api_key_env: must name an environment variable"
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                warnings.push(format!(
+                    "{at}.api_key_env: environment variable `{var}` is not set; requests to provider `{}` will fail with provider_api_key_not_configured",
+                    p.name
                 ));
                 None
-            } else {
-                match std::env::var(var) {
-                    Ok(v) if !v.is_empty() => Some(Secret::new(v)),
-                    _ => {
-                        warnings.push(format!(
-                            "{at}.api_key_env: environment variable `{var}` is not set; requests to provider `{}` will fail with provider_api_key_not_configured",
-                            p.name
-                        ));
-                        None
-                    }
-                }
             }
-        }
+        },
         None => None,
     };
-    let auth_header = match &p.auth_header {
-        Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-            Ok(n) => n,
-            Err(_) => {
-                errs.push(format!("{at}.auth_header: `{h}` is not a header name"));
-                http::header::AUTHORIZATION
-            }
-        },
-        None => match kind_v {
-            ProviderKind::AzureOpenAi => HeaderName::from_static("api-key"),
-            ProviderKind::Anthropic => HeaderName::from_static("x-api-key"),
-            ProviderKind::Google => HeaderName::from_static("x-goog-api-key"),
-            _ => http::header::AUTHORIZATION,
-        },
-    };
-    let mut headers = Vec::new();
-    for (k, v) in &p.headers {
-        match (
-            HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            (Ok(k), Ok(v)) => headers.push((k, v)),
-            _ => errs.push(format!("{at}.headers.{k}: not a valid header")),
-        }
-    }
-    for (k, v) in [
-        ("timeout_ms", p.timeout_ms),
-        ("connect_timeout_ms", p.connect_timeout_ms),
-        ("idle_timeout_ms", p.idle_timeout_ms),
-    ] {
-        if v == 0 {
-            errs.push(format!("{at}.{k}: must be at least 1"));
-        }
-    }
-    if errs.len() > before {
-        return None;
-    }
-    let addrs = if let Ok(ip) = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-    {
-        vec![SocketAddr::new(ip, port)]
-    } else {
-        Vec::new()
-    };
-    Some(Provider {
+    let spec = provider::ProviderSpec {
         name: p.name.clone(),
-        kind: kind_v,
-        tls,
-        host,
-        port,
-        authority,
-        base_path,
-        api_key,
-        api_key_env: p.api_key_env.clone(),
-        auth_header,
+        kind: kind.unwrap_or(ProviderKind::OpenAi),
+        base_url: p.base_url.clone(),
+        auth_header: p.auth_header.clone(),
         api_version: p.api_version.clone(),
-        read_timeout: Duration::from_millis(p.timeout_ms),
-        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
-        idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+        timeout_ms: p.timeout_ms,
+        connect_timeout_ms: p.connect_timeout_ms,
+        idle_timeout_ms: p.idle_timeout_ms,
         enabled: p.enabled,
-        headers,
-        addrs: arc_swap::ArcSwap::from_pointee(addrs),
-    })
+        headers: p
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    match provider::build_provider(&spec, api_key, p.api_key_env.clone()) {
+        Ok(built) if errs.len() == before => Some(built),
+        Ok(_) => None,
+        Err(problems) => {
+            errs.extend(problems.into_iter().map(|e| format!("{at}.{e}")));
+            None
+        }
+    }
 }
 
 /// USD per 1M tokens → nanos-USD per 1M tokens.
@@ -756,7 +658,7 @@ fn validate_model(
     errs: &mut Vec<String>,
 ) -> Option<Model> {
     let before = errs.len();
-    if !valid_name(&m.name) {
+    if !provider::valid_name(&m.name) {
         errs.push(format!(
             "{at}.name: `{}` must be 1-128 characters of letters, digits, - _ . : / @",
             m.name
@@ -819,7 +721,7 @@ fn validate_key(
     errs: &mut Vec<String>,
 ) -> Option<(KeyHash, VirtualKey)> {
     let before = errs.len();
-    if !valid_name(&k.id) {
+    if !provider::valid_name(&k.id) {
         errs.push(format!("{at}.id: `{}` is not a valid id", k.id));
     }
     let hash = KeyHash::from_hex(&k.hash);
