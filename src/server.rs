@@ -113,6 +113,7 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
         pid_file: server_cfg.pid_file.clone(),
         upgrade_sock: server_cfg.upgrade_sock.clone(),
         daemon: opts.daemon,
+        ca_file: server_cfg.upstream_ca_file.clone(),
         ..Default::default()
     };
     let opt = Opt {

@@ -207,3 +207,91 @@ async fn sigterm_drains_streams_in_flight_then_exits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn https_providers_are_verified_with_sni() {
+    // Gateway B terminates TLS (a certificate for `localhost` signed by a test CA) in front of
+    // the mock; gateway A reaches it as an https provider, trusting that CA.
+    let mock = mock().await;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let b_extra = format!(
+        r#"
+[server.tls]
+cert_file = "{fixtures}/upstream-cert.pem"
+key_file = "{fixtures}/upstream-key.pem"
+
+[[keys]]
+id = "key_from_a"
+hash = "{h}"
+organisation_id = "org_1"
+models = ["chat-a"]
+"#,
+        h = sha(PROVIDER_KEY)
+    );
+    let b = Gw::start_with(&mock, &b_extra).await;
+    let a_extra = format!(
+        r#"
+[[providers]]
+name = "gateway-b"
+type = "OPENAI"
+base_url = "https://localhost:{port}/v1"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+
+[[models]]
+name = "chain"
+slug = "chat-a"
+provider = "gateway-b"
+
+[[keys]]
+id = "key_chain"
+hash = "{h}"
+organisation_id = "org_1"
+models = ["chain"]
+"#,
+        port = b.port,
+        h = sha("wharf-test-chain")
+    );
+    let mock_addr = mock.addr().to_string();
+    let a = Gw::start_custom(
+        &mock,
+        |port, admin, dir| {
+            config_text(&mock_addr, port, admin, dir, &a_extra).replacen(
+                "threads = 2",
+                &format!("threads = 2\nupstream_ca_file = \"{fixtures}/ca-cert.pem\""),
+                1,
+            )
+        },
+        &[],
+    )
+    .await;
+    for stream in [false, true] {
+        let r = client()
+            .post(a.url("/v1/chat/completions"))
+            .bearer_auth("wharf-test-chain")
+            .json(&chat_body("chain", stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", a.log());
+        let body = r.text().await.unwrap();
+        assert!(body.contains("up-chat-a"), "{body}");
+    }
+    // The mock saw gateway B's credential, and gateway B saw gateway A's (never the client's).
+    assert_eq!(
+        mock.last_request().unwrap().header("authorization"),
+        Some(format!("Bearer {PROVIDER_KEY}").as_str())
+    );
+
+    // Without the CA, the certificate is refused: 502, not a silent downgrade.
+    let c = Gw::start_with(&mock, &a_extra).await;
+    let r = client()
+        .post(c.url("/v1/chat/completions"))
+        .bearer_auth("wharf-test-chain")
+        .json(&chat_body("chain", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
+}

@@ -131,6 +131,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     pub pid_file: String,
     pub upgrade_sock: String,
+    pub upstream_ca_file: Option<String>,
 }
 
 /// TLS on the client listener.
@@ -544,6 +545,11 @@ fn validate_server(s: &raw::RawServer, errs: &mut Vec<String>) -> ServerConfig {
     if s.config_watch_interval_ms == 0 {
         errs.push("server.config_watch_interval_ms: must be at least 1".into());
     }
+    if let Some(f) = &s.upstream_ca_file {
+        if std::fs::metadata(f).is_err() {
+            errs.push(format!("server.upstream_ca_file: cannot read `{f}`"));
+        }
+    }
     let tls = s.tls.as_ref().map(|t| {
         for (k, f) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
             if std::fs::metadata(f).is_err() {
@@ -578,6 +584,7 @@ fn validate_server(s: &raw::RawServer, errs: &mut Vec<String>) -> ServerConfig {
             .upgrade_sock
             .clone()
             .unwrap_or_else(|| "/tmp/wharf_upgrade.sock".into()),
+        upstream_ca_file: s.upstream_ca_file.clone(),
     }
 }
 

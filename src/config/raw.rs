@@ -106,6 +106,8 @@ pub struct RawServer {
     pub tls: Option<RawTls>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
+    /// CA bundle (PEM) for verifying https providers; the system roots when absent.
+    pub upstream_ca_file: Option<String>,
 }
 
 impl Default for RawServer {
@@ -126,6 +128,7 @@ impl Default for RawServer {
             tls: None,
             pid_file: None,
             upgrade_sock: None,
+            upstream_ca_file: None,
         }
     }
 }
