@@ -6,9 +6,9 @@
 //! with `wharf::db::migrate` and drops the database at the end, even when the test fails. A
 //! missing Postgres fails the tests; they never skip.
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
-use std::str::FromStr;
+mod common;
+
+use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 use wharf::config::{KeyType, ModelType, Pricing, ProviderKind};
@@ -16,92 +16,7 @@ use wharf::db::crypto::MasterKeys;
 use wharf::db::load::{self, LoadError};
 use wharf::keys::KeyHash;
 
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string())
-}
-
-fn admin_options() -> PgConnectOptions {
-    let url = database_url();
-    PgConnectOptions::from_str(&url)
-        .unwrap_or_else(|e| panic!("DATABASE_URL is not a valid Postgres URL: {e}"))
-}
-
-async fn admin_connection() -> sqlx::PgConnection {
-    let options = admin_options();
-    let connect = sqlx::PgConnection::connect_with(&options);
-    match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => panic!(
-            "Postgres is required by these tests and is not reachable at {}:{} ({e}). \
-             Start it with `scripts/services.sh` (which `make test` runs) or set DATABASE_URL.",
-            options.get_host(),
-            options.get_port()
-        ),
-        Err(_) => panic!(
-            "Postgres is required by these tests and did not answer within 10 s at {}:{}. \
-             Start it with `scripts/services.sh` (which `make test` runs) or set DATABASE_URL.",
-            options.get_host(),
-            options.get_port()
-        ),
-    }
-}
-
-/// A throwaway, migrated database, dropped (connections and all) when this value is dropped.
-struct TestDb {
-    name: String,
-    pool: PgPool,
-}
-
-impl TestDb {
-    async fn migrated() -> TestDb {
-        let name = format!("wharf_test_{}", Uuid::new_v4().simple());
-        let mut admin = admin_connection().await;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
-        admin.close().await.expect("close admin connection");
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(admin_options().database(&name))
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to test database {name}: {e}"));
-        let t = TestDb { name, pool };
-        wharf::db::migrate(&t.pool).await.expect("apply migrations");
-        t
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // A runtime of its own on a plain thread: Drop cannot await, and it also runs while a
-        // failed test unwinds.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime to drop the test database");
-            rt.block_on(async move {
-                let mut admin = sqlx::PgConnection::connect_with(&admin_options()).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await?;
-                admin.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}: {dropped:?}", self.name);
-        }
-    }
-}
+use common::db::TestDb;
 
 fn master(spec: &[(&str, u8)]) -> MasterKeys {
     use base64::Engine;

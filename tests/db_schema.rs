@@ -4,112 +4,16 @@
 //! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`) and drops it at the end,
 //! even when the test fails. A missing Postgres fails the tests; they never skip.
 
+mod common;
+
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool, Row};
-use std::str::FromStr;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
 use std::time::Duration;
 use uuid::Uuid;
 use wharf::db::{self, DbError};
 
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string())
-}
-
-fn admin_options() -> PgConnectOptions {
-    let url = database_url();
-    PgConnectOptions::from_str(&url)
-        .unwrap_or_else(|e| panic!("DATABASE_URL is not a valid Postgres URL: {e}"))
-}
-
-async fn admin_connection() -> sqlx::PgConnection {
-    let options = admin_options();
-    let connect = sqlx::PgConnection::connect_with(&options);
-    match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => panic!(
-            "Postgres is required by these tests and is not reachable at {}:{} ({e}). \
-             Start it with `scripts/services.sh` (which `make test` runs) or set DATABASE_URL.",
-            options.get_host(),
-            options.get_port()
-        ),
-        Err(_) => panic!(
-            "Postgres is required by these tests and did not answer within 10 s at {}:{}. \
-             Start it with `scripts/services.sh` (which `make test` runs) or set DATABASE_URL.",
-            options.get_host(),
-            options.get_port()
-        ),
-    }
-}
-
-/// A throwaway database, dropped (connections and all) when this value is dropped.
-struct TestDb {
-    name: String,
-    pool: PgPool,
-    options: PgConnectOptions,
-}
-
-impl TestDb {
-    /// A fresh database with no migration applied.
-    async fn empty() -> TestDb {
-        let name = format!("wharf_test_{}", Uuid::new_v4().simple());
-        let mut admin = admin_connection().await;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
-        admin.close().await.expect("close admin connection");
-        let options = admin_options().database(&name);
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to test database {name}: {e}"));
-        TestDb {
-            name,
-            pool,
-            options,
-        }
-    }
-
-    /// A fresh database with every migration applied.
-    async fn migrated() -> TestDb {
-        let t = TestDb::empty().await;
-        db::migrate(&t.pool).await.expect("apply migrations");
-        t
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // A runtime of its own on a plain thread: Drop cannot await, and it also runs while a
-        // failed test unwinds.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime to drop the test database");
-            rt.block_on(async move {
-                let mut admin = sqlx::PgConnection::connect_with(&admin_options()).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await?;
-                admin.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}: {dropped:?}", self.name);
-        }
-    }
-}
+use common::db::TestDb;
 
 /// The SQLSTATE and constraint name of a failed statement.
 fn sql_error<T: std::fmt::Debug>(r: Result<T, sqlx::Error>) -> (String, String) {
@@ -1141,7 +1045,7 @@ async fn connect_fails_fast_when_nothing_listens() {
 #[tokio::test]
 async fn connect_and_migrate_through_the_public_api() {
     let t = TestDb::empty().await;
-    let url = t.options.to_url_lossy().to_string();
+    let url = t.url();
     let pool = db::connect(&url).await.expect("connect");
     db::migrate(&pool).await.expect("migrate");
     db::check_schema(&pool).await.expect("up to date");

@@ -13,11 +13,11 @@ pub fn database_url() -> String {
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
 
-fn admin_options() -> PgConnectOptions {
+pub fn admin_options() -> PgConnectOptions {
     PgConnectOptions::from_str(&database_url()).expect("DATABASE_URL is a Postgres URL")
 }
 
-async fn admin() -> sqlx::PgConnection {
+pub async fn admin_connection() -> sqlx::PgConnection {
     let o = admin_options();
     match tokio::time::timeout(
         Duration::from_secs(10),
@@ -44,7 +44,7 @@ impl TestDb {
     /// A fresh database, migrated unless `migrated` is false.
     pub async fn new(migrated: bool) -> TestDb {
         let name = format!("wharf_test_{}", uuid::Uuid::new_v4().simple());
-        let mut a = admin().await;
+        let mut a = admin_connection().await;
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut a)
             .await
@@ -59,6 +59,16 @@ impl TestDb {
             wharf::db::migrate(&pool).await.unwrap();
         }
         TestDb { name, pool }
+    }
+
+    /// A fresh, empty database (no migrations).
+    pub async fn empty() -> TestDb {
+        TestDb::new(false).await
+    }
+
+    /// A fresh database with every migration applied.
+    pub async fn migrated() -> TestDb {
+        TestDb::new(true).await
     }
 
     /// The URL of this database (same server and user as DATABASE_URL).
@@ -91,7 +101,7 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let mut a = admin().await;
+                let mut a = admin_connection().await;
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .execute(&mut a)
                     .await;
