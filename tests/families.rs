@@ -546,3 +546,32 @@ models = ["az-chat", "custom-chat"]
     assert_eq!(seen.header("x-tenant"), Some("acme"));
     assert!(seen.header("authorization").is_none());
 }
+
+#[tokio::test]
+async fn gemini_and_vllm_provider_errors_pass_through() {
+    let mock = mock().await;
+    let gw = Gw::start(&mock).await;
+    let r = client()
+        .post(gw.url("/v1beta/models/gem:generateContent"))
+        .header("x-goog-api-key", KEY_GOOD)
+        .header("x-mock-status", "503")
+        .json(&gemini_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "UNAVAILABLE", "{v}");
+    assert_eq!(v["error"]["code"], 503, "the provider's own body: {v}");
+    let r = client()
+        .post(gw.url("/v1/vllm/chat/completions"))
+        .bearer_auth(KEY_GOOD)
+        .header("x-mock-status", "500")
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+}

@@ -237,3 +237,64 @@ async fn provider_errors_keep_their_status_in_the_gateway_envelope() {
         "rate_limit_error"
     );
 }
+
+#[tokio::test]
+async fn images_in_content_reach_anthropic_and_gemini_in_their_shapes() {
+    let mock = mock().await;
+    let gw = Gw::start(&mock).await;
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+    let msg = json!([{"role":"user","content":[
+        {"type":"text","text":"What is in this picture?"},
+        {"type":"image_url","image_url":{"url": format!("data:image/png;base64,{png}")}}]}]);
+    let r = unified(&gw, &json!({"model":"claude","messages": msg})).await;
+    assert_eq!(r.status(), 200);
+    let sent = mock.last_request().unwrap().json().unwrap();
+    let block = &sent["messages"][0]["content"][1];
+    assert_eq!(block["type"], "image", "{sent}");
+    assert_eq!(block["source"]["type"], "base64");
+    assert_eq!(block["source"]["media_type"], "image/png");
+    assert_eq!(block["source"]["data"], png);
+
+    let r = unified(&gw, &json!({"model":"gem","messages": msg})).await;
+    assert_eq!(r.status(), 200);
+    let sent = mock.last_request().unwrap().json().unwrap();
+    let part = &sent["contents"][0]["parts"][1];
+    assert_eq!(part["inlineData"]["mimeType"], "image/png", "{sent}");
+    assert_eq!(part["inlineData"]["data"], png);
+}
+
+#[tokio::test]
+async fn tool_calls_round_trip_through_gemini() {
+    let mock = mock().await;
+    let gw = Gw::start(&mock).await;
+    let tools = json!([{"type":"function","function":{"name":"get_weather",
+        "parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]);
+    let r = unified(
+        &gw,
+        &json!({"model":"gem","tools": tools,
+            "messages":[{"role":"user","content":"What is the weather in Paris?"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["stop_reason"], "tool_calls", "{v}");
+    let call = v["tool_calls"][0].clone();
+    assert_eq!(call["function"]["name"], "get_weather");
+    let sent = mock.last_request().unwrap().json().unwrap();
+    assert_eq!(
+        sent["tools"][0]["functionDeclarations"][0]["name"], "get_weather",
+        "{sent}"
+    );
+    let r = unified(
+        &gw,
+        &json!({"model":"gem","tools": tools, "messages":[
+            {"role":"user","content":"What is the weather in Paris?"},
+            {"role":"assistant","content":null,"tool_calls":[call]},
+            {"role":"tool","tool_call_id": call["id"], "content":"18C and sunny"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let sent = mock.last_request().unwrap().json().unwrap();
+    let parts = &sent["contents"][2]["parts"][0];
+    assert_eq!(parts["functionResponse"]["name"], "get_weather", "{sent}");
+}
