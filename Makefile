@@ -63,7 +63,7 @@ sdk:
 
 ## Criterion micro-benchmarks (SSE parser, body rewrite, translation).
 bench: deps
-	$(CARGO) bench --bench sse --bench rewrite --bench translate
+	$(CARGO) bench --bench sse --bench rewrite --bench translate --bench routing
 
 ## Load benchmark: direct-to-mock vs bare Pingora passthrough vs Wharf, in one run.
 bench-load: deps

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod services;
 pub mod sse;
