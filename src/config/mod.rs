@@ -208,6 +208,8 @@ pub struct Provider {
     /// Path prefix of the API root, e.g. `/v1` (no trailing slash).
     pub base_path: String,
     pub api_key: Option<Secret>,
+    /// The credential header value, ready to insert (built at load).
+    pub auth_value: Option<HeaderValue>,
     pub api_key_env: Option<String>,
     /// Header carrying the credential (lower case).
     pub auth_header: HeaderName,

@@ -138,8 +138,21 @@ pub fn build_provider(
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => Vec::new(),
     };
+    // The credential header's value, built once (Bearer for `authorization`, raw otherwise) and
+    // marked sensitive so it is never logged by header dumps.
+    let auth_value = api_key.as_ref().and_then(|k| {
+        let raw = if auth_header == http::header::AUTHORIZATION {
+            format!("Bearer {}", k.expose())
+        } else {
+            k.expose().to_string()
+        };
+        let mut v = HeaderValue::from_str(&raw).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    });
     Ok(Provider {
         name: spec.name.clone(),
+        auth_value,
         kind: spec.kind,
         tls,
         host,

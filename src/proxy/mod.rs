@@ -1014,15 +1014,8 @@ impl ProxyHttp for Gateway {
             req.remove_header(h);
         }
         req.insert_header("host", p.authority.as_str())?;
-        if let Some(k) = &p.api_key {
-            if p.auth_header == http::header::AUTHORIZATION {
-                req.insert_header(
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {}", k.expose()),
-                )?;
-            } else {
-                req.insert_header(p.auth_header.clone(), k.expose())?;
-            }
+        if let Some(v) = &p.auth_value {
+            req.insert_header(p.auth_header.clone(), v.clone())?;
         }
         if p.kind == ProviderKind::Anthropic && req.headers.get("anthropic-version").is_none() {
             req.insert_header("anthropic-version", "2023-06-01")?;
