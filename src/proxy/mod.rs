@@ -89,7 +89,6 @@ pub struct Ctx {
     attempt_start: Option<Instant>,
     upstream_status: Option<u16>,
     ttfb: Option<Duration>,
-    upstream_done: Option<Instant>,
     provider_request_id: Option<String>,
     overhead: Duration,
     recorded: bool,
@@ -941,7 +940,6 @@ impl ProxyHttp for Gateway {
             attempt_start: None,
             upstream_status: None,
             ttfb: None,
-            upstream_done: None,
             provider_request_id: None,
             overhead: Duration::ZERO,
             recorded: false,
@@ -1175,9 +1173,6 @@ impl ProxyHttp for Gateway {
             self.unified_body(body, end_of_stream, ctx);
         } else {
             ctx.tap.on_chunk(body, end_of_stream);
-        }
-        if end_of_stream {
-            ctx.upstream_done = Some(t);
         }
         ctx.overhead += t.elapsed();
         Ok(None)

@@ -199,11 +199,6 @@ impl Route {
         )
     }
 
-    /// Whether the route needs a virtual key.
-    pub fn needs_key(self) -> bool {
-        self.records_usage()
-    }
-
     /// For proxied routes: how the body is inspected.
     pub fn body_kind(self) -> Option<BodyKind> {
         match self {
