@@ -298,6 +298,9 @@ pub struct Model {
     pub provider: Arc<Provider>,
     pub pricing: Pricing,
     pub enabled: bool,
+    /// Upstream URIs already built for this model, by route name (requests without a client
+    /// query string reuse them instead of formatting and parsing a URI each time).
+    pub uri_cache: std::sync::RwLock<HashMap<&'static str, http::Uri>>,
 }
 
 /// Key types (SPEC §1.2).
@@ -720,6 +723,7 @@ fn validate_model(
         provider: provider?,
         pricing,
         enabled: m.enabled,
+        uri_cache: Default::default(),
     })
 }
 

@@ -557,6 +557,7 @@ fn assemble(
                 m.image_price_nanos,
             ),
             enabled: m.enabled,
+            uri_cache: Default::default(),
         };
         cat.model_ids.insert(key.clone(), m.id);
         cat.model_order.push(key.clone());

@@ -398,8 +398,32 @@ fn upstream_uri(
     route: Route,
     client_query: Option<&str>,
 ) -> Result<http::Uri, GatewayError> {
+    let query = client_query.and_then(keys::strip_key_param);
+    if query.is_some() {
+        return build_upstream_uri(model, route, query);
+    }
+    // The common case (no client query): built once per model and route.
+    if let Some(u) = model
+        .uri_cache
+        .read()
+        .ok()
+        .and_then(|c| c.get(route.name()).cloned())
+    {
+        return Ok(u);
+    }
+    let u = build_upstream_uri(model, route, None)?;
+    if let Ok(mut c) = model.uri_cache.write() {
+        c.insert(route.name(), u.clone());
+    }
+    Ok(u)
+}
+
+fn build_upstream_uri(
+    model: &Model,
+    route: Route,
+    mut query: Option<String>,
+) -> Result<http::Uri, GatewayError> {
     let p = &model.provider;
-    let mut query = client_query.and_then(keys::strip_key_param);
     let path = if p.kind == ProviderKind::AzureOpenAi {
         let q = format!(
             "api-version={}",
