@@ -4,7 +4,7 @@ CARGO ?= cargo
 MOCK_ADDR ?= 127.0.0.1:9999
 CONF ?= conf/wharf.toml
 
-.PHONY: run test deps services sdk build fmt-check lint unit conf-check bench bench-load clean
+.PHONY: run test deps services sdk build fmt-check lint unit conf-check bench bench-load soak clean
 
 ## Install what the build needs (pingora needs cmake) when it is missing.
 deps:
@@ -16,6 +16,14 @@ deps:
 	  elif command -v brew >/dev/null 2>&1; then brew install cmake; \
 	  else echo "please install cmake" >&2; exit 1; fi; }
 	@command -v cargo >/dev/null 2>&1 || { echo "please install Rust (https://rustup.rs)" >&2; exit 1; }
+	@# The admin console's browser test drives headless Chromium through chromedriver.
+	@{ command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; }; } || { \
+	  echo "installing chromium and chromium-driver"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  if command -v apt-get >/dev/null 2>&1; then $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	  elif command -v dnf >/dev/null 2>&1; then $$SUDO dnf install -y chromium chromedriver; \
+	  elif command -v brew >/dev/null 2>&1; then brew install --cask chromium chromedriver; \
+	  else echo "please install Chromium and chromedriver (or set CHROME_BIN and CHROMEDRIVER)" >&2; exit 1; fi; }
 
 build: deps
 	$(CARGO) build --release --bin wharf --bin wharf-mock
@@ -54,8 +62,14 @@ lint:
 unit:
 	$(CARGO) test --all-targets
 
+## Soak: a mixed workload for SOAK_SECONDS (default 120) in release mode; prints throughput, p99,
+## RSS over time and usage-record completeness. `make test` runs it briefly (12 s, debug build).
+SOAK_SECONDS ?= 120
+soak: deps services
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release --test soak -- --nocapture
+
 conf-check:
-	$(CARGO) run --quiet --bin wharf -- check conf/*.toml
+	$(CARGO) run --quiet --bin wharf -- check conf/*.toml benches/bench.toml benches/bench-gov.toml deploy/container.toml
 
 ## The official Python SDKs (openai, anthropic, google-genai) against Wharf, in a local venv.
 sdk:
@@ -63,7 +77,7 @@ sdk:
 
 ## Criterion micro-benchmarks (SSE parser, body rewrite, translation).
 bench: deps
-	$(CARGO) bench --bench sse --bench rewrite --bench translate --bench routing
+	$(CARGO) bench --bench sse --bench rewrite --bench translate --bench routing --bench filters --bench safety --bench keycache --bench mcp
 
 ## Load benchmark: direct-to-mock vs bare Pingora passthrough vs Wharf, in one run.
 bench-load: deps

@@ -15,6 +15,15 @@
 #   HOLD             concurrent slow streams for memory run (default 1000)
 #   LOADGEN_THREADS  load generator threads                 (default: by core count)
 #   NO_BUILD=1       skip `cargo build`
+#   BENCH_DB=0       skip the database-mode rows (default: on when Postgres answers at
+#                    DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test; the
+#                    benchmark creates and drops a database `wharf_bench` there)
+#   BENCH_GOV=0      skip the governed rows (default: on when Redis answers at REDIS_URL,
+#                    default redis://127.0.0.1:6379): rate limits in Redis plus a budget and a
+#                    quota on the key (benches/bench-gov.toml), against the `wharf` rows
+#   PIN_SERVICES=1   also pin the local Postgres and Redis servers to the mock's cores for the
+#                    run (restored to every core at exit), so that the database-mode and
+#                    governed rows do not share the proxy's core with them
 #   MOCK_BIN, WHARF_BIN, PT_BIN, LOADGEN  override binary paths
 set -euo pipefail
 
@@ -29,6 +38,8 @@ HOLD=${HOLD:-1000}
 MOCK_HOST=127.0.0.1 MOCK_PORT=18080
 PT_HOST=127.0.0.1 PT_PORT=18081
 WHARF_HOST=127.0.0.1 WHARF_PORT=18082
+WHARF_DB_PORT=18083 WHARF_DB_ADMIN_PORT=18093
+WHARF_GOV_PORT=18084 WHARF_GOV_ADMIN_PORT=18094
 ADMIN_HOST=127.0.0.1 ADMIN_PORT=18092
 CHAT_PATH=/v1/chat/completions
 
@@ -53,8 +64,17 @@ die() {
 # ---------------------------------------------------------------------------
 
 PIDS=()
+SERVICES_PINNED=0
+# Local Postgres and Redis server processes (new Postgres backends inherit the postmaster's
+# affinity).
+service_pids() { pgrep -x 'postgres|redis-server' || true; }
 cleanup() {
     local pid
+    if ((SERVICES_PINNED)); then
+        for pid in $(service_pids); do
+            taskset -a -cp "0-$(($(nproc) - 1))" "$pid" >/dev/null 2>&1 || true
+        done
+    fi
     for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -109,6 +129,13 @@ if [[ -z ${LOADGEN_THREADS:-} ]]; then
     fi
 fi
 log "cores: $NCPU; pinning proxy=[${PROXY_CPUS:-any}] mock=[${MOCK_CPUS:-any}] loadgen=[${LG_CPUS:-any}] x$LOADGEN_THREADS threads"
+if [[ ${PIN_SERVICES:-0} == 1 && -n $MOCK_CPUS ]]; then
+    SERVICES_PINNED=1
+    for pid in $(service_pids); do
+        taskset -a -cp "$MOCK_CPUS" "$pid" >/dev/null 2>&1 || true
+    done
+    log "pinned local Postgres and Redis to [$MOCK_CPUS] for this run"
+fi
 
 # pin CPUS CMD...: runs CMD in the foreground, pinned to CPUS when set.
 pin() {
@@ -247,6 +274,62 @@ if ! wait_until 60 "$WHARF_PID" "wharf" health_ok; then
     log "warning: wharf did not become healthy; its rows are skipped (see $OUT_DIR/wharf.log)"
     WHARF_OK=0
 fi
+# Database mode: the same catalog and key in Postgres, served from the in-process caches.
+WHARF_DB_OK=0
+DB_KEY=""
+ADMIN_DB_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+BENCH_DB_URL="${ADMIN_DB_URL%/*}/wharf_bench"
+if [[ ${BENCH_DB:-1} != 0 ]] && ((WHARF_OK)) && command -v psql >/dev/null &&
+    psql "$ADMIN_DB_URL" -qc "SELECT 1" >/dev/null 2>&1; then
+    psql "$ADMIN_DB_URL" -qc "DROP DATABASE IF EXISTS wharf_bench" >/dev/null 2>&1 || true
+    psql "$ADMIN_DB_URL" -qc "CREATE DATABASE wharf_bench" >/dev/null
+    export WHARF_MASTER_KEYS="k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+    export WHARF_BENCH_DATABASE_URL="$BENCH_DB_URL"
+    DB_KEY=$(target/release/examples/seed_db "$BENCH_DB_URL" 2>>"$OUT_DIR/seed.log" || true)
+    if [[ -n $DB_KEY ]]; then
+        log "starting database-mode wharf on $WHARF_HOST:$WHARF_DB_PORT"
+        spawn "$PROXY_CPUS" "$WHARF_BIN" serve -c benches/bench-db.toml >"$OUT_DIR/wharf-db.log" 2>&1 &
+        WHARF_DB_PID=$!
+        PIDS+=("$WHARF_DB_PID")
+        db_health_ok() { [[ $(http_status "$ADMIN_HOST" "$WHARF_DB_ADMIN_PORT" /v1/health) == 200 ]]; }
+        if wait_until 60 "$WHARF_DB_PID" "wharf-db" db_health_ok; then
+            WHARF_DB_OK=1
+        else
+            log "warning: database-mode wharf did not start (see $OUT_DIR/wharf-db.log)"
+        fi
+    else
+        log "warning: could not seed the benchmark database (see $OUT_DIR/seed.log)"
+    fi
+fi
+
+# Governed: rate limits shared through Redis, a budget and a quota on the key.
+WHARF_GOV_OK=0
+BENCH_REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+redis_answers() {
+    local hp=${BENCH_REDIS_URL#redis://}
+    hp=${hp##*@}
+    hp=${hp%%/*}
+    (
+        exec 3<>"/dev/tcp/${hp%%:*}/${hp##*:}" || exit 1
+        printf 'PING\r\n' >&3
+        IFS= read -r -t 2 line <&3 && [[ $line == +PONG* ]]
+    ) 2>/dev/null
+}
+if [[ ${BENCH_GOV:-1} != 0 ]] && ((WHARF_OK)) && redis_answers; then
+    export WHARF_BENCH_REDIS_URL="$BENCH_REDIS_URL"
+    log "starting governed wharf on $WHARF_HOST:$WHARF_GOV_PORT"
+    rm -f target/bench-gov-usage.jsonl
+    spawn "$PROXY_CPUS" "$WHARF_BIN" serve -c benches/bench-gov.toml >"$OUT_DIR/wharf-gov.log" 2>&1 &
+    WHARF_GOV_PID=$!
+    PIDS+=("$WHARF_GOV_PID")
+    gov_health_ok() { [[ $(http_status "$ADMIN_HOST" "$WHARF_GOV_ADMIN_PORT" /v1/health) == 200 ]]; }
+    if wait_until 60 "$WHARF_GOV_PID" "wharf-gov" gov_health_ok; then
+        WHARF_GOV_OK=1
+    else
+        log "warning: governed wharf did not start (see $OUT_DIR/wharf-gov.log)"
+    fi
+fi
+
 WHARF_IDLE_RSS_KB=""
 if ((WHARF_OK)); then
     sleep 0.5
@@ -265,7 +348,9 @@ url_of() {
     case $1 in
     mock) echo "http://$MOCK_HOST:$MOCK_PORT$CHAT_PATH" ;;
     passthrough) echo "http://$PT_HOST:$PT_PORT$CHAT_PATH" ;;
-    wharf) echo "http://$WHARF_HOST:$WHARF_PORT$CHAT_PATH" ;;
+    wharf | wharf-failover20 | wharf-filters) echo "http://$WHARF_HOST:$WHARF_PORT$CHAT_PATH" ;;
+    wharf-db) echo "http://$WHARF_HOST:$WHARF_DB_PORT$CHAT_PATH" ;;
+    wharf-gov) echo "http://$WHARF_HOST:$WHARF_GOV_PORT$CHAT_PATH" ;;
     mock-anthropic) echo "http://$MOCK_HOST:$MOCK_PORT/v1/messages" ;;
     passthrough-anthropic) echo "http://$PT_HOST:$PT_PORT/v1/messages" ;;
     wharf-anthropic) echo "http://$WHARF_HOST:$WHARF_PORT/v1/messages" ;;
@@ -276,6 +361,8 @@ pid_of() {
     case $1 in
     mock*) echo "$MOCK_PID" ;;
     passthrough*) echo "$PT_PID" ;;
+    wharf-db) echo "$WHARF_DB_PID" ;;
+    wharf-gov) echo "$WHARF_GOV_PID" ;;
     wharf*) echo "$WHARF_PID" ;;
     esac
 }
@@ -291,6 +378,10 @@ lg() {
         -H "x-mock-tokens: $TOKENS" -H "x-mock-ttft-ms: 0" -H "x-mock-itl-ms: 0")
     case $path in
     wharf) a+=(-H "authorization: Bearer wharf-bench-key" --model bench-model) ;;
+    wharf-failover20) a+=(-H "authorization: Bearer wharf-bench-key" --model bench-failover) ;;
+    wharf-filters) a+=(-H "authorization: Bearer wharf-bench-key" --model bench-filtered) ;;
+    wharf-db) a+=(-H "authorization: Bearer $DB_KEY" --model bench-model) ;;
+    wharf-gov) a+=(-H "authorization: Bearer wharf-bench-gov-key" --model bench-model) ;;
     mock | passthrough) a+=(-H "authorization: Bearer sk-mock" --model mock-gpt) ;;
     mock-anthropic | passthrough-anthropic)
         # shellcheck disable=SC2059
@@ -355,6 +446,8 @@ measure() {
 
 PATHS=(mock passthrough)
 ((WHARF_OK)) && PATHS+=(wharf)
+((WHARF_DB_OK)) && PATHS+=(wharf-db)
+((WHARF_GOV_OK)) && PATHS+=(wharf-gov)
 
 for mode in unary stream; do
     for path in "${PATHS[@]}"; do
@@ -373,6 +466,18 @@ fi
 for path in "${ANTH_PATHS[@]}"; do
     measure "$path" stream
 done
+
+# Failover: 20% of first attempts answer 503 and fail over to a healthy deployment. Compare with
+# the `wharf` rows of the same invocation.
+if ((WHARF_OK)); then
+    for mode in unary stream; do
+        measure wharf-failover20 "$mode"
+    done
+    # SafetySec + one Lua filter on the request and on every answer event.
+    for mode in unary stream; do
+        measure wharf-filters "$mode"
+    done
+fi
 
 # Latency at half of the passthrough's maximum throughput (open loop).
 for mode in unary stream; do
@@ -441,6 +546,24 @@ report() {
             echo "- Throughput wharf/passthrough ($m): n/a"
         fi
     done
+    for m in unary stream; do
+        local d=${R[rps|wharf-db|$m|c=$CONCURRENCY]:-} f=${R[rps|wharf|$m|c=$CONCURRENCY]:-}
+        if [[ -n $d && -n $f ]] && [[ $(calc "($f > 0)") == 1 ]]; then
+            echo "- Throughput database mode / file mode ($m): $(calc "sprintf(\"%.2f\", $d / $f)")"
+        fi
+        d=${R[rps|wharf-gov|$m|c=$CONCURRENCY]:-}
+        if [[ -n $d && -n $f ]] && [[ $(calc "($f > 0)") == 1 ]]; then
+            echo "- Throughput with limits + budget (Redis) / without ($m): $(calc "sprintf(\"%.2f\", $d / $f)"), p50 ${R[p50|wharf-gov|$m|c=$CONCURRENCY]:-?} vs ${R[p50|wharf|$m|c=$CONCURRENCY]:-?} µs, p99 ${R[p99|wharf-gov|$m|c=$CONCURRENCY]:-?} vs ${R[p99|wharf|$m|c=$CONCURRENCY]:-?} µs"
+        fi
+        d=${R[rps|wharf-failover20|$m|c=$CONCURRENCY]:-}
+        if [[ -n $d && -n $f ]] && [[ $(calc "($f > 0)") == 1 ]]; then
+            echo "- Throughput with 20% of first attempts failing over / without ($m): $(calc "sprintf(\"%.2f\", $d / $f)"), p99 ${R[p99|wharf-failover20|$m|c=$CONCURRENCY]:-?} vs ${R[p99|wharf|$m|c=$CONCURRENCY]:-?} µs"
+        fi
+        d=${R[rps|wharf-filters|$m|c=$CONCURRENCY]:-}
+        if [[ -n $d && -n $f ]] && [[ $(calc "($f > 0)") == 1 ]]; then
+            echo "- Throughput with SafetySec + one Lua filter / without ($m): $(calc "sprintf(\"%.2f\", $d / $f)"), p99 ${R[p99|wharf-filters|$m|c=$CONCURRENCY]:-?} vs ${R[p99|wharf|$m|c=$CONCURRENCY]:-?} µs"
+        fi
+    done
     if [[ -n $WHARF_IDLE_RSS_KB ]]; then
         echo "- Wharf idle RSS after start: $(calc "sprintf(\"%.1f\", $WHARF_IDLE_RSS_KB / 1024)") MB"
     else
@@ -463,4 +586,9 @@ report() {
 }
 
 report | tee "$OUT_DIR/report.md"
+if ((WHARF_DB_OK)); then
+    kill -TERM "$WHARF_DB_PID" 2>/dev/null || true
+    sleep 1
+    psql "$ADMIN_DB_URL" -qc "DROP DATABASE IF EXISTS wharf_bench WITH (FORCE)" >/dev/null 2>&1 || true
+fi
 log "raw results in $OUT_DIR/results.jsonl, report in $OUT_DIR/report.md"

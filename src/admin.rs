@@ -162,8 +162,9 @@ pub fn models(
     Reply::json(200, json!({"object": "list", "data": data}))
 }
 
-/// `POST /v1/keys/validate`.
-pub fn key_info(snap: &Snapshot, key: &VirtualKey) -> Reply {
+/// `POST /v1/keys/validate`. `balances`: the prepaid balances that apply to the key, with
+/// what remains of each ([`crate::governance::Governance::balances`]).
+pub fn key_info(snap: &Snapshot, key: &VirtualKey, balances: Vec<serde_json::Value>) -> Reply {
     let mut models: Vec<&str> = snap
         .config
         .model_names(&key.organisation_id)
@@ -196,7 +197,8 @@ pub fn key_info(snap: &Snapshot, key: &VirtualKey) -> Reply {
                 "expires_at": expires,
             },
             "models": models,
-            "mcp_servers": [],
+            "mcp_servers": snap.config.mcp.granted(key),
+            "balances": balances,
         }),
     )
 }
@@ -211,6 +213,18 @@ pub struct AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, http: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = http.req_header().uri.path().to_string();
+        if crate::console::handles(&self.state, &path) {
+            return crate::console::handle(&self.state, http).await;
+        }
+        if crate::api::handles(&path) {
+            let reply = crate::api::handle(&self.state, http).await;
+            return http::Response::builder()
+                .status(reply.status)
+                .header("content-type", reply.content_type)
+                .header("content-length", reply.body.len())
+                .body(reply.body.to_vec())
+                .unwrap_or_default();
+        }
         let get = http.req_header().method == http::Method::GET
             || http.req_header().method == http::Method::HEAD;
         let reply = match path.as_str() {
@@ -232,6 +246,48 @@ impl ServeHttp for AdminApp {
             .header("content-length", reply.body.len())
             .body(reply.body.to_vec())
             .unwrap_or_default()
+    }
+}
+
+/// The admin listener's service: [`AdminApp`]'s complete answers, plus the one streamed
+/// answer of the admin console (the playground relay), which a [`ServeHttp`] cannot write.
+pub struct AdminListener {
+    pub app: AdminApp,
+}
+
+#[async_trait]
+impl pingora::apps::HttpServerApp for AdminListener {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::apps::ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            _ => return None,
+        }
+        if *shutdown.borrow() {
+            http.set_keepalive(None);
+        } else {
+            http.set_keepalive(Some(60));
+        }
+        if crate::console::streams(&self.app.state, http.req_header()) {
+            crate::console::stream(&self.app.state, &mut http).await;
+        } else {
+            let (parts, body) = self.app.response(&mut http).await.into_parts();
+            let header: pingora::http::ResponseHeader = parts.into();
+            if http.write_response_header(Box::new(header)).await.is_err() {
+                return None;
+            }
+            if !body.is_empty() && http.write_response_body(body.into(), true).await.is_err() {
+                return None;
+            }
+        }
+        let settings = pingora::apps::HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(c) => c.map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
+        }
     }
 }
 

@@ -114,19 +114,21 @@ impl DbMode {
                 .map(Some)
                 .ok_or_else(unavailable);
         };
+        // The last-known copy is refreshed when an entry is loaded, not on every cache hit (a
+        // moka insert per request would cost more than the lookup itself).
+        let stale = &self.stale;
         let loaded = self
             .keys
-            .try_get_with(hash, async {
-                load_key(&pool, &hash).await.map(|k| k.map(Arc::new))
+            .try_get_with(hash, async move {
+                let k = load_key(&pool, &hash).await?.map(Arc::new);
+                if let Some(k) = &k {
+                    stale.insert(hash, k.clone()).await;
+                }
+                Ok::<_, crate::db::load::LoadError>(k)
             })
             .await;
         match loaded {
-            Ok(entry) => {
-                if let Some(k) = &entry {
-                    self.stale.insert(hash, k.clone()).await;
-                }
-                Ok(entry)
-            }
+            Ok(entry) => Ok(entry),
             Err(e) => {
                 tracing::warn!(error = %e, "key lookup failed; serving the last known entry if any");
                 self.healthy.store(false, Ordering::Relaxed);
@@ -137,6 +139,12 @@ impl DbMode {
                     .ok_or_else(unavailable)
             }
         }
+    }
+
+    /// Puts an entry in the key cache as a lookup would (benchmarks and tests).
+    #[doc(hidden)]
+    pub async fn prime(&self, hash: KeyHash, key: Option<Arc<VirtualKey>>) {
+        self.keys.insert(hash, key).await;
     }
 
     /// Forgets one key everywhere on this node.
@@ -158,7 +166,8 @@ pub async fn merge_catalog(
     pool: &PgPool,
     keys: &MasterKeys,
 ) -> Result<(), String> {
-    let catalog = load_catalog(pool, keys).await.map_err(|e| e.to_string())?;
+    let mut catalog = load_catalog(pool, keys).await.map_err(|e| e.to_string())?;
+    catalog.apply_routing(cfg.routing);
     let parts = catalog.into_parts();
     for w in &parts.warnings {
         tracing::warn!(warning = %w, "database catalog");
@@ -177,7 +186,25 @@ pub async fn merge_catalog(
     }
     cfg.providers.extend(parts.providers);
     cfg.org_models = org_models;
+    // The file's organisation policies win over the database's for the same organisation.
+    for (org, p) in parts.org_routing {
+        cfg.org_routing.entry(org).or_insert(p);
+    }
     cfg.warnings.extend(parts.warnings);
+    let (mcp, mcp_warnings) = crate::mcp::db::load(pool, keys)
+        .await
+        .map_err(|e| format!("mcp servers: {e}"))?;
+    for w in &mcp_warnings {
+        tracing::warn!(warning = %w, "database catalog");
+    }
+    cfg.mcp.by_org = mcp;
+    cfg.warnings.extend(mcp_warnings);
+    if !parts.filter_rows.is_empty() {
+        let raw =
+            crate::filters::config::from_db_rows(&parts.filter_rows).map_err(|e| e.join("; "))?;
+        let set = crate::filters::config::merge_db(&cfg.filters, &raw).map_err(|e| e.join("; "))?;
+        cfg.filters = Arc::new(set);
+    }
     Ok(())
 }
 
@@ -391,7 +418,10 @@ impl BackgroundService for ControlSync {
         let pool = self.connect_pool(&db).await;
         db.pool.store(Some(Arc::new(pool.clone())));
         db.healthy.store(true, Ordering::Relaxed);
-        ready.notify_ready();
+        // Traffic starts once the first LISTEN and its catch-up refresh are done (or the first
+        // attempt failed: an outage must not keep the listener closed), so no key cached by an
+        // early request is dropped by that refresh.
+        let mut ready = Some(ready);
         let mut refresh = tokio::time::interval(db.settings.refresh_interval);
         refresh.tick().await;
         let mut probe = tokio::time::interval(Duration::from_secs(2));
@@ -400,6 +430,9 @@ impl BackgroundService for ControlSync {
                 Ok(l) => l,
                 Err(e) => {
                     db.healthy.store(false, Ordering::Relaxed);
+                    if let Some(r) = ready.take() {
+                        r.notify_ready();
+                    }
                     tracing::warn!(error = %e, "cannot LISTEN; retrying");
                     tokio::select! {
                         _ = shutdown.changed() => return,
@@ -408,12 +441,18 @@ impl BackgroundService for ControlSync {
                 }
             };
             if let Err(e) = listener.listen(db::CONFIG_CHANNEL).await {
+                if let Some(r) = ready.take() {
+                    r.notify_ready();
+                }
                 tracing::warn!(error = %e, "LISTEN failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             // Changes may have been missed while not listening.
             self.full_refresh(&db).await;
+            if let Some(r) = ready.take() {
+                r.notify_ready();
+            }
             loop {
                 tokio::select! {
                     _ = shutdown.changed() => return,

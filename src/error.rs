@@ -49,16 +49,35 @@ pub enum ErrorCode {
     ModelNotAllowed,
     /// 403: provider disabled.
     ProviderDisabled,
+    /// 403: a filter blocked the request (a filter may answer with its own status and code).
+    PluginBlocked,
+    /// 403: the admin API caller's role may not do this.
+    Forbidden,
     /// 404: unknown route.
     NotFound,
     /// 405: wrong method.
     MethodNotAllowed,
     /// 408: the request body did not arrive in time.
     RequestTimeout,
+    /// 409: the admin API row conflicts with an existing one.
+    Conflict,
     /// 411: a body of unknown length too large to replay.
     LengthRequired,
     /// 413: body over the limit.
     PayloadTooLarge,
+    /// 402: a matching budget has no capacity.
+    BudgetExceeded,
+    /// 403: the client address is refused by an IP policy.
+    IpNotAllowed,
+    /// 429: rate limits (SPEC §7).
+    RpsExceeded,
+    RpmExceeded,
+    BurstExceeded,
+    TpmExceeded,
+    ConcurrencyExceeded,
+    MaxTokensExceeded,
+    /// 429: a quota window is exhausted.
+    QuotaExceeded,
     /// 501: the provider has no such endpoint.
     Unsupported,
     /// 502: the provider failed.
@@ -71,6 +90,22 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// 500: a bug.
     InternalError,
+    /// 400: `/v1/mcp/{ref}` with a reference that is neither a slug nor an id.
+    InvalidMcpRef,
+    /// 400: the MCP server's transport cannot serve this request.
+    InvalidTransport,
+    /// 403: no `ApiKeyMcpAccess` grant for the MCP server.
+    McpNotAllowed,
+    /// 403: an MCP guardrail (allowed/blocked tools, keywords) refused the call.
+    McpGuardrailBlock,
+    /// 404: no enabled MCP server of the key's organisation has this slug or id.
+    McpNotFound,
+    /// 502: the MCP server failed or could not be reached.
+    McpUpstreamError,
+    /// 502: the STDIO MCP server could not be started or died.
+    McpStdioError,
+    /// 502: the upstream credential of the MCP server could not be obtained.
+    McpAuthError,
 }
 
 impl ErrorCode {
@@ -90,17 +125,37 @@ impl ErrorCode {
             ApiKeyRevoked => "api_key_revoked",
             ModelNotAllowed => "model_not_allowed",
             ProviderDisabled => "provider_disabled",
+            PluginBlocked => "plugin_blocked",
+            Forbidden => "forbidden",
             NotFound => "not_found",
+            Conflict => "conflict",
             MethodNotAllowed => "method_not_allowed",
             RequestTimeout => "request_timeout",
             LengthRequired => "length_required",
             PayloadTooLarge => "payload_too_large",
+            BudgetExceeded => "budget_exceeded",
+            IpNotAllowed => "ip_not_allowed",
+            RpsExceeded => "rps_exceeded",
+            RpmExceeded => "rpm_exceeded",
+            BurstExceeded => "burst_exceeded",
+            TpmExceeded => "tpm_exceeded",
+            ConcurrencyExceeded => "concurrency_exceeded",
+            MaxTokensExceeded => "max_tokens_exceeded",
+            QuotaExceeded => "quota_exceeded",
             Unsupported => "unsupported",
             UpstreamError => "upstream_error",
             UpstreamUnreachable => "upstream_unreachable",
             DependencyUnavailable => "dependency_unavailable",
             UpstreamTimeout => "upstream_timeout",
             InternalError => "internal_error",
+            InvalidMcpRef => "invalid_mcp_ref",
+            InvalidTransport => "invalid_transport",
+            McpNotAllowed => "mcp_not_allowed",
+            McpGuardrailBlock => "mcp_guardrail_block",
+            McpNotFound => "mcp_not_found",
+            McpUpstreamError => "mcp_upstream_error",
+            McpStdioError => "mcp_stdio_error",
+            McpAuthError => "mcp_auth_error",
         }
     }
 
@@ -114,17 +169,26 @@ impl ErrorCode {
             | ProviderNotAllowed
             | ProviderNotConfigured
             | ProviderApiKeyNotConfigured
-            | ProviderTypeUnsupported => 400,
+            | ProviderTypeUnsupported
+            | InvalidMcpRef
+            | InvalidTransport => 400,
             Unauthorized | ApiKeyExpired | ApiKeyRevoked => 401,
-            ModelNotAllowed | ProviderDisabled => 403,
-            NotFound => 404,
+            ModelNotAllowed | ProviderDisabled | PluginBlocked | Forbidden => 403,
+            McpNotAllowed | McpGuardrailBlock => 403,
+            NotFound | McpNotFound => 404,
             MethodNotAllowed => 405,
             RequestTimeout => 408,
+            Conflict => 409,
             LengthRequired => 411,
             PayloadTooLarge => 413,
+            BudgetExceeded => 402,
+            IpNotAllowed => 403,
+            RpsExceeded | RpmExceeded | BurstExceeded | TpmExceeded | ConcurrencyExceeded
+            | MaxTokensExceeded | QuotaExceeded => 429,
             InternalError => 500,
             Unsupported => 501,
             UpstreamError | UpstreamUnreachable => 502,
+            McpUpstreamError | McpStdioError | McpAuthError => 502,
             DependencyUnavailable => 503,
             UpstreamTimeout => 504,
         }
@@ -135,8 +199,13 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             Unauthorized | ApiKeyExpired | ApiKeyRevoked => "authentication_error",
-            ModelNotAllowed | ProviderDisabled => "permission_error",
-            NotFound => "not_found_error",
+            ModelNotAllowed | ProviderDisabled | PluginBlocked | Forbidden | IpNotAllowed
+            | McpNotAllowed | McpGuardrailBlock => "permission_error",
+            RpsExceeded | RpmExceeded | BurstExceeded | TpmExceeded | ConcurrencyExceeded
+            | MaxTokensExceeded | QuotaExceeded => "rate_limit_error",
+            BudgetExceeded => "insufficient_quota",
+            NotFound | McpNotFound => "not_found_error",
+            McpUpstreamError | McpStdioError | McpAuthError => "api_error",
             UpstreamError
             | UpstreamUnreachable
             | UpstreamTimeout
@@ -153,8 +222,10 @@ impl ErrorCode {
         match self.status() {
             400 | 411 | 413 => "INVALID_ARGUMENT",
             401 => "UNAUTHENTICATED",
+            402 => "RESOURCE_EXHAUSTED",
             403 => "PERMISSION_DENIED",
             404 | 405 => "NOT_FOUND",
+            409 => "ALREADY_EXISTS",
             408 | 504 => "DEADLINE_EXCEEDED",
             429 => "RESOURCE_EXHAUSTED",
             501 => "UNIMPLEMENTED",

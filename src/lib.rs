@@ -4,18 +4,26 @@
 //! this library so that tests and benches link the same code.
 
 pub mod admin;
+pub mod api;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod db;
 pub mod error;
+pub mod filters;
+pub mod governance;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
 pub mod routing;
+pub mod safety;
 pub mod server;
 pub mod services;
 pub mod sse;
 pub mod state;
+pub mod store;
+pub mod telemetry;
 pub mod translate;
 pub mod usage;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 /// jemalloc: per-request allocations (headers, bodies, records) are many and short-lived; it
 /// beats the system allocator on the request path and keeps RSS per open stream low.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::process::ExitCode;
@@ -48,6 +49,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SecretsCmd,
     },
+    /// Admin API maintenance (database mode).
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Generate a virtual key: prints the secret (once) and the SHA-256 hash for the config.
     Keygen,
     /// Print the SHA-256 hash of a virtual key read from standard input.
@@ -62,6 +68,24 @@ enum SecretsCmd {
         /// Postgres URL (default: $DATABASE_URL).
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Create the first SUPER_ADMIN user (when there is none) and print a new admin token once.
+    Bootstrap {
+        /// Postgres URL (default: $DATABASE_URL).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// E-mail of the super admin (default: admin@localhost); naming an existing super
+        /// admin issues another token for it.
+        #[arg(long)]
+        email: Option<String>,
+        /// Also set the super admin's admin-console password, read from this environment
+        /// variable (the password never appears on the command line).
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
     },
 }
 
@@ -168,6 +192,50 @@ fn main() -> ExitCode {
                     } else {
                         ExitCode::FAILURE
                     }
+                }
+                Err(e) => {
+                    eprintln!("wharf: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Admin {
+            cmd:
+                AdminCmd::Bootstrap {
+                    database_url,
+                    email,
+                    password_env,
+                },
+        } => {
+            let password = match password_env.as_deref().map(std::env::var) {
+                None => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err(_)) => {
+                    eprintln!(
+                        "wharf: the environment variable {} is not set",
+                        password_env.as_deref().unwrap_or_default()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("wharf: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(wharf::api::bootstrap::run(
+                &database_url,
+                email.as_deref(),
+                password.as_deref(),
+            )) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("wharf: {e}");

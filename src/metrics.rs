@@ -3,7 +3,7 @@
 use once_cell::sync::Lazy;
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -37,6 +37,21 @@ lazy_metric!(COST: IntCounterVec = register_int_counter_vec!(
     "wharf_cost_nanos_usd_total", "Cost in nanos-USD", &["provider", "model"]));
 lazy_metric!(UPSTREAM_ERRORS: IntCounterVec = register_int_counter_vec!(
     "wharf_upstream_errors_total", "Upstream failures by provider and class", &["provider", "class"]));
+lazy_metric!(ROUTING_DECISIONS: IntCounterVec = register_int_counter_vec!(
+    "wharf_routing_decisions_total", "Routing plans made, by strategy", &["strategy"]));
+lazy_metric!(FAILOVERS: IntCounterVec = register_int_counter_vec!(
+    "wharf_failovers_total", "Attempts abandoned for another deployment, by failed provider and class",
+    &["provider", "class"]));
+lazy_metric!(EJECTIONS: IntCounterVec = register_int_counter_vec!(
+    "wharf_deployment_ejections_total", "Deployments ejected by the circuit breaker",
+    &["provider", "model"]));
+lazy_metric!(SPANS_EXPORTED: IntCounter = register_int_counter!(
+    "wharf_trace_spans_exported_total", "Spans accepted by the OTLP endpoint"));
+lazy_metric!(SPANS_DROPPED: IntCounter = register_int_counter!(
+    "wharf_trace_spans_dropped_total", "Spans dropped: queue full or export failed"));
+lazy_metric!(SAFETY_DECISIONS: IntCounterVec = register_int_counter_vec!(
+    "wharf_safety_decisions_total", "SafetySec decisions with a finding, by action and reason",
+    &["action", "reason"]));
 lazy_metric!(IN_FLIGHT: IntGauge = register_int_gauge!(
     "wharf_requests_in_flight", "Requests being served"));
 lazy_metric!(USAGE_QUEUE_DEPTH: IntGauge = register_int_gauge!(
@@ -47,10 +62,30 @@ lazy_metric!(USAGE_WRITTEN: IntCounter = register_int_counter!(
     "wharf_usage_records_written_total", "Usage records written by the sink"));
 lazy_metric!(USAGE_WRITE_ERRORS: IntCounter = register_int_counter!(
     "wharf_usage_write_errors_total", "Usage records the sink failed to write"));
+lazy_metric!(RATE_LIMITED: IntCounterVec = register_int_counter_vec!(
+    "wharf_rate_limited_total", "Requests refused by a rate or payload limit", &["code", "scope"]));
+lazy_metric!(RATE_LIMIT_STORE_ERRORS: IntCounter = register_int_counter!(
+    "wharf_rate_limit_store_errors_total", "Rate-limit checks Redis could not answer"));
+lazy_metric!(BUDGET_WARNINGS: IntCounterVec = register_int_counter_vec!(
+    "wharf_budget_warnings_total", "Budget and quota warning thresholds crossed", &["kind", "threshold"]));
+lazy_metric!(BUDGET_WARNING_WEBHOOKS: IntCounterVec = register_int_counter_vec!(
+    "wharf_budget_warning_webhooks_total",
+    "Warning-threshold webhook deliveries by result (sent, failed, dropped)", &["result"]));
 lazy_metric!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
     "wharf_config_reloads_total", "Configuration reloads by result", &["result"]));
 lazy_metric!(CONFIG_VERSION: IntGauge = register_int_gauge!(
     "wharf_config_version", "Generation of the configuration being served"));
+lazy_metric!(FILTER_DECISIONS: IntCounterVec = register_int_counter_vec!(
+    "wharf_filter_decisions_total", "Filter decisions by filter, phase and action (continue, mutate, block, error)",
+    &["filter", "phase", "action"]));
+lazy_metric!(FILTER_ERRORS: IntCounterVec = register_int_counter_vec!(
+    "wharf_filter_errors_total", "Contained filter failures by filter and kind (runtime, memory, instructions, timeout, io)",
+    &["filter", "kind"]));
+lazy_metric!(FILTER_SCRIPT_RELOADS: IntCounterVec = register_int_counter_vec!(
+    "wharf_filter_script_reloads_total", "Hot reloads of filter scripts by result", &["filter", "result"]));
+lazy_metric!(FILTER_SCRIPT_HEALTHY: IntGaugeVec = register_int_gauge_vec!(
+    "wharf_filter_script_healthy", "0 while the script file on disk fails to load (the previous version runs)",
+    &["filter"]));
 
 /// `2xx`, `4xx`, ...
 pub fn status_class(status: u16) -> &'static str {
@@ -80,6 +115,10 @@ pub fn init() {
     Lazy::force(&USAGE_WRITE_ERRORS);
     Lazy::force(&CONFIG_RELOADS);
     Lazy::force(&CONFIG_VERSION);
+    Lazy::force(&FILTER_DECISIONS);
+    Lazy::force(&FILTER_ERRORS);
+    Lazy::force(&FILTER_SCRIPT_RELOADS);
+    Lazy::force(&FILTER_SCRIPT_HEALTHY);
 }
 
 /// The text exposition of the default registry.

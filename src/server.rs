@@ -158,8 +158,10 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
     if let Some(admin_addr) = &server_cfg.admin_listen {
         let mut admin = Service::new(
             "wharf-admin".to_string(),
-            AdminApp {
-                state: state.clone(),
+            crate::admin::AdminListener {
+                app: AdminApp {
+                    state: state.clone(),
+                },
             },
         );
         admin.add_tcp(admin_addr);
@@ -174,6 +176,11 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
             database: usage_database,
         },
     ));
+    let telemetry = state.current().config.telemetry.clone();
+    if let Some((exporter, task)) = crate::telemetry::Exporter::new(&telemetry) {
+        let _ = state.traces.set(exporter);
+        server.add_service(background_service("trace-exporter", task));
+    }
     server.add_service(background_service(
         "config-watcher",
         ConfigWatcher {

@@ -107,6 +107,7 @@ impl BackgroundService for ConfigWatcher {
                     let _ = self.state.reload().await;
                 }
                 _ = tokio::time::sleep(interval) => {
+                    crate::filters::refresh_scripts(&self.state.current().config.filters);
                     let now = file_stamp(&path);
                     if now.is_some() && now != stamp {
                         stamp = now;

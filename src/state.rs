@@ -44,6 +44,12 @@ pub struct State {
     pub db: Option<Arc<crate::control::DbMode>>,
     /// Last Redis probe (`None` when Redis is not configured).
     pub redis_healthy: Option<std::sync::atomic::AtomicBool>,
+    /// Where catalog and keys come from: the file, then Postgres in database mode.
+    pub stores: Vec<Arc<dyn crate::store::Store>>,
+    /// The trace exporter, when `telemetry.otlp_endpoint` is set (fixed at start).
+    pub traces: std::sync::OnceLock<crate::telemetry::Exporter>,
+    /// Rate-limit counters (kept across reloads).
+    pub governance: crate::governance::Governance,
 }
 
 impl State {
@@ -59,7 +65,9 @@ impl State {
             .redis_url
             .as_ref()
             .map(|_| std::sync::atomic::AtomicBool::new(false));
+        let governance = crate::governance::Governance::new(&config, db.clone());
         Arc::new(State {
+            governance,
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config,
                 version: 1,
@@ -72,8 +80,10 @@ impl State {
             reachability: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(1),
             last_reload_error: RwLock::new(None),
+            stores: crate::store::stores(db.as_ref()),
             db,
             redis_healthy,
+            traces: std::sync::OnceLock::new(),
         })
     }
 
@@ -90,19 +100,12 @@ impl State {
             .await
             .map_err(|e| ConfigError(vec![format!("reload task failed: {e}")]))
             .and_then(|r| r);
-        let parsed = match (parsed, &self.db) {
-            (Ok(mut c), Some(db)) => match db.pool.load_full() {
-                Some(pool) => {
-                    match crate::control::merge_catalog(&mut c, &pool, &db.master_keys).await {
-                        Ok(()) => Ok(c),
-                        Err(e) => Err(ConfigError(vec![format!("database catalog: {e}")])),
-                    }
-                }
-                None => Err(ConfigError(vec![
-                    "database catalog: not connected yet".to_string()
-                ])),
+        let parsed = match parsed {
+            Ok(mut c) => match crate::store::load_catalogs(&self.stores, &mut c).await {
+                Ok(()) => Ok(c),
+                Err(e) => Err(ConfigError(vec![e])),
             },
-            (other, _) => other,
+            Err(e) => Err(e),
         };
         let cfg = match parsed {
             Ok(c) => c,

@@ -178,6 +178,19 @@ pub struct UsageRecord {
     pub client_disconnected: bool,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// OpenTelemetry trace id (32 hex digits) when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// What filters decided (mutate, block, error) and the metadata they set; absent when
+    /// no filter did anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<crate::filters::FilterReport>,
+    /// MCP requests: the server's slug.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_server: Option<String>,
+    /// MCP requests: one record per JSON-RPC call (`mcp_usage_records`), linked by request id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mcp_calls: Vec<crate::mcp::McpUsageRecord>,
 }
 
 /// The request-path end of the usage queue.

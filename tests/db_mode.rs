@@ -12,12 +12,8 @@ use wharf::config::{KeyType, ModelType, Pricing, ProviderKind};
 use wharf::db::crypto::MasterKeys;
 use wharf::db::load;
 
-const MASTER: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const MASTER: &str = common::db::TEST_MASTER_KEYS;
 const SECRET: &str = "invalidate-me-please";
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 struct Seed {
     key_id: uuid::Uuid,
@@ -27,74 +23,22 @@ struct Seed {
 }
 
 async fn seed(db: &TestDb, mock: &wharf::mock::MockServer) -> Seed {
-    let keys = MasterKeys::parse(MASTER).unwrap();
-    let org = load::create_organisation(&db.pool, "Acme").await.unwrap();
-    let provider = load::create_provider(
-        &db.pool,
-        org,
-        "mockp",
-        ProviderKind::OpenAi,
-        &format!("http://{}/v1", mock.addr()),
-        &keys,
-        Some(PROVIDER_KEY),
-    )
-    .await
-    .unwrap();
-    let pricing = Pricing {
-        input: 1_000_000_000,
-        output: 2_000_000_000,
-        cached: 1_000_000_000,
-        reasoning: 2_000_000_000,
-        image: 0,
-    };
-    let model = load::create_model(
-        &db.pool,
-        org,
-        "db-chat",
-        "db-slug",
-        ModelType::Chat,
-        provider,
-        pricing,
-    )
-    .await
-    .unwrap();
-    let (key_id, secret) = load::create_api_key(
-        &db.pool,
-        org,
-        KeyType::Organisation,
-        None,
-        None,
-        "k",
-        &[model],
-    )
-    .await
-    .unwrap();
+    let c = common::db::seed_catalog(db, mock, "Acme", "db-chat", "db-slug").await;
+    let (key_id, secret) = common::db::seed_key(db, c.org, "k", &[c.model]).await;
     Seed {
         key_id,
         secret,
-        org,
-        provider,
+        org: c.org,
+        provider: c.provider,
     }
 }
 
 fn db_config(port: u16, admin: u16, dir: &std::path::Path) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-threads = 2
-log_level = "warn"
-pid_file = "{dir}/wharf.pid"
-upgrade_sock = "{dir}/upgrade.sock"
-
-[usage]
-path = "{dir}/usage.jsonl"
-spill_path = "{dir}/spill.jsonl"
-
-[database]
-url_env = "WHARF_TEST_DATABASE_URL"
-refresh_interval_seconds = 30
+    common::db::node_config(
+        port,
+        admin,
+        dir,
+        r#"refresh_interval_seconds = 30
 
 [redis]
 url_env = "WHARF_TEST_REDIS_URL"
@@ -102,7 +46,6 @@ url_env = "WHARF_TEST_REDIS_URL"
 [control]
 invalidation_secret_env = "WHARF_TEST_INVALIDATION_SECRET"
 "#,
-        dir = dir.display()
     )
 }
 
@@ -113,7 +56,7 @@ async fn start(mock: &wharf::mock::MockServer, db_url: String) -> Gw {
         &[
             ("WHARF_TEST_DATABASE_URL", db_url),
             ("WHARF_MASTER_KEYS", MASTER.to_string()),
-            ("WHARF_TEST_REDIS_URL", redis_url()),
+            ("WHARF_TEST_REDIS_URL", common::db::redis_url()),
             ("WHARF_TEST_INVALIDATION_SECRET", SECRET.to_string()),
         ],
     )
@@ -483,4 +426,161 @@ async fn postgres_outage_serves_cached_keys_and_503s_the_rest() {
     let (st, v) = chat(&gw, &uncached, "db-chat-3").await;
     assert_eq!(st, 503, "{v}");
     assert_eq!(v["error"]["code"], "dependency_unavailable");
+}
+
+#[tokio::test]
+async fn deployments_and_routing_policies_come_from_postgres() {
+    let mock = mock().await;
+    let db = TestDb::new(true).await;
+    let s = seed(&db, &mock).await;
+    let keys = MasterKeys::parse(MASTER).unwrap();
+    // A provider that answers 503, made the model's own; its healthy deployment stays.
+    let down = load::create_provider(
+        &db.pool,
+        s.org,
+        "downp",
+        ProviderKind::Custom,
+        &format!("http://{}/v1", mock.addr()),
+        &keys,
+        Some(PROVIDER_KEY),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE providers SET extra_headers = '{\"x-mock-status\": \"503\"}' WHERE id = $1",
+    )
+    .bind(down)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let model: uuid::Uuid = sqlx::query_scalar("SELECT id FROM models WHERE name = 'db-chat'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE models SET provider_id = $1 WHERE id = $2")
+        .bind(down)
+        .bind(model)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO model_deployments (organisation_id, model_id, provider_id, slug)
+         VALUES ($1, $2, $3, 'db-slug-b')",
+    )
+    .bind(s.org)
+    .bind(model)
+    .bind(s.provider)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let gw = start(&mock, db.url()).await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&s.secret)
+        .json(&chat_body("db-chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-wharf-attempts"], "2");
+    assert_eq!(r.headers()["x-wharf-provider"], "mockp");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "db-slug-b");
+
+    // A key routing policy set in SQL: failover only on rate limits, so the 503 passes through.
+    sqlx::query(
+        "UPDATE api_keys SET routing_policy =
+           '{\"routing\":{\"chat\":{\"candidates\":[{\"modelName\":\"db-chat\"}],\"failoverOn\":[\"rate_limit\"]}}}'
+         WHERE id = $1",
+    )
+    .bind(s.key_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    within(
+        Duration::from_secs(2),
+        "the key's policy applies",
+        || async { chat(&gw, &s.secret, "db-chat").await.0 == 503 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn filter_chains_come_from_postgres_and_reload_on_change() {
+    let mock = mock().await;
+    let db = TestDb::new(true).await;
+    let s = seed(&db, &mock).await;
+    let gw = start(&mock, db.url()).await;
+    let ask = |text: &'static str| {
+        let gw = &gw;
+        let key = s.secret.clone();
+        async move {
+            let r = client()
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": "db-chat",
+                              "messages": [{"role": "user", "content": text}]}))
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            (st, rid, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(ask("a project-x question").await.0, 200);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("filters/examples/keyword_block.lua")
+        .display()
+        .to_string();
+    sqlx::query(
+        "INSERT INTO filters (organisation_id, name, kind, script, settings)
+         VALUES ($1, 'kw', 'lua', $2, '{\"vars\": {\"words\": [\"project-x\"]}}')",
+    )
+    .bind(s.org)
+    .bind(&script)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    within(Duration::from_secs(2), "the database filter", || async {
+        ask("a project-x question").await.0 == 403
+    })
+    .await;
+    let (st, rid, body) = ask("another project-x question").await;
+    assert_eq!(st, 403);
+    assert_eq!(body["error"]["code"], "keyword_blocked", "{body}");
+    let rec = gw.usage_of(&rid).await;
+    assert_eq!(rec["filters"]["decisions"][0]["filter"], "acme/kw", "{rec}");
+    assert_eq!(ask("a harmless question").await.0, 200);
+
+    // A row the gateway cannot build is refused at load: the running chain stays.
+    sqlx::query("UPDATE filters SET settings = '{\"bogus\": 1}' WHERE name = 'kw'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    within(Duration::from_secs(2), "the rejected reload", || async {
+        let v: Value = client()
+            .get(gw.admin_url("/v1/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["components"]["config"]["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("acme/kw") && e.contains("bogus"))
+    })
+    .await;
+    assert_eq!(ask("a project-x question").await.0, 403);
+
+    // Deleting the row ends the chain on the next refresh.
+    sqlx::query("DELETE FROM filters WHERE name = 'kw'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    within(Duration::from_secs(2), "the filter removal", || async {
+        ask("a project-x question").await.0 == 200
+    })
+    .await;
 }

@@ -164,6 +164,10 @@ async fn every_table_and_enum_exists() {
         "budget_requests",
         "budget_reservations",
         "quota_reservations",
+        "admin_tokens",
+        "filters",
+        "console_sessions",
+        "budget_topups",
     ];
     expected.sort_unstable();
     assert_eq!(tables, expected);
@@ -703,6 +707,7 @@ async fn config_changes_are_notified() {
         "api_key_mcp_access",
         "budgets",
         "quotas",
+        "filters",
     ];
     expected_tables.sort_unstable();
     assert_eq!(wired, expected_tables);

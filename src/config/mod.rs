@@ -8,6 +8,9 @@ pub mod provider;
 pub mod raw;
 
 use crate::keys::KeyHash;
+use crate::routing::credentials::Credentials;
+use crate::routing::policy::RoutingPolicy;
+use crate::routing::{FailoverOn, Router, RouterConfig, Strategy};
 use http::{HeaderName, HeaderValue};
 use raw::{RawConfig, RawKey, RawModel, RawProvider};
 use std::collections::{HashMap, HashSet};
@@ -72,6 +75,17 @@ pub struct Config {
     pub invalidation_secret: Option<Secret>,
     /// Non-fatal findings (e.g. a credential variable that is not set).
     pub warnings: Vec<String>,
+    /// Circuit-breaker tuning of every router.
+    pub routing: RouterConfig,
+    /// Routing policies of organisations (from the file and, in database mode, Postgres).
+    pub org_routing: HashMap<String, Arc<RoutingPolicy>>,
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Filter chains (SPEC §9).
+    pub filters: Arc<crate::filters::FilterSet>,
+    /// Policies of the global, organisation and team scopes; trusted proxies.
+    pub governance: crate::governance::GovConfig,
+    /// MCP servers of the file and, in database mode, of every organisation (SPEC §8).
+    pub mcp: crate::mcp::config::McpCatalog,
 }
 
 /// One organisation's models (database mode).
@@ -208,8 +222,8 @@ pub struct Provider {
     /// Path prefix of the API root, e.g. `/v1` (no trailing slash).
     pub base_path: String,
     pub api_key: Option<Secret>,
-    /// The credential header value, ready to insert (built at load).
-    pub auth_value: Option<HeaderValue>,
+    /// The credential header values, ready to insert (built at load), used in turn.
+    pub credentials: Credentials,
     pub api_key_env: Option<String>,
     /// Header carrying the credential (lower case).
     pub auth_header: HeaderName,
@@ -301,11 +315,107 @@ pub struct Model {
     /// Upstream URIs already built for this model, by route name (requests without a client
     /// query string reuse them instead of formatting and parsing a URI each time).
     pub uri_cache: std::sync::RwLock<HashMap<&'static str, http::Uri>>,
+    /// Share of traffic and failover rank of this deployment.
+    pub weight: u32,
+    pub priority: u32,
+    /// Every deployment of the model (its own first) with live routing state; `None` when the
+    /// model has only its own. Each target is a `Model` of one deployment (no `deployments`).
+    pub deployments: Option<Arc<Deployments>>,
+    /// The model's policy (SPEC §7).
+    pub policy: Option<Arc<crate::governance::policy::Policy>>,
+}
+
+/// The deployments of a model (SPEC §5) and how one is chosen.
+#[derive(Debug)]
+pub struct Deployments {
+    /// Indexed by the router's deployment id.
+    pub targets: Vec<Arc<Model>>,
+    pub router: Arc<Router>,
+    pub strategy: Strategy,
+    pub failover_on: Vec<FailoverOn>,
+    /// Further attempts after the first; `None`: every other deployment once.
+    pub max_retries: Option<u32>,
+}
+
+impl Model {
+    /// A deployment of `self` on another provider/slug: same name, type, pricing and state.
+    pub fn deployment(
+        &self,
+        provider: Arc<Provider>,
+        slug: String,
+        weight: u32,
+        priority: u32,
+    ) -> Model {
+        Model {
+            name: self.name.clone(),
+            slug,
+            kind: self.kind,
+            provider,
+            pricing: self.pricing,
+            enabled: self.enabled,
+            uri_cache: Default::default(),
+            weight,
+            priority,
+            deployments: None,
+            policy: self.policy.clone(),
+        }
+    }
+
+    /// Gives `model` its deployment group: `extra` are further deployments. The router is
+    /// shared with the previous configuration when the group is unchanged (its health survives
+    /// reloads); `scope` distinguishes organisations.
+    pub fn with_deployments(
+        mut model: Model,
+        scope: &str,
+        extra: Vec<Model>,
+        strategy: Strategy,
+        failover_on: Vec<FailoverOn>,
+        max_retries: Option<u32>,
+        tuning: RouterConfig,
+    ) -> Model {
+        if extra.is_empty() {
+            return model;
+        }
+        let own = model.deployment(
+            model.provider.clone(),
+            model.slug.clone(),
+            model.weight,
+            model.priority,
+        );
+        let mut targets = vec![Arc::new(own)];
+        targets.extend(extra.into_iter().map(Arc::new));
+        let mut sig = format!("model|{scope}|{}|{tuning:?}", model.name);
+        let deps: Vec<crate::routing::Deployment> = targets
+            .iter()
+            .enumerate()
+            .map(|(id, t)| {
+                sig.push_str(&format!(
+                    "|{}:{}:{}:{}",
+                    t.provider.name, t.slug, t.weight, t.priority
+                ));
+                crate::routing::Deployment {
+                    id,
+                    weight: t.weight,
+                    priority: t.priority,
+                }
+            })
+            .collect();
+        let router = crate::routing::registry::router(&sig, &deps, tuning);
+        model.deployments = Some(Arc::new(Deployments {
+            targets,
+            router,
+            strategy,
+            failover_on,
+            max_retries,
+        }));
+        model
+    }
 }
 
 /// Key types (SPEC §1.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeyType {
+    #[default]
     Organisation,
     Team,
     User,
@@ -323,7 +433,7 @@ impl KeyType {
 }
 
 /// A virtual key as the gateway knows it: a hash and what it may do.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct VirtualKey {
     pub id: String,
     pub name: Option<String>,
@@ -337,12 +447,23 @@ pub struct VirtualKey {
     pub revoked: bool,
     pub all_models: bool,
     pub models: HashSet<String>,
+    /// Routing policy of the key (SPEC §5); it replaces the organisation's rule by rule.
+    pub routing: Option<Arc<RoutingPolicy>>,
+    /// Policies of the key (and, in database mode, of its organisation and team).
+    pub policies: crate::governance::KeyPolicies,
+    /// Ids of the MCP servers the key may reach (`"*"`: every one of its organisation).
+    pub mcp_servers: HashSet<String>,
 }
 
 impl VirtualKey {
     /// Whether this key may call `model`.
     pub fn may_use(&self, model: &str) -> bool {
         self.all_models || self.models.contains(model)
+    }
+
+    /// Whether this key holds a grant for the MCP server with this id.
+    pub fn may_use_mcp(&self, server_id: &str) -> bool {
+        self.mcp_servers.contains(server_id) || self.mcp_servers.contains("*")
     }
 }
 
@@ -404,11 +525,58 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let r = &raw.routing;
+    if r.failure_threshold == 0 {
+        errs.push("routing.failure_threshold: must be at least 1".into());
+    }
+    for (k, v) in [
+        ("failure_window_ms", r.failure_window_ms),
+        ("cooldown_ms", r.cooldown_ms),
+    ] {
+        if v == 0 {
+            errs.push(format!("routing.{k}: must be at least 1"));
+        }
+    }
+    let routing = RouterConfig {
+        failure_threshold: r.failure_threshold.max(1),
+        failure_window: Duration::from_millis(r.failure_window_ms.max(1)),
+        cooldown: Duration::from_millis(r.cooldown_ms.max(1)),
+        probe_timeout: Duration::from_millis(r.cooldown_ms.clamp(1_000, 30_000)),
+        ..RouterConfig::default()
+    };
+    let mut org_routing = HashMap::new();
+    for (org, v) in &r.organisations {
+        match RoutingPolicy::parse(v, &format!("routing.organisations.{org}")) {
+            Ok(p) => {
+                org_routing.insert(org.clone(), Arc::new(p));
+            }
+            Err(e) => errs.push(e),
+        }
+    }
+
+    let t = &raw.telemetry;
+    if !(0.0..=1.0).contains(&t.sample_ratio) || !t.sample_ratio.is_finite() {
+        errs.push("telemetry.sample_ratio: must be between 0 and 1".into());
+    }
+    if let Some(e) = &t.otlp_endpoint {
+        match e.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => errs.push(format!(
+                "telemetry.otlp_endpoint: `{e}` is not an http(s) URL (e.g. http://127.0.0.1:4318/v1/traces)"
+            )),
+        }
+    }
+    let telemetry = crate::telemetry::TelemetryConfig {
+        otlp_endpoint: t.otlp_endpoint.clone(),
+        sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
+        service_name: t.service_name.clone(),
+    };
+
     let mut models = HashMap::new();
     let mut model_order = Vec::new();
     for (i, m) in raw.models.iter().enumerate() {
         let at = format!("models[{i}]");
-        if let Some(m) = validate_model(&at, m, &by_name, &mut errs) {
+        if let Some(m) = validate_model(&at, m, &by_name, routing, &mut errs) {
             if models.contains_key(&m.name) {
                 errs.push(format!("{at}.name: duplicate model name `{}`", m.name));
                 continue;
@@ -418,11 +586,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let mcp = crate::mcp::config::build_file_servers(&raw.mcp_servers, &mut errs, &mut warnings);
+    let mcp_ids = mcp.file_ids();
     let mut keys = HashMap::new();
     let mut key_ids = HashSet::new();
     for (i, k) in raw.keys.iter().enumerate() {
         let at = format!("keys[{i}]");
-        if let Some((hash, k)) = validate_key(&at, k, &models, &mut errs) {
+        if let Some((hash, k)) = validate_key(&at, k, &models, &mcp_ids, &mut errs) {
             if !key_ids.insert(k.id.clone()) {
                 errs.push(format!("{at}.id: duplicate key id `{}`", k.id));
                 continue;
@@ -492,6 +662,24 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             v
         });
+    let filters = Arc::new(crate::filters::build(&raw.filters, &mut errs));
+    let governance = crate::governance::build_config(
+        &raw.policies,
+        &raw.organisations,
+        &raw.teams,
+        &raw.governance,
+        &raw.server.trusted_proxies,
+        &mut errs,
+    );
+    let mut governance = governance;
+    governance.meters = crate::governance::budget::build_meters(&raw.budgets, false, &mut errs);
+    governance
+        .meters
+        .extend(crate::governance::budget::build_meters(
+            &raw.quotas,
+            true,
+            &mut errs,
+        ));
     if !errs.is_empty() {
         return Err(ConfigError(errs));
     }
@@ -507,6 +695,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         redis_url,
         invalidation_secret,
         warnings,
+        routing,
+        org_routing,
+        telemetry,
+        filters,
+        governance,
+        mcp,
     })
 }
 
@@ -642,7 +836,20 @@ fn validate_provider(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     };
-    match provider::build_provider(&spec, api_key, p.api_key_env.clone()) {
+    let mut api_keys: Vec<Secret> = api_key.into_iter().collect();
+    for (j, var) in p.api_key_envs.iter().enumerate() {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => api_keys.push(Secret::new(v)),
+            _ if var.is_empty() => errs.push(format!(
+                "{at}.api_key_envs[{j}]: must name an environment variable"
+            )),
+            _ => warnings.push(format!(
+                "{at}.api_key_envs[{j}]: environment variable `{var}` is not set; provider `{}` uses its other credentials",
+                p.name
+            )),
+        }
+    }
+    match provider::build_provider(&spec, api_keys, p.api_key_env.clone()) {
         Ok(built) if errs.len() == before => Some(built),
         Ok(_) => None,
         Err(problems) => {
@@ -667,6 +874,7 @@ fn validate_model(
     at: &str,
     m: &RawModel,
     providers: &HashMap<String, Arc<Provider>>,
+    tuning: RouterConfig,
     errs: &mut Vec<String>,
 ) -> Option<Model> {
     let before = errs.len();
@@ -713,10 +921,54 @@ fn validate_model(
         // USD per image → nanos per image (the helper scales by 1e9 either way).
         image: usd_to_nanos(&format!("{at}.pricing.image"), pr.image, errs),
     };
+    let strategy = match &m.strategy {
+        Some(s) => s.parse::<Strategy>().unwrap_or_else(|e| {
+            errs.push(format!("{at}.strategy: {e}"));
+            Strategy::Failover
+        }),
+        None => Strategy::Failover,
+    };
+    let failover_on = match &m.failover_on {
+        Some(list) => crate::routing::policy::parse_triggers(list, &format!("{at}.failover_on"))
+            .unwrap_or_else(|e| {
+                errs.push(e);
+                Vec::new()
+            }),
+        None => crate::routing::policy::DEFAULT_TRIGGERS.to_vec(),
+    };
+    if m.max_retries.is_some_and(|n| n > 8) {
+        errs.push(format!("{at}.max_retries: at most 8"));
+    }
+    let mut extra = Vec::new();
+    for (j, d) in m.deployments.iter().enumerate() {
+        let dat = format!("{at}.deployments[{j}]");
+        let Some(p) = providers.get(&d.provider) else {
+            errs.push(format!(
+                "{dat}.provider: no provider named `{}` is configured",
+                d.provider
+            ));
+            continue;
+        };
+        let slug = d.slug.clone().unwrap_or_else(|| m.slug.clone());
+        if !provider::valid_slug(&slug) {
+            errs.push(format!(
+                "{dat}.slug: `{slug}` is not a valid upstream model id"
+            ));
+        }
+        if d.enabled {
+            extra.push((
+                p.clone(),
+                slug,
+                d.weight,
+                d.priority.unwrap_or(j as u32 + 1),
+            ));
+        }
+    }
+    let policy = crate::governance::validated(at, &m.policies, errs);
     if errs.len() > before {
         return None;
     }
-    Some(Model {
+    let model = Model {
         name: m.name.clone(),
         slug: m.slug.clone(),
         kind: kind?,
@@ -724,13 +976,31 @@ fn validate_model(
         pricing,
         enabled: m.enabled,
         uri_cache: Default::default(),
-    })
+        weight: m.weight.unwrap_or(1),
+        priority: m.priority.unwrap_or(0),
+        deployments: None,
+        policy,
+    };
+    let extra = extra
+        .into_iter()
+        .map(|(p, slug, w, prio)| model.deployment(p, slug, w, prio))
+        .collect();
+    Some(Model::with_deployments(
+        model,
+        "",
+        extra,
+        strategy,
+        failover_on,
+        m.max_retries,
+        tuning,
+    ))
 }
 
 fn validate_key(
     at: &str,
     k: &RawKey,
     models: &HashMap<String, Arc<Model>>,
+    mcp_ids: &HashSet<&str>,
     errs: &mut Vec<String>,
 ) -> Option<(KeyHash, VirtualKey)> {
     let before = errs.len();
@@ -774,6 +1044,17 @@ fn validate_key(
             }
         }
     });
+    let routing = match &k.routing {
+        Some(v) => match RoutingPolicy::parse(v, &format!("{at}.routing")) {
+            Ok(p) if p.is_empty() => None,
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        },
+        None => None,
+    };
     let mut all_models = false;
     let mut granted = HashSet::new();
     for (j, m) in k.models.iter().enumerate() {
@@ -787,6 +1068,17 @@ fn validate_key(
             granted.insert(m.clone());
         }
     }
+    let mut mcp_servers = HashSet::new();
+    for (j, m) in k.mcp_servers.iter().enumerate() {
+        if m != "*" && !mcp_ids.contains(m.as_str()) {
+            errs.push(format!(
+                "{at}.mcp_servers[{j}]: no MCP server with id `{m}` is configured"
+            ));
+        } else {
+            mcp_servers.insert(m.clone());
+        }
+    }
+    let key_policy = crate::governance::validated(at, &k.policies, errs);
     if errs.len() > before {
         return None;
     }
@@ -804,6 +1096,12 @@ fn validate_key(
             revoked: k.revoked,
             all_models,
             models: granted,
+            routing,
+            policies: crate::governance::KeyPolicies {
+                key: key_policy,
+                ..Default::default()
+            },
+            mcp_servers,
         },
     ))
 }

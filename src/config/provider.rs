@@ -50,7 +50,7 @@ pub const NAME_RULE: &str = "must be 1-128 characters of letters, digits, - _ . 
 /// at once for IP literals. Every problem is returned, each prefixed with its field name.
 pub fn build_provider(
     spec: &ProviderSpec,
-    api_key: Option<Secret>,
+    api_keys: Vec<Secret>,
     api_key_env: Option<String>,
 ) -> Result<Provider, Vec<String>> {
     let mut errs = Vec::new();
@@ -138,21 +138,25 @@ pub fn build_provider(
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => Vec::new(),
     };
-    // The credential header's value, built once (Bearer for `authorization`, raw otherwise) and
-    // marked sensitive so it is never logged by header dumps.
-    let auth_value = api_key.as_ref().and_then(|k| {
-        let raw = if auth_header == http::header::AUTHORIZATION {
-            format!("Bearer {}", k.expose())
-        } else {
-            k.expose().to_string()
-        };
-        let mut v = HeaderValue::from_str(&raw).ok()?;
-        v.set_sensitive(true);
-        Some(v)
-    });
+    // The credential header values, built once (Bearer for `authorization`, raw otherwise) and
+    // marked sensitive so they are never logged by header dumps.
+    let values = api_keys
+        .iter()
+        .filter_map(|k| {
+            let raw = if auth_header == http::header::AUTHORIZATION {
+                format!("Bearer {}", k.expose())
+            } else {
+                k.expose().to_string()
+            };
+            let mut v = HeaderValue::from_str(&raw).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        })
+        .collect();
+    let api_key = api_keys.into_iter().next();
     Ok(Provider {
         name: spec.name.clone(),
-        auth_value,
+        credentials: crate::routing::credentials::Credentials::new(values),
         kind: spec.kind,
         tls,
         host,

@@ -32,6 +32,99 @@ pub struct RawConfig {
     /// Control-plane settings of the data plane.
     #[serde(default)]
     pub control: RawControl,
+    #[serde(default)]
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    /// Filter chains (`[[filters]]`, see `crate::filters::config`).
+    #[serde(default)]
+    pub filters: Vec<crate::filters::RawFilter>,
+    /// Global policy (SPEC §7).
+    pub policies: Option<crate::governance::policy::Policy>,
+    /// Policies of organisations and teams, by id.
+    #[serde(default)]
+    pub organisations: BTreeMap<String, crate::governance::RawScope>,
+    #[serde(default)]
+    pub teams: BTreeMap<String, crate::governance::RawScope>,
+    /// Rate-limit store behaviour.
+    #[serde(default)]
+    pub governance: crate::governance::RawGovernance,
+    /// Budgets and quotas (SPEC §7).
+    #[serde(default)]
+    pub budgets: Vec<crate::governance::budget::RawMeter>,
+    #[serde(default)]
+    pub quotas: Vec<crate::governance::budget::RawMeter>,
+    /// MCP servers (SPEC §8, see `crate::mcp::config`).
+    #[serde(default)]
+    pub mcp_servers: Vec<crate::mcp::config::RawMcpServer>,
+}
+
+/// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); none: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests traced when the client sent no `traceparent` decision.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        RawTelemetry {
+            otlp_endpoint: None,
+            sample_ratio: default_sample_ratio(),
+            service_name: default_service_name(),
+        }
+    }
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "wharf".into()
+}
+
+/// `[routing]`: circuit-breaker tuning and organisation routing policies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// Failures within `failure_window_ms` that eject a deployment.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "default_failure_window_ms")]
+    pub failure_window_ms: u64,
+    /// How long an ejected deployment gets no traffic (an upstream `Retry-After` overrides it).
+    #[serde(default = "default_cooldown_ms")]
+    pub cooldown_ms: u64,
+    /// Organisation id → routing policy in Odock's shape (SPEC §5).
+    #[serde(default)]
+    pub organisations: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            failure_threshold: default_failure_threshold(),
+            failure_window_ms: default_failure_window_ms(),
+            cooldown_ms: default_cooldown_ms(),
+            organisations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_failure_threshold() -> u32 {
+    3
+}
+fn default_failure_window_ms() -> u64 {
+    10_000
+}
+fn default_cooldown_ms() -> u64 {
+    30_000
 }
 
 /// `[database]`
@@ -108,6 +201,9 @@ pub struct RawServer {
     pub upgrade_sock: Option<String>,
     /// CA bundle (PEM) for verifying https providers; the system roots when absent.
     pub upstream_ca_file: Option<String>,
+    /// Peers (CIDR) whose `X-Forwarded-For` header names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -129,6 +225,7 @@ impl Default for RawServer {
             pid_file: None,
             upgrade_sock: None,
             upstream_ca_file: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -176,6 +273,10 @@ pub struct RawProvider {
     pub base_url: String,
     /// Name of the environment variable that holds the provider credential.
     pub api_key_env: Option<String>,
+    /// Further credentials (environment variable names), used in turn with `api_key_env`; one the
+    /// provider rejects (401) or throttles (429) is set aside for a while.
+    #[serde(default)]
+    pub api_key_envs: Vec<String>,
     /// Header that carries the credential for `CUSTOM` providers (default `authorization`).
     pub auth_header: Option<String>,
     /// `api-version` query parameter for `AZURE_OPENAI`.
@@ -208,6 +309,39 @@ pub struct RawModel {
     pub pricing: RawPricing,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Share of traffic of the model's own deployment (`weighted`), and its failover rank.
+    pub weight: Option<u32>,
+    pub priority: Option<u32>,
+    /// Further deployments (SPEC §5): the same model on other providers, slugs or credentials.
+    #[serde(default)]
+    pub deployments: Vec<RawDeployment>,
+    /// How a deployment is chosen: failover (default), round_robin, weighted, least_latency,
+    /// least_busy.
+    pub strategy: Option<String>,
+    /// When to try the next deployment: 5xx, timeout, rate_limit, connect, any.
+    pub failover_on: Option<Vec<String>>,
+    /// Further attempts after the first (default: every other deployment once).
+    pub max_retries: Option<u32>,
+    pub policies: Option<crate::governance::policy::Policy>,
+}
+
+/// `[[models.deployments]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    pub provider: String,
+    /// Upstream model id on that provider (default: the model's slug).
+    pub slug: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failover rank, lower first (default: after the model's own deployment, in file order).
+    pub priority: Option<u32>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 /// Prices in USD per 1M tokens.
@@ -249,6 +383,12 @@ pub struct RawKey {
     /// Granted model names; `"*"` grants every model.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Routing policy in Odock's shape (SPEC §5); overrides the organisation's.
+    pub routing: Option<serde_json::Value>,
+    pub policies: Option<crate::governance::policy::Policy>,
+    /// Granted MCP servers (ids or slugs of `[[mcp_servers]]`); `"*"` grants every one.
+    #[serde(default)]
+    pub mcp_servers: Vec<String>,
 }
 
 fn default_listen() -> String {

@@ -24,6 +24,8 @@ use crate::config::{
     KeyType, Model, ModelType, Pricing, Provider, ProviderKind, Secret, VirtualKey,
 };
 use crate::keys::{self, KeyHash};
+use crate::routing::policy::{RoutingPolicy, DEFAULT_TRIGGERS};
+use crate::routing::{RouterConfig, Strategy};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
@@ -164,6 +166,8 @@ pub struct DbSnapshotParts {
     /// [`model_key`]s, per organisation in creation order.
     pub model_order: Vec<String>,
     pub warnings: Vec<String>,
+    pub org_routing: HashMap<String, Arc<RoutingPolicy>>,
+    pub filter_rows: Vec<FilterRow>,
 }
 
 /// Providers and models of every organisation, as loaded by [`load_catalog`].
@@ -177,6 +181,12 @@ pub struct Catalog {
     pub disabled_organisations: HashSet<String>,
     /// Rows skipped or loaded without credential, one line each; never secret.
     pub warnings: Vec<String>,
+    /// Extra deployments of models (`model_deployments`), applied by [`Catalog::apply_routing`].
+    pub deployment_rows: Vec<DeploymentRow>,
+    /// Organisation routing policies (`organisations.routing_policy`), by organisation id.
+    pub org_routing: HashMap<String, Arc<RoutingPolicy>>,
+    /// Filters configured in the database (`filters`), built with the file's by the caller.
+    pub filter_rows: Vec<FilterRow>,
     models_by_org: HashMap<(String, String), Arc<Model>>,
     model_order: Vec<(String, String)>,
     model_ids: HashMap<(String, String), Uuid>,
@@ -237,6 +247,68 @@ impl Catalog {
     }
 
     /// The flat form, for building a `Config`-shaped snapshot.
+    /// Gives each model with rows in `model_deployments` its deployment group (routers tuned by
+    /// `tuning`, shared across reloads while the group is unchanged).
+    pub fn apply_routing(&mut self, tuning: RouterConfig) {
+        let mut by_model: HashMap<Uuid, Vec<&DeploymentRow>> = HashMap::new();
+        for d in &self.deployment_rows {
+            by_model.entry(d.model_id).or_default().push(d);
+        }
+        if by_model.is_empty() {
+            return;
+        }
+        let ids: Vec<((String, String), Uuid)> = self
+            .model_ids
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (key, id) in ids {
+            let Some(rows) = by_model.get(&id) else {
+                continue;
+            };
+            let Some(model) = self.models_by_org.get(&key).cloned() else {
+                continue;
+            };
+            let mut extra = Vec::new();
+            for d in rows {
+                match self.providers_by_id.get(&d.provider_id) {
+                    Some(p) => extra.push(model.deployment(
+                        p.clone(),
+                        d.slug.clone(),
+                        d.weight.max(0) as u32,
+                        d.priority.max(0) as u32 + 1,
+                    )),
+                    None => self.warnings.push(format!(
+                        "deployment of model `{}` (organisation {}) skipped: provider {} was not loaded",
+                        key.1, key.0, d.provider_id
+                    )),
+                }
+            }
+            let rule = rows.first().and_then(|d| d.routing.as_ref()).and_then(|v| {
+                match RoutingPolicy::parse(&serde_json::json!({ "chat": v }), "policies.routing") {
+                    Ok(p) => p.rules.get("chat").cloned(),
+                    Err(e) => {
+                        self.warnings
+                            .push(format!("model `{}` (organisation {}): {e}", key.1, key.0));
+                        None
+                    }
+                }
+            });
+            let base = model.deployment(model.provider.clone(), model.slug.clone(), 1, 0);
+            let built = Model::with_deployments(
+                base,
+                &key.0,
+                extra,
+                rule.as_ref().map_or(Strategy::Failover, |r| r.strategy),
+                rule.as_ref()
+                    .map_or_else(|| DEFAULT_TRIGGERS.to_vec(), |r| r.failover_on.clone()),
+                rule.as_ref().and_then(|r| r.max_retries),
+                tuning,
+            );
+            self.models_by_org.insert(key, Arc::new(built));
+        }
+    }
+
     pub fn into_parts(self) -> DbSnapshotParts {
         let model_order: Vec<String> = self
             .model_order
@@ -253,8 +325,39 @@ impl Catalog {
             models,
             model_order,
             warnings: self.warnings,
+            org_routing: self.org_routing,
+            filter_rows: self.filter_rows,
         }
     }
+}
+
+/// An enabled row of `filters`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FilterRow {
+    pub id: Uuid,
+    pub organisation_id: Option<Uuid>,
+    pub organisation_slug: Option<String>,
+    pub name: String,
+    pub kind: String,
+    pub script: Option<String>,
+    pub position: i32,
+    pub on_error: String,
+    pub read_only: bool,
+    pub phases: Option<Vec<String>>,
+    pub scope_keys: Vec<String>,
+    pub scope_models: Vec<String>,
+    pub settings: Value,
+}
+
+/// A row of `model_deployments` (enabled ones only), with the model's `policies->'routing'`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeploymentRow {
+    pub model_id: Uuid,
+    pub provider_id: Uuid,
+    pub slug: String,
+    pub weight: i32,
+    pub priority: i32,
+    pub routing: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -293,6 +396,8 @@ struct ModelRow {
     reasoning_price_nanos: Option<i64>,
     image_price_nanos: i64,
     enabled: bool,
+    /// SPEC §7 policy (`{}` when unset).
+    policies: serde_json::Value,
 }
 
 /// The spec of a provider row; `Err` lists what is wrong with it.
@@ -436,8 +541,17 @@ fn assemble(
         let default_key = keys_of
             .get(&row.id)
             .and_then(|ks| ks.iter().find(|k| k.active).copied());
-        let secret = default_key.and_then(|k| open_credential(keys, k, &who, &mut cat.warnings));
-        match build_provider(&spec, secret, None) {
+        // Every active credential, newest first: used in turn, one that fails set aside.
+        let secrets: Vec<_> = keys_of
+            .get(&row.id)
+            .map(|ks| {
+                ks.iter()
+                    .filter(|k| k.active)
+                    .filter_map(|k| open_credential(keys, k, &who, &mut cat.warnings))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match build_provider(&spec, secrets, None) {
             Ok(p) => {
                 let p = Arc::new(p);
                 let org = row.organisation_id.to_string();
@@ -494,6 +608,13 @@ fn assemble(
                 .push(format!("{who} skipped: {}", problems.join("; ")));
             continue;
         };
+        let policy = match crate::governance::policy::Policy::from_json(&m.policies) {
+            Ok(p) => p.map(Arc::new),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
         let Some(kind) = kind.filter(|_| problems.is_empty()) else {
             cat.warnings
                 .push(format!("{who} skipped: {}", problems.join("; ")));
@@ -524,7 +645,7 @@ fn assemble(
                             None
                         }
                     };
-                    match build_provider(&bp.spec, secret, None) {
+                    match build_provider(&bp.spec, secret.into_iter().collect(), None) {
                         Ok(p) => {
                             let p = Arc::new(p);
                             cat.providers.push(p.clone());
@@ -558,6 +679,10 @@ fn assemble(
             ),
             enabled: m.enabled,
             uri_cache: Default::default(),
+            weight: 1,
+            priority: 0,
+            deployments: None,
+            policy,
         };
         cat.model_ids.insert(key.clone(), m.id);
         cat.model_order.push(key.clone());
@@ -595,20 +720,54 @@ pub async fn load_catalog(pool: &PgPool, keys: &MasterKeys) -> Result<Catalog, L
     let models: Vec<ModelRow> = sqlx::query_as(
         "SELECT id, organisation_id, name, slug, model_type::text AS model_type, provider_id,
                 provider_api_key_id, input_price_nanos, output_price_nanos,
-                cached_input_price_nanos, reasoning_price_nanos, image_price_nanos, enabled
+                cached_input_price_nanos, reasoning_price_nanos, image_price_nanos, enabled,
+                policies
            FROM models
           ORDER BY organisation_id, created_at, name",
     )
     .fetch_all(&mut *tx)
     .await?;
+    let deployment_rows: Vec<DeploymentRow> = sqlx::query_as(
+        "SELECT d.model_id, d.provider_id, d.slug, d.weight, d.priority,
+                m.policies -> 'routing' AS routing
+           FROM model_deployments d
+           JOIN models m ON m.id = d.model_id
+          WHERE d.enabled
+          ORDER BY d.model_id, d.priority, d.created_at, d.id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let org_policies: Vec<(Uuid, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, routing_policy FROM organisations WHERE routing_policy <> '{}'::jsonb",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let filter_rows: Vec<FilterRow> = sqlx::query_as(
+        "SELECT f.id, f.organisation_id, o.slug AS organisation_slug, f.name, f.kind, f.script,
+                f.position, f.on_error, f.read_only, f.phases, f.scope_keys, f.scope_models,
+                f.settings
+           FROM filters f
+           LEFT JOIN organisations o ON o.id = f.organisation_id
+          WHERE f.enabled AND (o.id IS NULL OR o.enabled)
+          ORDER BY f.position, f.created_at, f.id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(assemble(
-        keys,
-        disabled,
-        &providers,
-        &provider_keys,
-        &models,
-    ))
+    let mut cat = assemble(keys, disabled, &providers, &provider_keys, &models);
+    cat.deployment_rows = deployment_rows;
+    cat.filter_rows = filter_rows;
+    for (org, v) in org_policies {
+        match RoutingPolicy::parse(&v, "routing_policy") {
+            Ok(p) => {
+                cat.org_routing.insert(org.to_string(), Arc::new(p));
+            }
+            Err(e) => cat
+                .warnings
+                .push(format!("organisation {org}: routing policy ignored: {e}")),
+        }
+    }
+    Ok(cat)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -626,7 +785,12 @@ struct KeyRow {
     key_prefix: String,
     expires_at: Option<OffsetDateTime>,
     revoked: bool,
+    routing_policy: serde_json::Value,
     models: Vec<String>,
+    mcp_servers: Vec<String>,
+    policies: serde_json::Value,
+    team_policies: Option<serde_json::Value>,
+    organisation_policies: Option<serde_json::Value>,
 }
 
 /// One virtual key by hash, with the names of the models it is granted (`all_models` is
@@ -637,12 +801,19 @@ pub async fn load_key(pool: &PgPool, hash: &KeyHash) -> Result<Option<VirtualKey
     let row: Option<KeyRow> = sqlx::query_as(
         "SELECT k.id, k.organisation_id, k.team_id, k.user_id, k.name,
                 k.key_type::text AS key_type, k.key_prefix, k.expires_at,
-                k.revoked_at IS NOT NULL AS revoked,
+                k.revoked_at IS NOT NULL AS revoked, k.routing_policy,
                 ARRAY(SELECT m.name
                         FROM api_key_model_access a
                         JOIN models m ON m.id = a.model_id
                        WHERE a.api_key_id = k.id
-                       ORDER BY m.name) AS models
+                       ORDER BY m.name) AS models,
+                ARRAY(SELECT a.mcp_server_id::text
+                        FROM api_key_mcp_access a
+                       WHERE a.api_key_id = k.id) AS mcp_servers,
+                k.policies,
+                (SELECT t.policies FROM teams t WHERE t.id = k.team_id) AS team_policies,
+                (SELECT o.policies FROM organisations o WHERE o.id = k.organisation_id)
+                    AS organisation_policies
            FROM api_keys k
           WHERE k.key_hash = $1",
     )
@@ -658,6 +829,17 @@ pub async fn load_key(pool: &PgPool, hash: &KeyHash) -> Result<Option<VirtualKey
             vec![format!("key_type: `{}` is not known", r.key_type)],
         )
     })?;
+    let policy = |v: Option<&serde_json::Value>, what: &str| match v {
+        None => Ok(None),
+        Some(v) => crate::governance::policy::Policy::from_json(v)
+            .map(|p| p.map(Arc::new))
+            .map_err(|e| invalid("api key", vec![format!("{what}: {e}")])),
+    };
+    let policies = crate::governance::KeyPolicies {
+        key: policy(Some(&r.policies), "policies")?,
+        team: policy(r.team_policies.as_ref(), "team policies")?,
+        organisation: policy(r.organisation_policies.as_ref(), "organisation policies")?,
+    };
     Ok(Some(VirtualKey {
         id: r.id.to_string(),
         name: Some(r.name),
@@ -670,6 +852,16 @@ pub async fn load_key(pool: &PgPool, hash: &KeyHash) -> Result<Option<VirtualKey
         revoked: r.revoked,
         all_models: false,
         models: r.models.into_iter().collect(),
+        routing: match RoutingPolicy::parse(&r.routing_policy, "routing_policy") {
+            Ok(p) if p.is_empty() => None,
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(key = %r.id, error = %e, "api key routing policy ignored");
+                None
+            }
+        },
+        policies,
+        mcp_servers: r.mcp_servers.into_iter().collect(),
     }))
 }
 
@@ -742,7 +934,7 @@ pub async fn create_provider(
     secret: Option<&str>,
 ) -> Result<Uuid, LoadError> {
     let spec = ProviderSpec::new(name, kind, base_url);
-    build_provider(&spec, None, None).map_err(|p| invalid("provider", p))?;
+    build_provider(&spec, Vec::new(), None).map_err(|p| invalid("provider", p))?;
     let envelope = secret.map(|s| keys.encrypt(s)).transpose()?;
     let mut tx = pool.begin().await?;
     let id: Uuid = sqlx::query_scalar(
@@ -983,6 +1175,7 @@ mod tests {
             reasoning_price_nanos: Some(30),
             image_price_nanos: 40,
             enabled: true,
+            policies: json!({}),
         }
     }
 
@@ -1032,10 +1225,10 @@ auth_header = "X-Custom-Key"
             },
         ];
         for (spec, want) in specs.iter().zip(&cfg.providers) {
-            let got = build_provider(spec, None, None).expect("valid spec");
+            let got = build_provider(spec, Vec::new(), None).expect("valid spec");
             assert_eq!(format!("{got:?}"), format!("{want:?}"), "{}", spec.name);
         }
-        let g = build_provider(&specs[1], None, None).expect("valid");
+        let g = build_provider(&specs[1], Vec::new(), None).expect("valid");
         assert_eq!(g.base_path, "/v1beta");
         assert_eq!(g.auth_header.as_str(), "x-goog-api-key");
         assert_eq!(
@@ -1051,7 +1244,7 @@ auth_header = "X-Custom-Key"
             connect_timeout_ms: 0,
             ..ProviderSpec::new("bad name", ProviderKind::OpenAi, "ftp://x?y=1")
         };
-        let errs = build_provider(&spec, None, None).expect_err("invalid");
+        let errs = build_provider(&spec, Vec::new(), None).expect_err("invalid");
         let all = errs.join("\n");
         for needle in [
             "name:",

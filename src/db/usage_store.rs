@@ -176,6 +176,17 @@ impl PgUsageStore {
             match self.insert(&rows).await {
                 Ok(n) => {
                     self.db_ok();
+                    if batch.iter().any(|r| !r.mcp_calls.is_empty()) {
+                        // The per-call MCP records (their HTTP requests' records are in).
+                        let calls = crate::mcp::db::insert_calls(&self.pool, batch);
+                        match tokio::time::timeout(self.timeout, calls).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "MCP usage records not written")
+                            }
+                            Err(_) => tracing::warn!("MCP usage records not written: timeout"),
+                        }
+                    }
                     return Ok(WriteOutcome::Written(n));
                 }
                 Err(e) => {
@@ -323,6 +334,10 @@ impl PgUsageStore {
         }
         match self.insert(&rows).await {
             Ok(_) => {
+                let calls: Vec<_> = records.iter().flat_map(|(_, r)| r.mcp_rows()).collect();
+                if let Err(e) = crate::mcp::db::insert_rows(&self.pool, &calls).await {
+                    tracing::warn!(error = %e, "replayed MCP usage records not written");
+                }
                 progress.done = all_end;
                 progress.stored = rows.len() as u64;
                 progress.reject(lines, &bad);
@@ -540,6 +555,26 @@ struct SpilledRecord {
     client_disconnected: bool,
     request_bytes: u64,
     response_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_server: Option<String>,
+    /// MCP calls, stored into `mcp_usage_records` once the record is replayed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    mcp_calls: Vec<Value>,
+}
+
+impl SpilledRecord {
+    fn mcp_rows(&self) -> Vec<crate::mcp::db::CallRow> {
+        let o = crate::mcp::db::Owners {
+            organisation_id: self.organisation_id.as_deref(),
+            team_id: self.team_id.as_deref(),
+            user_id: self.user_id.as_deref(),
+            api_key_id: self.api_key_id.as_deref(),
+        };
+        self.mcp_calls
+            .iter()
+            .filter_map(|c| crate::mcp::db::CallRow::from_json(&o, c))
+            .collect()
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -1057,6 +1092,10 @@ mod tests {
             client_disconnected: true,
             request_bytes: 100,
             response_bytes: 200,
+            trace_id: None,
+            filters: None,
+            mcp_server: None,
+            mcp_calls: Vec::new(),
         }
     }
 

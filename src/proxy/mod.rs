@@ -18,6 +18,8 @@
 //! Every function here is short and delegates to a module named after its concern.
 
 pub mod body;
+pub mod failover;
+pub mod mcp;
 pub mod routes;
 pub mod tap;
 
@@ -26,6 +28,7 @@ use crate::config::{Model, ModelType, ProviderKind, VirtualKey};
 use crate::error::{ErrorCode, GatewayError};
 use crate::keys::{self, KeyHash};
 use crate::metrics;
+use crate::routing::ErrorClass;
 use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::usage::{Attempt, Tokens, UsageRecord, UsageSource};
@@ -94,6 +97,28 @@ pub struct Ctx {
     recorded: bool,
     /// `/v1/llm/chat`: the target family and how its answer is turned back.
     unified: Option<Unified>,
+    /// The client's body as received, kept while another target may need it rewritten.
+    raw: Option<Bytes>,
+    /// Which deployments are tried, in order (SPEC §5).
+    plan: failover::Plan,
+    /// The next `upstream_peer` moves to the plan's next target.
+    advance: bool,
+    /// `upstream_response_filter` asked for another attempt (failover or another credential).
+    retry_pending: bool,
+    /// Index of the provider credential used by the current attempt.
+    cred: Option<usize>,
+    /// The credential the next attempt must not use (it was just rejected).
+    avoid_cred: Option<usize>,
+    /// Trace context when tracing is on; stage timings and attempt starts for its spans.
+    trace: Option<crate::telemetry::TraceContext>,
+    marks: Vec<(&'static str, Instant, Instant)>,
+    attempt_starts: Vec<Instant>,
+    /// Filter state; `None` when no filter is configured.
+    filters: Option<Box<crate::filters::RequestFilters>>,
+    /// Rate-limit grant (leases, token reservation) and `x-ratelimit-*` values.
+    gov: crate::governance::RequestGov,
+    /// MCP requests (`/v1/mcp/...`): the server and its calls.
+    mcp: Option<Box<crate::mcp::McpCtx>>,
     _in_flight: InFlight,
 }
 
@@ -108,6 +133,13 @@ struct Unified {
 }
 
 impl Ctx {
+    /// Records a stage that began at `start` and ends now (for the request's trace).
+    fn mark(&mut self, stage: &'static str, start: Instant) {
+        if self.trace.is_some_and(|t| t.sampled) {
+            self.marks.push((stage, start, Instant::now()));
+        }
+    }
+
     fn provider_name(&self) -> Option<&str> {
         self.model.as_ref().map(|m| m.provider.name.as_str())
     }
@@ -161,8 +193,19 @@ async fn write_error(
     if e.code == ErrorCode::Unauthorized {
         extra.push(("www-authenticate", "Bearer".to_string()));
     }
+    extra.extend(ctx.gov.header_pairs());
     let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
     write_reply(s, ctx, admin::error_reply_for(&e, family), &extra).await
+}
+
+/// Answers with a filter's block: the family's error shape, the filter's status and code.
+async fn write_block(s: &mut Session, ctx: &mut Ctx, b: crate::filters::Block) -> Result<bool> {
+    ctx.error_code = Some(b.code.clone());
+    ctx.denied_by = Some("filter");
+    let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
+    let mut reply = admin::error_reply_for(&b.to_error(), family);
+    reply.status = b.status;
+    write_reply(s, ctx, reply, &[]).await
 }
 
 /// A well-formed client request id is kept; anything else is replaced.
@@ -292,13 +335,7 @@ async fn authenticate(
             )
         })?;
     let hash = KeyHash::of(secret);
-    let key = match snap.config.keys.get(&hash) {
-        Some(k) => Some(k.clone()),
-        None => match &state.db {
-            Some(db) => db.key(hash).await?,
-            None => None,
-        },
-    };
+    let key = crate::store::find_key(&state.stores, snap, hash).await?;
     let key = key.ok_or_else(|| GatewayError::new(ErrorCode::Unauthorized, "invalid API key"))?;
     if key.revoked {
         return Err(GatewayError::new(
@@ -494,11 +531,26 @@ impl Gateway {
         if route == Route::Invalidate {
             return self.invalidate(s, ctx).await;
         }
-        let key = match authenticate(&self.state, &snap, s.req_header()).await {
+        let gov = &self.state.governance;
+        let peer = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let xff = s.req_header().headers.get("x-forwarded-for");
+        let xff = xff.and_then(|v| v.to_str().ok());
+        if let Err(e) = gov.pre_auth(&snap.config, peer, xff, &mut ctx.gov) {
+            return write_error(s, ctx, e, "policy").await;
+        }
+        let t_auth = Instant::now();
+        let key = authenticate(&self.state, &snap, s.req_header()).await;
+        ctx.mark("auth", t_auth);
+        let key = match key {
             Ok(k) => k,
             Err(e) => return write_error(s, ctx, e, "auth").await,
         };
         ctx.key = Some(key.clone());
+        let declared = s.req_header().headers.get(http::header::CONTENT_LENGTH);
+        let declared = declared.and_then(|v| v.to_str().ok()?.trim().parse().ok());
+        if let Err(e) = gov.after_auth(&snap.config, &key, declared, &ctx.gov) {
+            return write_error(s, ctx, e, "policy").await;
+        }
         match route {
             Route::Models => {
                 return write_reply(s, ctx, admin::models(&snap, &key, None), &[]).await
@@ -508,8 +560,11 @@ impl Gateway {
                 return write_reply(s, ctx, reply, &[]).await;
             }
             Route::KeysValidate => {
-                return write_reply(s, ctx, admin::key_info(&snap, &key), &[]).await
+                let balances = gov.balances(&snap.config, &key).await;
+                let reply = admin::key_info(&snap, &key, balances);
+                return write_reply(s, ctx, reply, &[]).await;
             }
+            Route::Mcp => return self.mcp(s, ctx, key).await,
             _ => {}
         }
         let Some(kind) = route.body_kind() else {
@@ -525,6 +580,7 @@ impl Gateway {
         };
         // The client's upload time is not gateway overhead.
         ctx.overhead = ctx.overhead.saturating_sub(t_read.elapsed());
+        ctx.mark("body.read", t_read);
         ctx.request_bytes = raw.len() as u64;
         let inspected = if kind == body::BodyKind::Multipart {
             let ct = s
@@ -549,61 +605,208 @@ impl Gateway {
                 .unwrap_or_default();
             insp.stream = route == Route::GeminiStream;
         }
+        let mut raw = raw;
+        if !snap.config.filters.is_empty() {
+            let t_filters = Instant::now();
+            let h = &s.req_header().headers;
+            let fx = ctx.filters.insert(crate::filters::RequestFilters::new(
+                &ctx.request_id,
+                route.name(),
+                &key,
+                h,
+                &insp.model,
+                insp.stream,
+            ));
+            let json = kind != body::BodyKind::Multipart;
+            match fx.pre_route(&snap.config.filters, &raw, json) {
+                Ok(pre) => {
+                    if let Some(b) = pre.body {
+                        let mut again = match body::inspect(kind, &b) {
+                            Ok(i) => i,
+                            Err(e) => return write_error(s, ctx, e, "filter").await,
+                        };
+                        if route.family() == Family::Gemini {
+                            again.model = insp.model.clone();
+                            again.stream = insp.stream;
+                        }
+                        insp = again;
+                        raw = b;
+                    }
+                    if let Some(m) = pre.model {
+                        insp.model = m;
+                    }
+                }
+                Err(b) => return write_block(s, ctx, b).await,
+            }
+            ctx.mark("filters.pre_route", t_filters);
+        }
+        let t_route = Instant::now();
         let model = match resolve_model(&snap, &key, route, &insp.model) {
             Ok(m) => m,
             Err(e) => return write_error(s, ctx, e, "model").await,
         };
-        let uri = match upstream_uri(&model, route, s.req_header().uri.query()) {
-            Ok(u) => u,
-            Err(e) => return write_error(s, ctx, e, "model").await,
+        // Payload, token-rate and budget limits of the requested model (pipeline steps 7–8).
+        let t_limits = Instant::now();
+        let limited = gov
+            .after_model(
+                &snap.config,
+                &key,
+                &model,
+                &raw,
+                insp.max_tokens,
+                body::estimate_input_tokens,
+                &ctx.request_id,
+                &mut ctx.gov,
+            )
+            .await;
+        if let Err(e) = limited {
+            ctx.model = Some(model);
+            return write_error(s, ctx, e, "ratelimit").await;
+        }
+        ctx.mark("limits", t_limits);
+        let plan = failover::plan(&snap, &key, route, &model, |name| {
+            resolve_model(&snap, &key, route, name).ok()
+        });
+        let first = plan.current().cloned().unwrap_or(model);
+        ctx.plan = plan;
+        ctx.insp = Some(insp);
+        let query = s.req_header().uri.query().map(str::to_string);
+        if let Err((e, gate)) = self.bind(ctx, route, first, &raw, query.as_deref()) {
+            return write_error(s, ctx, e, gate).await;
+        }
+        if ctx.plan.len() > 1 {
+            ctx.raw = Some(raw);
+        }
+        ctx.mark("route", t_route);
+        let json = route == Route::Unified || kind != body::BodyKind::Multipart;
+        self.pre_upstream(s, ctx, json).await
+    }
+
+    /// Points the request at `target`: its upstream URI, and the body rewritten for it (its
+    /// slug; on the unified route, its wire format). Called for the first target and again on
+    /// each failover.
+    fn bind(
+        &self,
+        ctx: &mut Ctx,
+        route: Route,
+        target: Arc<Model>,
+        raw: &[u8],
+        query: Option<&str>,
+    ) -> Result<(), (GatewayError, &'static str)> {
+        let Some(insp) = ctx.insp.as_mut() else {
+            return Err((
+                GatewayError::new(ErrorCode::InternalError, "request not inspected"),
+                "body",
+            ));
         };
         if route == Route::Unified {
-            let target = match model.provider.kind {
+            let target_family = match target.provider.kind {
                 ProviderKind::Anthropic => translate::Target::Anthropic,
                 ProviderKind::Google => translate::Target::Gemini,
                 _ => translate::Target::OpenAi,
             };
-            let prepared = match translate::prepare(target, &raw, &model.slug) {
-                Ok(p) => p,
-                Err(e) => return write_error(s, ctx, e, "body").await,
-            };
-            let uri = if model.provider.kind == ProviderKind::AzureOpenAi {
-                upstream_uri(&model, Route::ChatCompletions, None)
+            let prepared =
+                translate::prepare(target_family, raw, &target.slug).map_err(|e| (e, "body"))?;
+            let uri = if target.provider.kind == ProviderKind::AzureOpenAi {
+                upstream_uri(&target, Route::ChatCompletions, None)
             } else {
                 format!(
                     "{}{}",
-                    model.provider.base_path,
-                    translate::target_path(target, &model.slug, prepared.stream)
+                    target.provider.base_path,
+                    translate::target_path(target_family, &target.slug, prepared.stream)
                 )
                 .parse::<http::Uri>()
                 .map_err(|_| {
                     GatewayError::new(ErrorCode::InvalidRequest, "cannot build the upstream URL")
                 })
-            };
-            let uri = match uri {
-                Ok(u) => u,
-                Err(e) => return write_error(s, ctx, e, "model").await,
-            };
+            }
+            .map_err(|e| (e, "model"))?;
             insp.stream = prepared.stream;
             insp.client_include_usage = prepared.include_usage;
             ctx.body = Some(prepared.body);
             ctx.upstream_uri = Some(uri);
             ctx.unified = Some(Unified {
-                target,
+                target: target_family,
                 stream: None,
                 buffer: None,
                 upstream_status: 0,
             });
-            ctx.model = Some(model);
-            ctx.insp = Some(insp);
-            return Ok(false);
+            ctx.model = Some(target);
+            return Ok(());
         }
-        let force_usage = kind.openai_stream_usage();
-        ctx.body = Some(body::rewrite(&raw, &insp, &model.slug, force_usage));
+        let uri = upstream_uri(&target, route, query).map_err(|e| (e, "model"))?;
+        let force_usage = route.body_kind().is_some_and(|k| k.openai_stream_usage());
+        ctx.body = Some(body::rewrite(raw, insp, &target.slug, force_usage));
         ctx.upstream_uri = Some(uri);
-        ctx.model = Some(model);
-        ctx.insp = Some(insp);
-        Ok(false)
+        ctx.model = Some(target);
+        Ok(())
+    }
+
+    /// Moves to the plan's next target that can be bound (`false`: none left).
+    fn next_target(&self, s: &Session, ctx: &mut Ctx) -> bool {
+        let (Some(route), Some(raw)) = (ctx.route, ctx.raw.clone()) else {
+            return false;
+        };
+        let query = s.req_header().uri.query().map(str::to_string);
+        let json = route == Route::Unified || route.body_kind() != Some(body::BodyKind::Multipart);
+        while let Some(t) = ctx.plan.advance() {
+            match self.bind(ctx, route, t, &raw, query.as_deref()) {
+                Ok(()) => {
+                    // The rebuilt body goes through the `pre_upstream` filters again.
+                    let set = ctx.snap.config.filters.clone();
+                    let Some(fx) = ctx.filters.as_mut() else {
+                        return true;
+                    };
+                    if let Some(m) = &ctx.model {
+                        fx.resolved(&set, &m.name);
+                    }
+                    match fx.pre_upstream(&set, &mut ctx.body, json) {
+                        Ok(()) => return true,
+                        Err(_) => {
+                            tracing::warn!(request_id = %ctx.request_id, "failover target blocked by a filter; skipped");
+                        }
+                    }
+                }
+                Err((e, _)) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e.message, "failover target skipped");
+                }
+            }
+        }
+        false
+    }
+
+    /// Decides whether a failed attempt moves on to the next target; records the failure.
+    fn fail_over(ctx: &mut Ctx, class: ErrorClass, retry_after: Option<Duration>) -> bool {
+        ctx.plan.failure(retry_after);
+        if !ctx.plan.fails_over(class, ctx.attempts.len()) {
+            return false;
+        }
+        if let Some(m) = &ctx.model {
+            metrics::FAILOVERS
+                .with_label_values(&[m.provider.name.as_str(), class_label(class)])
+                .inc();
+        }
+        ctx.advance = true;
+        true
+    }
+
+    /// Filters at `pre_upstream` (after limits and reservations), on the body the provider
+    /// will get. `Ok(true)`: a filter blocked and the answer was written.
+    async fn pre_upstream(&self, s: &mut Session, ctx: &mut Ctx, json: bool) -> Result<bool> {
+        let Some(fx) = ctx.filters.as_mut() else {
+            return Ok(false);
+        };
+        let t = Instant::now();
+        let set = ctx.snap.config.filters.clone();
+        if let Some(m) = &ctx.model {
+            fx.resolved(&set, &m.name);
+        }
+        let r = fx.pre_upstream(&set, &mut ctx.body, json);
+        ctx.mark("filters.pre_upstream", t);
+        match r {
+            Ok(()) => Ok(false),
+            Err(b) => write_block(s, ctx, b).await,
+        }
     }
 
     /// `POST /v1/internal/cache/invalidate`: shared secret (constant-time check), then the
@@ -750,6 +953,120 @@ impl Gateway {
         *body = Some(out);
     }
 
+    /// After an upstream error status: sets a rejected or throttled credential aside, and
+    /// decides whether to retry (another credential of the same provider after a 401, or the
+    /// next deployment when the status is a failover trigger). Nothing has reached the client.
+    fn retry_on_status(&self, status: u16, resp: &ResponseHeader, ctx: &mut Ctx) -> bool {
+        let retry_after = failover::retry_after(&resp.headers);
+        if let (Some(m), Some(i)) = (ctx.model.clone(), ctx.cred) {
+            let creds = &m.provider.credentials;
+            if creds.len() > 1 && matches!(status, 401 | 429) {
+                let aside = retry_after.unwrap_or(if status == 429 {
+                    Duration::from_secs(30)
+                } else {
+                    Duration::from_secs(300)
+                });
+                creds.set_aside(i, aside);
+                tracing::warn!(provider = %m.provider.name, credential = i, status, "provider credential set aside");
+                if status != 429
+                    && creds.has_other(i)
+                    && ctx.attempts.len() < failover::MAX_ATTEMPTS
+                {
+                    ctx.avoid_cred = Some(i);
+                    return true;
+                }
+            }
+        }
+        Self::fail_over(ctx, ErrorClass::Status(status), retry_after)
+    }
+
+    /// Sends the request's spans to the trace exporter (sampled requests only): the request,
+    /// its stages, each upstream attempt and the stream.
+    fn export_trace(&self, ctx: &Ctx, rec: &UsageRecord, route_label: &str) {
+        use crate::telemetry::{Attr, TraceBuilder, KIND_CLIENT, KIND_INTERNAL};
+        let (Some(tc), Some(exporter)) = (ctx.trace, self.state.traces.get()) else {
+            return;
+        };
+        if !tc.sampled {
+            return;
+        }
+        let end = Instant::now();
+        let mut b = TraceBuilder::new(tc, ctx.start, ctx.started_at);
+        let mut attrs: Vec<(&'static str, Attr)> = vec![
+            ("http.request.method", rec.method.as_str().into()),
+            ("http.route", route_label.into()),
+            ("http.response.status_code", i64::from(rec.status).into()),
+            ("wharf.request_id", rec.request_id.as_str().into()),
+            ("wharf.outcome", rec.outcome.into()),
+            ("wharf.attempts", (rec.attempts.len() as u64).into()),
+            ("wharf.stream", rec.stream.into()),
+        ];
+        for (k, v) in [
+            ("wharf.model", &rec.model),
+            ("wharf.provider", &rec.provider),
+            ("wharf.organisation_id", &rec.organisation_id),
+            ("wharf.api_key_id", &rec.api_key_id),
+            ("wharf.error_code", &rec.error_code),
+        ] {
+            if let Some(v) = v {
+                attrs.push((k, v.as_str().into()));
+            }
+        }
+        if let Some(d) = rec.denied_by {
+            attrs.push(("wharf.denied_by", d.into()));
+        }
+        attrs.push(("wharf.tokens.input", rec.tokens.input.into()));
+        attrs.push(("wharf.tokens.output", rec.tokens.output.into()));
+        attrs.push(("wharf.cost_nanos", rec.cost_nanos.into()));
+        let error = rec.status >= 500 || rec.outcome == "upstream_error";
+        let name = format!("{} {route_label}", rec.method);
+        b.root(&name, end, attrs, error);
+        for (stage, start, stop) in &ctx.marks {
+            b.child(stage, KIND_INTERNAL, *start, *stop, Vec::new(), false);
+        }
+        for (a, start) in rec.attempts.iter().zip(&ctx.attempt_starts) {
+            let stop = *start + Duration::from_secs_f64(a.latency_ms.max(0.0) / 1000.0);
+            let mut attrs: Vec<(&'static str, Attr)> = vec![
+                ("wharf.provider", a.provider.as_str().into()),
+                ("wharf.model", a.model.as_str().into()),
+                ("wharf.outcome", a.outcome.into()),
+            ];
+            if let Some(c) = a.error_class {
+                attrs.push(("wharf.error_class", c.into()));
+            }
+            if let Some(s) = a.status {
+                attrs.push(("http.response.status_code", i64::from(s).into()));
+            }
+            let name = format!("upstream {}", a.provider);
+            b.child(
+                &name,
+                KIND_CLIENT,
+                *start,
+                stop,
+                attrs,
+                a.error_class.is_some(),
+            );
+        }
+        if let (Some(start), Some(ttfb)) = (ctx.attempt_starts.last(), ctx.ttfb) {
+            if rec.stream {
+                let attrs = vec![
+                    ("wharf.stream_cut", rec.stream_cut.into()),
+                    ("wharf.response_bytes", rec.response_bytes.into()),
+                ];
+                b.child(
+                    "stream",
+                    KIND_INTERNAL,
+                    *start + ttfb,
+                    end,
+                    attrs,
+                    rec.stream_cut,
+                );
+            }
+        }
+        b.child("usage.write", KIND_INTERNAL, end, end, Vec::new(), false);
+        exporter.export(b.spans);
+    }
+
     /// Classifies a Pingora error as a gateway error (status + code).
     fn classify(e: &Error) -> Option<GatewayError> {
         use ErrorType::*;
@@ -790,8 +1107,31 @@ impl Gateway {
         Some(GatewayError::new(code, msg))
     }
 
+    /// The routing class of a Pingora error before any response: what `failoverOn` matches.
+    /// A connection that dies before answering (reset, closed) counts as `connect`.
+    fn routing_class(e: &Error) -> Option<ErrorClass> {
+        use ErrorType::*;
+        match e.etype() {
+            ConnectTimedout | TLSHandshakeTimedout => Some(ErrorClass::Timeout),
+            ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+                Some(ErrorClass::Timeout)
+            }
+            ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+            | TLSHandshakeFailure | InvalidCert | SocketError | BindError => {
+                Some(ErrorClass::Connect)
+            }
+            ConnectionClosed | ReadError | WriteError if e.esource() == &ErrorSource::Upstream => {
+                Some(ErrorClass::Connect)
+            }
+            _ => None,
+        }
+    }
+
     fn error_class(e: &Error) -> &'static str {
         use ErrorType::*;
+        if let Some(c) = Self::routing_class(e) {
+            return class_label(c);
+        }
         match e.etype() {
             ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => "timeout",
             ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
@@ -820,6 +1160,7 @@ impl Gateway {
                 .with_label_values(&[&provider, c])
                 .inc();
         }
+        ctx.attempt_starts.push(start);
         ctx.attempts.push(Attempt {
             provider,
             model,
@@ -935,6 +1276,10 @@ impl Gateway {
             client_disconnected: client_gone,
             request_bytes: ctx.request_bytes,
             response_bytes: ctx.tap.bytes_out,
+            trace_id: ctx.trace.map(|t| t.trace_id_hex()),
+            filters: None,
+            mcp_server: None,
+            mcp_calls: Vec::new(),
         }
     }
 }
@@ -968,6 +1313,18 @@ impl ProxyHttp for Gateway {
             overhead: Duration::ZERO,
             recorded: false,
             unified: None,
+            raw: None,
+            plan: failover::Plan::default(),
+            advance: false,
+            retry_pending: false,
+            cred: None,
+            avoid_cred: None,
+            trace: None,
+            marks: Vec::new(),
+            attempt_starts: Vec::new(),
+            filters: None,
+            gov: Default::default(),
+            mcp: None,
             _in_flight: InFlight::new(),
         }
     }
@@ -975,12 +1332,36 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let t = Instant::now();
         ctx.request_id = request_id_from(s.req_header());
+        if self.state.traces.get().is_some() {
+            let tp = s
+                .req_header()
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok());
+            ctx.trace = Some(crate::telemetry::TraceContext::new(
+                tp,
+                &ctx.request_id,
+                ctx.snap.config.telemetry.sample_ratio,
+            ));
+        }
         let r = self.admit(s, ctx).await;
         ctx.overhead += t.elapsed();
         r
     }
 
-    async fn upstream_peer(&self, _s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if std::mem::take(&mut ctx.advance) {
+            if !self.next_target(s, ctx) {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "no failover target left",
+                ));
+            }
+            if !ctx.plan.retry_delay.is_zero() {
+                tokio::time::sleep(ctx.plan.retry_delay).await;
+            }
+        }
+        ctx.plan.start();
         let t = Instant::now();
         let model = ctx
             .model
@@ -1036,8 +1417,10 @@ impl ProxyHttp for Gateway {
             req.remove_header(h);
         }
         req.insert_header("host", p.authority.as_str())?;
-        if let Some(v) = &p.auth_value {
+        ctx.cred = None;
+        if let Some((i, v)) = p.credentials.pick(ctx.avoid_cred.take()) {
             req.insert_header(p.auth_header.clone(), v.clone())?;
+            ctx.cred = Some(i);
         }
         if p.kind == ProviderKind::Anthropic && req.headers.get("anthropic-version").is_none() {
             req.insert_header("anthropic-version", "2023-06-01")?;
@@ -1051,6 +1434,9 @@ impl ProxyHttp for Gateway {
         }
         req.insert_header("content-length", body.len().to_string())?;
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(fx) = &ctx.filters {
+            fx.apply_headers(req)?;
+        }
         ctx.overhead += t.elapsed();
         Ok(())
     }
@@ -1103,6 +1489,17 @@ impl ProxyHttp for Gateway {
             class,
             Some(status),
         );
+        if status >= 400 && self.retry_on_status(status, resp, ctx) {
+            let mut e =
+                Error::explain(ErrorType::HTTPStatus(status), "retrying on upstream status");
+            e.set_retry(true);
+            ctx.retry_pending = true;
+            ctx.overhead += t.elapsed();
+            return Err(e);
+        }
+        if status < 400 || !matches!(status, 429 | 500..=599) {
+            ctx.plan.success(ctx.ttfb.unwrap_or_default());
+        }
         if let Some(id) = resp
             .headers
             .get("x-request-id")
@@ -1111,6 +1508,17 @@ impl ProxyHttp for Gateway {
             ctx.provider_request_id = Some(id.to_string());
         }
         resp.remove_header("x-request-id");
+        if let Some(fx) = ctx.filters.as_mut() {
+            let ct = resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if fx.on_response_header(status, &ct) {
+                resp.remove_header("content-length");
+            }
+        }
         let ct = resp
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -1182,6 +1590,9 @@ impl ProxyHttp for Gateway {
             resp.insert_header("x-wharf-upstream-request-id", id.as_str())?;
         }
         resp.insert_header("x-wharf-attempts", ctx.attempts.len().max(1).to_string())?;
+        for (k, v) in ctx.gov.header_pairs() {
+            resp.insert_header(k, v)?;
+        }
         Ok(())
     }
 
@@ -1193,6 +1604,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         let t = Instant::now();
+        if let Some(fx) = ctx.filters.as_mut() {
+            let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
+            if let Some(b) = fx.on_body(body, end_of_stream, family) {
+                ctx.error_code = Some(b.code);
+                ctx.denied_by = Some("filter");
+            }
+        }
         if ctx.unified.is_some() {
             self.unified_body(body, end_of_stream, ctx);
         } else {
@@ -1207,9 +1625,13 @@ impl ProxyHttp for Gateway {
         _s: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
         Self::end_attempt(ctx, "error", Some(Self::error_class(&e)), None);
+        let class = Self::routing_class(&e).unwrap_or(ErrorClass::Connect);
+        if ctx.body.is_some() && Self::fail_over(ctx, class, None) {
+            e.set_retry(true);
+        }
         e
     }
 
@@ -1223,11 +1645,19 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         Self::end_attempt(ctx, "error", Some(Self::error_class(&e)), None);
-        if s.response_written().is_some() || ctx.body.is_none() {
+        if std::mem::take(&mut ctx.retry_pending) {
+            // Our own status-driven retry (failover or another credential), decided in
+            // `upstream_response_filter` before anything reached the client.
+            e.set_retry(true);
+        } else if s.response_written().is_some() || ctx.body.is_none() {
             e.set_retry(false);
-        } else if matches!(e.retry, RetryType::ReusedOnly) {
-            // A pooled connection the provider had closed: safe to replay the kept body.
-            e.retry.decide_reuse(client_reused);
+        } else if matches!(e.retry, RetryType::ReusedOnly) && client_reused {
+            // A pooled connection the provider had closed: replay the kept body, same target.
+            e.retry.decide_reuse(true);
+        } else if let Some(class) = Self::routing_class(&e) {
+            // Timed out or died before answering: the next deployment, if the plan allows.
+            let over = Self::fail_over(ctx, class, None);
+            e.set_retry(over);
         } else {
             e.set_retry(false);
         }
@@ -1270,6 +1700,9 @@ impl ProxyHttp for Gateway {
         let _ = h.insert_header("content-type", "application/json");
         let _ = h.insert_header("content-length", body.len().to_string());
         let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+        for (k, v) in ctx.gov.header_pairs() {
+            let _ = h.insert_header(k, v);
+        }
         if let Some(m) = &ctx.model {
             let _ = h.insert_header("x-wharf-provider", m.provider.name.as_str());
             let _ = h.insert_header("x-wharf-attempts", ctx.attempts.len().max(1).to_string());
@@ -1292,7 +1725,14 @@ impl ProxyHttp for Gateway {
         let t = Instant::now();
         let route = ctx.route;
         let record_usage = route.is_none_or(Route::records_usage);
-        let rec = self.usage_record(s, e, ctx);
+        let mut rec = self.usage_record(s, e, ctx);
+        mcp::finish(ctx, &mut rec);
+        crate::filters::hooks::finish(
+            &ctx.snap.config.filters,
+            ctx.filters.as_deref_mut(),
+            &mut rec,
+        );
+        self.state.governance.finish(&mut ctx.gov, &rec).await;
         let route_label = route.map(Route::name).unwrap_or("unmatched");
         let provider = rec.provider.as_deref().unwrap_or("");
         metrics::REQUESTS
@@ -1338,8 +1778,10 @@ impl ProxyHttp for Gateway {
             latency_ms = rec.latency_ms,
             input_tokens = rec.tokens.input,
             output_tokens = rec.tokens.output,
+            trace_id = rec.trace_id.as_deref().unwrap_or(""),
             "request"
         );
+        self.export_trace(ctx, &rec, route_label);
         if record_usage {
             let mut rec = rec;
             rec.gateway_overhead_us = (ctx.overhead + t.elapsed()).as_micros() as u64;
@@ -1363,5 +1805,16 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &Error) -> bool {
         // Vanished clients are an outcome in the usage record, not an error.
         e.esource() == &ErrorSource::Downstream
+    }
+}
+
+/// The metric label of a routing error class.
+fn class_label(c: ErrorClass) -> &'static str {
+    match c {
+        ErrorClass::Status(429) => "rate_limit",
+        ErrorClass::Status(s) if s >= 500 => "5xx",
+        ErrorClass::Status(_) => "4xx",
+        ErrorClass::Timeout => "timeout",
+        ErrorClass::Connect => "connect",
     }
 }

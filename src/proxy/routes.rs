@@ -38,6 +38,8 @@ pub enum Route {
     Invalidate,
     /// `POST /v1/llm/chat`: OpenAI-shaped request to any family, translated both ways.
     Unified,
+    /// `/v1/mcp/{slug-or-id}[/path]`: the MCP gateway (`crate::mcp`).
+    Mcp,
 }
 
 /// The `/v1/vllm/*` operations (SPEC §1.1).
@@ -177,6 +179,7 @@ impl Route {
             Route::Vllm(op) => op.name(),
             Route::Invalidate => "/v1/internal/cache/invalidate",
             Route::Unified => "/v1/llm/chat",
+            Route::Mcp => "/v1/mcp",
         }
     }
 
@@ -301,6 +304,9 @@ pub fn match_route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         },
         "/v1/responses" => (Route::Responses, &[Method::POST]),
         "/v1/embeddings" => (Route::Embeddings, &[Method::POST]),
+        p if p == "/v1/mcp" || p.starts_with("/v1/mcp/") => {
+            (Route::Mcp, &[Method::GET, Method::POST, Method::DELETE])
+        }
         _ => {
             return Err(GatewayError::new(
                 ErrorCode::NotFound,

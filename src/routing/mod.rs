@@ -6,6 +6,10 @@
 //! deployment) only touch atomics; the per-deployment circuit lock is taken only once a deployment
 //! has failed.
 
+pub mod credentials;
+pub mod policy;
+pub mod registry;
+
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;

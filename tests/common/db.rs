@@ -13,6 +13,77 @@ pub fn database_url() -> String {
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
 
+/// The Redis the tests share (`REDIS_URL`, default 127.0.0.1:6379).
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database-mode gateway's configuration: `[server]` on the given ports, `[usage]` files in
+/// `dir`, `[database]` at the URL in `WHARF_TEST_DATABASE_URL`, then `extra` (more sections,
+/// or more `[database]` settings first).
+pub fn node_config(port: u16, admin: u16, dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+threads = 2
+log_level = "warn"
+pid_file = "{dir}/wharf.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+
+[usage]
+path = "{dir}/usage.jsonl"
+spill_path = "{dir}/spill.jsonl"
+
+[database]
+url_env = "WHARF_TEST_DATABASE_URL"
+{extra}"#,
+        dir = dir.display()
+    )
+}
+
+/// A database-mode gateway with Redis fan-out, once its admin API answers (the admin listener
+/// is up before the control service has its pool).
+pub async fn admin_node(mock: &wharf::mock::MockServer, db: &TestDb) -> super::Gw {
+    let gw = super::Gw::start_custom(
+        mock,
+        |port, admin, dir| {
+            node_config(
+                port,
+                admin,
+                dir,
+                "refresh_interval_seconds = 30\n\n[redis]\nurl_env = \"WHARF_TEST_REDIS_URL\"\n",
+            )
+        },
+        &[
+            ("WHARF_TEST_DATABASE_URL", db.url()),
+            ("WHARF_MASTER_KEYS", TEST_MASTER_KEYS.to_string()),
+            ("WHARF_TEST_REDIS_URL", redis_url()),
+        ],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = super::client()
+            .get(gw.admin_url("/api/me"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if st != 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin API not ready: {}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw
+}
+
 pub fn admin_options() -> PgConnectOptions {
     PgConnectOptions::from_str(&database_url()).expect("DATABASE_URL is a Postgres URL")
 }
@@ -109,4 +180,84 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// The master key the database-mode tests encrypt provider credentials with.
+pub const TEST_MASTER_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// What [`seed_catalog`] created.
+pub struct SeededCatalog {
+    pub org: uuid::Uuid,
+    pub provider: uuid::Uuid,
+    pub model: uuid::Uuid,
+}
+
+/// An organisation `org_name`, an OpenAI provider `mockp` on the mock (credential
+/// [`super::PROVIDER_KEY`], encrypted under [`TEST_MASTER_KEYS`]) and a chat model `model`
+/// (upstream `slug`) priced 1 USD input / 2 USD output per 1M tokens.
+pub async fn seed_catalog(
+    db: &TestDb,
+    mock: &wharf::mock::MockServer,
+    org_name: &str,
+    model: &str,
+    slug: &str,
+) -> SeededCatalog {
+    use wharf::config::{ModelType, Pricing, ProviderKind};
+    use wharf::db::load;
+    let keys = wharf::db::crypto::MasterKeys::parse(TEST_MASTER_KEYS).unwrap();
+    let org = load::create_organisation(&db.pool, org_name).await.unwrap();
+    let provider = load::create_provider(
+        &db.pool,
+        org,
+        "mockp",
+        ProviderKind::OpenAi,
+        &format!("http://{}/v1", mock.addr()),
+        &keys,
+        Some(super::PROVIDER_KEY),
+    )
+    .await
+    .unwrap();
+    let pricing = Pricing {
+        input: 1_000_000_000,
+        output: 2_000_000_000,
+        cached: 1_000_000_000,
+        reasoning: 2_000_000_000,
+        image: 0,
+    };
+    let model = load::create_model(
+        &db.pool,
+        org,
+        model,
+        slug,
+        ModelType::Chat,
+        provider,
+        pricing,
+    )
+    .await
+    .unwrap();
+    SeededCatalog {
+        org,
+        provider,
+        model,
+    }
+}
+
+/// An organisation key granted `models`: (key id, secret).
+pub async fn seed_key(
+    db: &TestDb,
+    org: uuid::Uuid,
+    name: &str,
+    models: &[uuid::Uuid],
+) -> (uuid::Uuid, String) {
+    wharf::db::load::create_api_key(
+        &db.pool,
+        org,
+        wharf::config::KeyType::Organisation,
+        None,
+        None,
+        name,
+        models,
+    )
+    .await
+    .unwrap()
 }

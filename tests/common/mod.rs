@@ -18,12 +18,23 @@ pub const KEY_LIMITED: &str = "wharf-test-limited";
 pub const KEY_EXPIRED: &str = "wharf-test-expired";
 pub const KEY_REVOKED: &str = "wharf-test-revoked";
 
+/// A port nothing listens on now, never handed out before in this test process: the kernel
+/// may give the same ephemeral port to two `bind(0)` calls in a row once the first is closed,
+/// so ports already handed out are skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&port) {
+            seen.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn sha(s: &str) -> String {

@@ -1,0 +1,59 @@
+//! Seeds a database for the database-mode rows of the load benchmark (`benches/load.sh`): the
+//! same provider (the mock on 127.0.0.1:18080), model and grant as `benches/bench.toml`, held in
+//! Postgres instead of the file. Prints the new virtual key on stdout.
+//!
+//!   cargo run --release --example seed_db -- postgres://…/wharf_bench
+
+use wharf::config::{KeyType, ModelType, Pricing, ProviderKind};
+use wharf::db::crypto::MasterKeys;
+use wharf::db::load;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::args()
+        .nth(1)
+        .ok_or("usage: seed_db DATABASE_URL (WHARF_MASTER_KEYS in the environment)")?;
+    let keys = MasterKeys::parse(&std::env::var("WHARF_MASTER_KEYS")?)?;
+    let pool = wharf::db::connect(&url).await?;
+    wharf::db::migrate(&pool).await?;
+    let org = load::create_organisation(&pool, "bench").await?;
+    let provider = load::create_provider(
+        &pool,
+        org,
+        "mock",
+        ProviderKind::OpenAi,
+        "http://127.0.0.1:18080/v1",
+        &keys,
+        Some("sk-mock"),
+    )
+    .await?;
+    let pricing = Pricing {
+        input: 150_000_000,
+        output: 600_000_000,
+        cached: 150_000_000,
+        reasoning: 600_000_000,
+        image: 0,
+    };
+    let model = load::create_model(
+        &pool,
+        org,
+        "bench-model",
+        "mock-gpt",
+        ModelType::Chat,
+        provider,
+        pricing,
+    )
+    .await?;
+    let (_, secret) = load::create_api_key(
+        &pool,
+        org,
+        KeyType::Organisation,
+        None,
+        None,
+        "bench",
+        &[model],
+    )
+    .await?;
+    println!("{secret}");
+    Ok(())
+}

@@ -1,0 +1,802 @@
+//! Dashboard (SVG charts from the usage rollups), usage records with CSV export, invoices
+//! (CSV and printable HTML), the API docs page and the playground. All figures come from the
+//! admin API's usage, rollup and invoice operations as the signed-in user, so a MANAGER sees
+//! their teams' traffic and a USER their own.
+
+use super::view::{self, Scope};
+use super::{api_error_page, Cx, Resp};
+use crate::api::Role;
+use http::Method;
+use maud::{html, Markup, DOCTYPE};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+fn str_of(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_default().to_string()
+}
+
+/// The period and dimension filters of a report page, as API query pairs.
+fn filters(cx: &Cx<'_>, default_period: &str, dims: &[&str]) -> Vec<(String, String)> {
+    let mut q = Vec::new();
+    let period = cx.req.q("period").unwrap_or(default_period);
+    q.push(("period".into(), period.to_string()));
+    if period == "custom" {
+        for k in ["from", "to"] {
+            if let Some(v) = cx.req.q(k) {
+                q.push((k.into(), v.to_string()));
+            }
+        }
+    }
+    for d in dims {
+        if let Some(v) = cx.req.q(d) {
+            q.push((d.to_string(), v.to_string()));
+        }
+    }
+    q
+}
+
+fn query_string(q: &[(String, String)]) -> String {
+    q.iter()
+        .map(|(k, v)| format!("{k}={}", view::url_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Period and dimension filter form (GET).
+async fn filter_form(
+    cx: &Cx<'_>,
+    org: Uuid,
+    action: &str,
+    dims: &[&str],
+    periods: &[&str],
+) -> Markup {
+    let period = cx.req.q("period").unwrap_or(periods[0]).to_string();
+    let list = |what: &'static str, label: &'static str| async move {
+        cx.api(
+            Method::GET,
+            &format!("/api/organisations/{org}/{what}"),
+            vec![("limit".into(), "500".into())],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|v| v["data"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| (str_of(r, "id"), str_of(r, label)))
+        .collect::<Vec<_>>()
+    };
+    let mut selects: Vec<(&str, &str, view::Choices)> = Vec::new();
+    for d in dims {
+        match *d {
+            "team_id" => selects.push(("team_id", "Team", list("teams", "name").await)),
+            "api_key_id" => selects.push(("api_key_id", "API key", list("api-keys", "name").await)),
+            "model" => {
+                let m = list("models", "name").await;
+                selects.push((
+                    "model",
+                    "Model",
+                    m.into_iter().map(|(_, n)| (n.clone(), n)).collect(),
+                ));
+            }
+            "provider" => {
+                let p = list("providers", "name").await;
+                selects.push((
+                    "provider",
+                    "Provider",
+                    p.into_iter().map(|(_, n)| (n.clone(), n)).collect(),
+                ));
+            }
+            "outcome" => selects.push((
+                "outcome",
+                "Outcome",
+                [
+                    "success",
+                    "error",
+                    "denied",
+                    "upstream_error",
+                    "client_disconnected",
+                ]
+                .iter()
+                .map(|o| (o.to_string(), o.replace('_', " ")))
+                .collect(),
+            )),
+            _ => {}
+        }
+    }
+    html! {
+        form.filters method="get" action=(action) {
+            div.field {
+                label for="f_period" { "Period" }
+                select #f_period name="period" {
+                    @for p in periods {
+                        option value=(p) selected[*p == period] { (p.replace('_', " ")) }
+                    }
+                }
+            }
+            div.field {
+                label for="f_from" { "From " span.muted { "(custom)" } }
+                input #f_from type="date" name="from" value=[cx.req.q("from")];
+            }
+            div.field {
+                label for="f_to" { "To " span.muted { "(custom, inclusive)" } }
+                input #f_to type="date" name="to" value=[cx.req.q("to")];
+            }
+            @for (name, label, opts) in &selects {
+                div.field {
+                    label for=(format!("f_{name}")) { (label) }
+                    select id=(format!("f_{name}")) name=(name) {
+                        option value="" { "All" }
+                        @for (v, l) in opts {
+                            option value=(v) selected[cx.req.q(name) == Some(v.as_str())] { (l) }
+                        }
+                    }
+                }
+            }
+            button type="submit" { "Apply" }
+        }
+    }
+}
+
+/// A bar chart as inline SVG, with a text alternative.
+fn chart(title: &str, points: &[(String, f64)], fmt: &dyn Fn(f64) -> String) -> Markup {
+    let (w, h, pad) = (640.0_f64, 160.0_f64, 4.0_f64);
+    let max = points.iter().map(|p| p.1).fold(0.0_f64, f64::max);
+    let n = points.len().max(1) as f64;
+    let bw = ((w - pad * 2.0) / n).max(1.0);
+    let total: f64 = points.iter().map(|p| p.1).sum();
+    let summary = match (points.first(), points.last()) {
+        (Some(a), Some(b)) => format!(
+            "{title}: {} buckets from {} to {}, peak {}",
+            points.len(),
+            a.0,
+            b.0,
+            fmt(max)
+        ),
+        _ => format!("{title}: no data"),
+    };
+    html! {
+        figure.chart {
+            figcaption { (title) " " span.muted { "peak " (fmt(max)) } }
+            svg viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(summary) preserveAspectRatio="none" {
+                line x1="0" y1=(h - 0.5) x2=(w) y2=(h - 0.5) class="axis" {}
+                @for (i, (label, v)) in points.iter().enumerate() {
+                    @let bh = if max > 0.0 { (v / max) * (h - pad * 2.0) } else { 0.0 };
+                    rect x=(format!("{:.2}", pad + i as f64 * bw + bw * 0.1)) y=(format!("{:.2}", h - bh)) width=(format!("{:.2}", bw * 0.8)) height=(format!("{:.2}", bh)) {
+                        title { (label) ": " (fmt(*v)) }
+                    }
+                }
+            }
+            @if points.is_empty() || total == 0.0 { p.muted { "No traffic in this period." } }
+        }
+    }
+}
+
+/// Every rollup row of the query (pages of 500, at most 20 pages).
+async fn rollups(
+    cx: &Cx<'_>,
+    org: Uuid,
+    q: &[(String, String)],
+) -> Result<(Vec<Value>, Value), crate::api::ApiError> {
+    let mut rows = Vec::new();
+    let mut totals = Value::Null;
+    for page in 0..20 {
+        let mut qq = q.to_vec();
+        qq.push(("limit".into(), "500".into()));
+        qq.push(("offset".into(), (page * 500).to_string()));
+        let v = cx
+            .api(
+                Method::GET,
+                &format!("/api/organisations/{org}/usage/rollups"),
+                qq,
+                None,
+            )
+            .await?;
+        let data = v["data"].as_array().cloned().unwrap_or_default();
+        let n = data.len();
+        rows.extend(data);
+        totals = v["totals"].clone();
+        if n < 500 {
+            break;
+        }
+    }
+    Ok((rows, totals))
+}
+
+fn i(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn num(n: f64) -> String {
+    if n >= 1e6 {
+        format!("{:.1}M", n / 1e6)
+    } else if n >= 1e4 {
+        format!("{:.1}k", n / 1e3)
+    } else if n.fract() == 0.0 {
+        format!("{n:.0}")
+    } else {
+        format!("{n:.2}")
+    }
+}
+
+/// First day (UTC) of a budget period's current window.
+fn window_start(period: &str, today: time::Date) -> time::Date {
+    match period {
+        "DAILY" => today,
+        "WEEKLY" => {
+            today - time::Duration::days(i64::from(today.weekday().number_days_from_monday()))
+        }
+        "QUARTERLY" => {
+            let first = ((today.month() as u8 - 1) / 3) * 3 + 1;
+            time::Month::try_from(first)
+                .ok()
+                .and_then(|m| time::Date::from_calendar_date(today.year(), m, 1).ok())
+                .unwrap_or(today)
+        }
+        _ => today.replace_day(1).unwrap_or(today),
+    }
+}
+
+/// A budget's spend in its current window, from the usage rollups of its owner.
+async fn budget_spent(cx: &Cx<'_>, org: Uuid, b: &Value) -> (String, i64) {
+    let today = time::OffsetDateTime::now_utc().date();
+    let from = window_start(b["period"].as_str().unwrap_or("MONTHLY"), today).to_string();
+    let mut q: Vec<(String, String)> = vec![
+        ("period".into(), "custom".into()),
+        ("from".into(), from.clone()),
+        ("to".into(), today.to_string()),
+        ("granularity".into(), "DAY".into()),
+    ];
+    let owner = str_of(b, "scope_id");
+    match b["scope"].as_str() {
+        Some("TEAM") => q.push(("team_id".into(), owner)),
+        Some("USER") => q.push(("user_id".into(), owner)),
+        Some("APIKEY") => q.push(("api_key_id".into(), owner)),
+        _ => {}
+    }
+    let spent = rollups(cx, org, &q)
+        .await
+        .map(|(_, t)| i(&t["cost_nanos"]))
+        .unwrap_or(0);
+    (from, spent)
+}
+
+/// `/{org}/dashboard`.
+pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
+    let mut q = filters(
+        cx,
+        "last_30_days",
+        &["team_id", "api_key_id", "model", "provider"],
+    );
+    let gran = match cx.req.q("granularity") {
+        Some("HOUR") => "HOUR",
+        _ => "DAY",
+    };
+    q.push(("granularity".into(), gran.into()));
+    let (rows, _) = match rollups(cx, org, &q).await {
+        Ok(x) => x,
+        Err(e) => return api_error_page(cx, &e),
+    };
+    // Per bucket: requests, errors, tokens, cost, latency sum.
+    let mut buckets: BTreeMap<String, [f64; 5]> = BTreeMap::new();
+    let mut by: HashMap<&str, HashMap<String, [f64; 3]>> = HashMap::new();
+    for r in &rows {
+        let b = buckets.entry(str_of(r, "bucket_start")).or_default();
+        let tokens = (i(&r["input_tokens"]) + i(&r["output_tokens"])) as f64;
+        b[0] += i(&r["requests"]) as f64;
+        b[1] += i(&r["errors"]) as f64;
+        b[2] += tokens;
+        b[3] += i(&r["cost_nanos"]) as f64;
+        b[4] += r["latency_ms_sum"].as_f64().unwrap_or(0.0);
+        for dim in ["model", "api_key_id", "team_id"] {
+            let key = r[dim].as_str().unwrap_or("").to_string();
+            let e = by.entry(dim).or_default().entry(key).or_default();
+            e[0] += i(&r["requests"]) as f64;
+            e[1] += tokens;
+            e[2] += i(&r["cost_nanos"]) as f64;
+        }
+    }
+    let label = |b: &str| {
+        let t = view::fmt_time_str(b);
+        if gran == "DAY" {
+            t.chars().take(10).collect()
+        } else {
+            t
+        }
+    };
+    let series = |f: &dyn Fn(&[f64; 5]) -> f64| -> Vec<(String, f64)> {
+        buckets.iter().map(|(k, v)| (label(k), f(v))).collect()
+    };
+    let tot = buckets.values().fold([0.0; 5], |mut a, b| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+        a
+    });
+    let err_rate = if tot[0] > 0.0 {
+        tot[1] / tot[0] * 100.0
+    } else {
+        0.0
+    };
+    let avg_lat = if tot[0] > 0.0 { tot[4] / tot[0] } else { 0.0 };
+    // Names of keys and teams for the top lists.
+    let mut names: HashMap<String, String> = HashMap::new();
+    for (what, label) in [("teams", "name"), ("api-keys", "name")] {
+        if let Ok(v) = cx
+            .api(
+                Method::GET,
+                &format!("/api/organisations/{org}/{what}"),
+                vec![("limit".into(), "500".into())],
+                None,
+            )
+            .await
+        {
+            for r in v["data"].as_array().into_iter().flatten() {
+                names.insert(str_of(r, "id"), str_of(r, label));
+            }
+        }
+    }
+    let top = |dim: &str| -> Vec<(String, [f64; 3])> {
+        let mut v: Vec<(String, [f64; 3])> = by
+            .get(dim)
+            .map(|m| m.iter().map(|(k, x)| (k.clone(), *x)).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1[2].total_cmp(&a.1[2]).then(b.1[0].total_cmp(&a.1[0])));
+        v.truncate(5);
+        v
+    };
+    let budgets = if cx.caller().role >= Role::Manager {
+        cx.api(
+            Method::GET,
+            &format!("/api/organisations/{org}/budgets"),
+            vec![("limit".into(), "100".into())],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|v| v["data"].as_array().cloned())
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut burn = Vec::new();
+    for b in budgets.iter().take(20) {
+        let (from, spent) = budget_spent(cx, org, b).await;
+        burn.push((b.clone(), from, spent));
+    }
+    let action = scope.href("dashboard");
+    let usd = |v: f64| view::usd(v as i64);
+    let body = html! {
+        (filter_form(cx, org, &action, &["team_id", "api_key_id", "model", "provider"], &["last_30_days", "this_month", "last_month", "custom"]).await)
+        div.cards {
+            div.stat { span.k { "Requests" } span.v #stat-requests { (num(tot[0])) } }
+            div.stat { span.k { "Tokens" } span.v { (num(tot[2])) } }
+            div.stat { span.k { "Cost" } span.v { (usd(tot[3])) } }
+            div.stat { span.k { "Error rate" } span.v { (format!("{err_rate:.1}%")) } }
+            div.stat { span.k { "Avg latency" } span.v { (format!("{avg_lat:.0} ms")) } }
+        }
+        div.charts {
+            (chart("Requests", &series(&|b| b[0]), &num))
+            (chart("Tokens", &series(&|b| b[2]), &num))
+            (chart("Cost", &series(&|b| b[3]), &usd))
+            (chart("Error rate (%)", &series(&|b| if b[0] > 0.0 { b[1] / b[0] * 100.0 } else { 0.0 }), &|v| format!("{v:.1}%")))
+            (chart("Average latency (ms)", &series(&|b| if b[0] > 0.0 { b[4] / b[0] } else { 0.0 }), &|v| format!("{v:.0} ms")))
+        }
+        div.tops {
+            @for (dim, title) in [("model", "Top models"), ("api_key_id", "Top API keys"), ("team_id", "Top teams")] {
+                section {
+                    h2 { (title) }
+                    table {
+                        thead { tr { th scope="col" { "Name" } th scope="col" { "Requests" } th scope="col" { "Tokens" } th scope="col" { "Cost" } } }
+                        tbody {
+                            @for (k, v) in top(dim) {
+                                tr {
+                                    td { (if k.is_empty() { "—".to_string() } else { names.get(&k).cloned().unwrap_or(k.clone()) }) }
+                                    td { (num(v[0])) } td { (num(v[1])) } td { (usd(v[2])) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !burn.is_empty() {
+            section aria-labelledby="bud-h" {
+                h2 #bud-h { "Budgets" }
+                p.muted { "Spend in each budget's current window (UTC), against its amount; warning thresholds are marked." }
+                @for (b, from, spent) in &burn {
+                    @let amount = i(&b["amount_nanos"]);
+                    @let pct = if amount > 0 { *spent as f64 / amount as f64 * 100.0 } else { 0.0 };
+                    @let crossed = b["warning_thresholds"].as_array().into_iter().flatten().filter(|t| pct >= i(t) as f64).count();
+                    div.budget {
+                        span { strong { (b["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("budget")) } " · " (str_of(b, "scope")) " · " (str_of(b, "period")) " since " (from) ": " (view::usd(*spent)) " of " (view::usd(amount)) " (" (format!("{pct:.0}%")) ")"
+                            @if crossed > 0 { " " span.badge.expired { (crossed) " threshold(s) crossed" } } }
+                        svg.burn viewBox="0 0 100 8" role="img" aria-label=(format!("{pct:.0}% of the budget used")) preserveAspectRatio="none" {
+                            rect x="0" y="0" width="100" height="8" class="track" {}
+                            rect x="0" y="0" width=(format!("{:.2}", pct.min(100.0))) height="8" class=(if pct >= 100.0 { "over" } else { "used" }) {}
+                            @for t in b["warning_thresholds"].as_array().into_iter().flatten() {
+                                line x1=(i(t)) x2=(i(t)) y1="0" y2="8" class="threshold" {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Resp::html(200, view::layout(cx, scope, "dashboard", "Dashboard", body))
+}
+
+const RECORD_COLS: &[(&str, &str)] = &[
+    ("created_at", "Time"),
+    ("model", "Model"),
+    ("provider", "Provider"),
+    ("endpoint", "Endpoint"),
+    ("status", "Status"),
+    ("outcome", "Outcome"),
+    ("input_tokens", "In"),
+    ("output_tokens", "Out"),
+    ("cost_nanos", "Cost"),
+    ("latency_ms", "Latency ms"),
+    ("request_id", "Request id"),
+];
+
+const USAGE_DIMS: &[&str] = &["team_id", "api_key_id", "model", "provider", "outcome"];
+
+/// `/{org}/usage` and `/{org}/usage/export.csv`.
+pub async fn usage(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp {
+    let q = filters(cx, "last_30_days", USAGE_DIMS);
+    let path = format!("/api/organisations/{org}/usage/records");
+    if let ["export.csv"] = tail {
+        // Every matching record, in pages of 500.
+        let mut rows = Vec::new();
+        for page in 0..200 {
+            let mut qq = q.clone();
+            qq.push(("limit".into(), "500".into()));
+            qq.push(("offset".into(), (page * 500).to_string()));
+            match cx.api(Method::GET, &path, qq, None).await {
+                Ok(v) => {
+                    let data = v["data"].as_array().cloned().unwrap_or_default();
+                    let n = data.len();
+                    rows.extend(data);
+                    if n < 500 {
+                        break;
+                    }
+                }
+                Err(e) => return api_error_page(cx, &e),
+            }
+        }
+        let csv = crate::api::csv::from_objects(crate::api::usage::RECORD_CSV, &rows);
+        return csv_resp(csv, "usage.csv");
+    }
+    if !tail.is_empty() {
+        return view::error_page(Some(cx), 404, "Not found.");
+    }
+    let limit = 50_i64;
+    let offset: i64 = cx
+        .req
+        .q("offset")
+        .and_then(|o| o.parse().ok())
+        .filter(|o: &i64| *o >= 0)
+        .unwrap_or(0);
+    let mut qq = q.clone();
+    qq.push(("limit".into(), limit.to_string()));
+    qq.push(("offset".into(), offset.to_string()));
+    let v = match cx.api(Method::GET, &path, qq, None).await {
+        Ok(v) => v,
+        Err(e) => return api_error_page(cx, &e),
+    };
+    let rows = v["data"].as_array().cloned().unwrap_or_default();
+    let total = i(&v["total"]);
+    let href = scope.href("usage");
+    let qs = query_string(&q);
+    let body = html! {
+        (filter_form(cx, org, &href, USAGE_DIMS, &["last_30_days", "this_month", "last_month", "custom"]).await)
+        p { a.button href=(format!("{href}/export.csv?{qs}")) download { "Export CSV" } }
+        (view::table(&rows, RECORD_COLS, None, &|_, _| None))
+        (view::pager(&format!("{href}?{qs}"), offset, limit, total))
+    };
+    Resp::html(200, view::layout(cx, scope, "usage", "Usage", body))
+}
+
+fn csv_resp(csv: String, name: &str) -> Resp {
+    Resp {
+        status: 200,
+        content_type: "text/csv; charset=utf-8",
+        headers: vec![(
+            "content-disposition",
+            format!("attachment; filename=\"{name}\""),
+        )],
+        body: csv.into_bytes(),
+    }
+}
+
+fn invoice_tables(inv: &Value) -> Markup {
+    let section = |title: &str, key: &str, extra: Option<(&str, &str)>| {
+        let rows = inv[key].as_array().cloned().unwrap_or_default();
+        html! {
+            section.invoice-part {
+                h2 { (title) }
+                table {
+                    thead { tr {
+                        th scope="col" { "Name" }
+                        @if let Some((_, h)) = extra { th scope="col" { (h) } }
+                        th scope="col" { "Requests" } th scope="col" { "Input tokens" } th scope="col" { "Output tokens" } th scope="col" { "Cost (USD)" }
+                    } }
+                    tbody {
+                        @if rows.is_empty() { tr { td.muted colspan="6" { "None." } } }
+                        @for r in &rows {
+                            tr {
+                                td { (r["name"].as_str().or(r["id"].as_str()).unwrap_or("(none)")) }
+                                @if let Some((f, _)) = extra { td { (view::cell(f, &r[f])) } }
+                                td { (view::cell("requests", &r["requests"])) }
+                                td { (view::cell("input_tokens", &r["input_tokens"])) }
+                                td { (view::cell("output_tokens", &r["output_tokens"])) }
+                                td.num { (str_of(r, "cost_usd")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let t = &inv["totals"];
+    html! {
+        dl.details {
+            dt { "Period" } dd { (view::cell("from_at", &inv["period"]["from"])) " – " (view::cell("to_at", &inv["period"]["to"])) }
+            dt { "Requests" } dd { (view::cell("requests", &t["requests"])) }
+            dt { "Tokens (in / out)" } dd { (view::cell("x", &t["input_tokens"])) " / " (view::cell("x", &t["output_tokens"])) }
+            dt { "MCP calls" } dd { (view::cell("x", &t["mcp_calls"])) }
+            dt { "Total" } dd.total { "USD " (str_of(t, "cost_usd")) }
+        }
+        (section("By team", "teams", None))
+        (section("By API key", "api_keys", Some(("prefix", "Key"))))
+        (section("By model", "models", Some(("provider", "Provider"))))
+        (section("By MCP server", "mcp_servers", None))
+    }
+}
+
+/// `/{org}/invoices`, `/{org}/invoices/export.csv`, `/{org}/invoices/print`.
+pub async fn invoices(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp {
+    let q = filters(cx, "this_month", &[]);
+    let path = format!("/api/organisations/{org}/invoices");
+    if let ["export.csv"] = tail {
+        let mut qq = q.clone();
+        qq.push(("format".into(), "csv".into()));
+        return match cx.raw(&path, qq).await {
+            Ok(r) => csv_resp(String::from_utf8_lossy(&r.body).into_owned(), "invoice.csv"),
+            Err(e) => api_error_page(cx, &e),
+        };
+    }
+    let inv = match cx.api(Method::GET, &path, q.clone(), None).await {
+        Ok(v) => v,
+        Err(e) => return api_error_page(cx, &e),
+    };
+    match tail {
+        ["print"] => {
+            let page = html! {
+                (DOCTYPE)
+                html lang="en" {
+                    head {
+                        meta charset="utf-8";
+                        title { "Invoice · " (scope.name) }
+                        link rel="icon" href="data:,";
+                        link rel="stylesheet" href="/console/static/app.css";
+                        script src="/console/static/app.js" defer {}
+                    }
+                    body.print {
+                        main #main {
+                            p.noprint { button type="button" data-print { "Print or save as PDF" } }
+                            h1 { "Invoice — " (scope.name) }
+                            (invoice_tables(&inv))
+                        }
+                    }
+                }
+            };
+            Resp::html(200, page)
+        }
+        [] => {
+            let href = scope.href("invoices");
+            let qs = query_string(&q);
+            let body = html! {
+                (filter_form(cx, org, &href, &[], &["this_month", "last_month", "last_30_days", "custom"]).await)
+                p.actions {
+                    a.button href=(format!("{href}/export.csv?{qs}")) download { "Export CSV" }
+                    " "
+                    a.button href=(format!("{href}/print?{qs}")) target="_blank" rel="noopener" { "Printable invoice" }
+                }
+                (invoice_tables(&inv))
+            };
+            Resp::html(200, view::layout(cx, scope, "invoices", "Invoices", body))
+        }
+        _ => view::error_page(Some(cx), 404, "Not found."),
+    }
+}
+
+/// The gateway's base URL as the browser can reach it: the proxy listener's port on the host
+/// the console was reached by (unless the listener names a host).
+fn gateway_base(cx: &Cx<'_>) -> String {
+    let listen = cx.state.current().config.server.listen.clone();
+    let (host, port) = listen.rsplit_once(':').unwrap_or((listen.as_str(), "8080"));
+    let host = if ["0.0.0.0", "[::]", "::", ""].contains(&host) {
+        let h = cx.req.host.as_str();
+        match h.rsplit_once(':') {
+            Some((name, p)) if p.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
+            _ => h.to_string(),
+        }
+    } else {
+        host.to_string()
+    };
+    let tls = cx.state.current().config.server.tls.is_some();
+    format!("{}://{host}:{port}", if tls { "https" } else { "http" })
+}
+
+async fn enabled_models(cx: &Cx<'_>, org: Uuid) -> Vec<Value> {
+    cx.api(
+        Method::GET,
+        &format!("/api/organisations/{org}/models"),
+        vec![
+            ("limit".into(), "500".into()),
+            ("enabled".into(), "true".into()),
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .and_then(|v| v["data"].as_array().cloned())
+    .unwrap_or_default()
+}
+
+/// `/{org}/docs`: base URL, auth header, copy-ready snippets for the organisation's models,
+/// live gateway status.
+pub async fn docs(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
+    let base = gateway_base(cx);
+    let models = enabled_models(cx, org).await;
+    let pick = |ty: &str, fallback: &str| {
+        models
+            .iter()
+            .find(|m| m["model_type"] == ty)
+            .map(|m| str_of(m, "name"))
+            .unwrap_or_else(|| fallback.to_string())
+    };
+    let chat = pick("chat", "gpt-4o-mini");
+    let embed = pick("embeddings", "text-embedding-3-small");
+    let image = pick("image", "gpt-image-1");
+    let snippets: Vec<(&str, &str, String)> = vec![
+        ("chat-curl", "Chat completions (curl)", format!(
+            "curl {base}/v1/chat/completions \\\n  -H \"Content-Type: application/json\" \\\n  -H \"Authorization: Bearer $WHARF_API_KEY\" \\\n  -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")),
+        ("chat-py", "Chat completions (Python, openai)", format!(
+            "import os\nfrom openai import OpenAI\nclient = OpenAI(base_url=\"{base}/v1\", api_key=os.environ[\"WHARF_API_KEY\"])\nr = client.chat.completions.create(model=\"{chat}\", messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])\nprint(r.choices[0].message.content)")),
+        ("chat-js", "Chat completions (JavaScript, openai)", format!(
+            "import OpenAI from \"openai\";\nconst client = new OpenAI({{ baseURL: \"{base}/v1\", apiKey: process.env.WHARF_API_KEY }});\nconst r = await client.chat.completions.create({{ model: \"{chat}\", messages: [{{ role: \"user\", content: \"Hello!\" }}] }});\nconsole.log(r.choices[0].message.content);")),
+        ("stream-curl", "Streaming (curl, SSE)", format!(
+            "curl -N {base}/v1/chat/completions \\\n  -H \"Content-Type: application/json\" \\\n  -H \"Authorization: Bearer $WHARF_API_KEY\" \\\n  -d '{{\"model\": \"{chat}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Stream a greeting.\"}}]}}'")),
+        ("embed-curl", "Embeddings (curl)", format!(
+            "curl {base}/v1/embeddings \\\n  -H \"Content-Type: application/json\" \\\n  -H \"Authorization: Bearer $WHARF_API_KEY\" \\\n  -d '{{\"model\": \"{embed}\", \"input\": \"The quick brown fox\"}}'")),
+        ("image-curl", "Images (curl)", format!(
+            "curl {base}/v1/images/generations \\\n  -H \"Content-Type: application/json\" \\\n  -H \"Authorization: Bearer $WHARF_API_KEY\" \\\n  -d '{{\"model\": \"{image}\", \"prompt\": \"a cat reading a book, watercolor\", \"size\": \"1024x1024\"}}'")),
+        ("anthropic-py", "Anthropic Messages (Python, anthropic)", format!(
+            "import os\nimport anthropic\nclaude = anthropic.Anthropic(base_url=\"{base}\", api_key=os.environ[\"WHARF_API_KEY\"])\nclaude.messages.create(model=\"{chat}\", max_tokens=256, messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}])")),
+        ("gemini-py", "Gemini (Python, google-genai)", format!(
+            "import os\nfrom google import genai\ngem = genai.Client(api_key=os.environ[\"WHARF_API_KEY\"], http_options={{\"base_url\": \"{base}\"}})\ngem.models.generate_content(model=\"{chat}\", contents=\"Hi\")")),
+    ];
+    let body = html! {
+        dl.details {
+            dt { "Base URL" } dd { code #base-url { (base) "/v1" } " " button type="button" data-copy="#base-url" { "Copy" } }
+            dt { "Authorization header" } dd { code { "Authorization: Bearer YOUR_API_KEY" } }
+            dt { "Gateway status" } dd { span #gw-status data-status-url="/api/status" { "Checking…" } }
+        }
+        p { "Create a key under " a href=(scope.href("apikeys")) { "API keys" } ". Models enabled in this organisation: "
+            @for (n, m) in models.iter().enumerate() { @if n > 0 { ", " } code { (str_of(m, "name")) } }
+            @if models.is_empty() { span.muted { "none yet" } }
+            "." }
+        @for (id, title, code) in &snippets {
+            section.snippet {
+                h2 { (title) }
+                div.copyrow {
+                    pre id=(id) { code { (code) } }
+                    button type="button" data-copy=(format!("#{id}")) { "Copy" }
+                }
+            }
+        }
+    };
+    Resp::html(200, view::layout(cx, scope, "docs", "API docs", body))
+}
+
+/// `/{org}/playground`: a chat through the gateway itself with a key the user pastes (keys
+/// are stored as hashes only, so the console cannot use one by itself).
+pub async fn playground(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp {
+    let post = cx.req.method == Method::POST;
+    match (tail, post) {
+        ([], false) => {}
+        (["usage"], false) => {
+            // The usage record of a playground request, once written.
+            let Some(rid) = cx.req.q("request_id") else {
+                return view::error_page(Some(cx), 400, "request_id is required");
+            };
+            let v = cx
+                .api(
+                    Method::GET,
+                    &format!("/api/organisations/{org}/usage/records"),
+                    vec![("request_id".into(), rid.to_string())],
+                    None,
+                )
+                .await;
+            return match v {
+                Ok(v) => json_resp(200, &v["data"].get(0).cloned().unwrap_or(Value::Null)),
+                Err(e) => json_resp(e.status(), &json!({"error": e.message})),
+            };
+        }
+        (["models"], true) => {
+            // The models the pasted key may call, as the gateway itself answers.
+            let key = cx.req.f("key").unwrap_or("").trim().to_string();
+            let client = match super::loopback_client() {
+                Ok(c) => c,
+                Err(e) => return json_resp(500, &json!({"error": e})),
+            };
+            let r = client
+                .get(format!("{}/v1/models", super::loopback_gateway(cx.state)))
+                .bearer_auth(key)
+                .timeout(std::time::Duration::from_secs(10))
+                .send()
+                .await;
+            return match r {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    json_resp(status, &v)
+                }
+                Err(e) => json_resp(502, &json!({"error": e.to_string()})),
+            };
+        }
+        _ => return view::error_page(Some(cx), 404, "Not found."),
+    }
+    let models = enabled_models(cx, org).await;
+    let base = gateway_base(cx);
+    let body = html! {
+        p { "Messages go through the gateway at " code { (base) } " with the key you paste here; it stays in this page and is never stored." }
+        form #playground method="post" action=(scope.href("playground/chat")) data-relay=(scope.href("playground/chat")) data-usage=(scope.href("playground/usage")) data-models=(scope.href("playground/models")) {
+            (view::csrf(cx))
+            div.field {
+                label for="pg_key" { "API key" }
+                input #pg_key type="password" name="key" required autocomplete="off" placeholder="wharf_sk_…";
+            }
+            div.field {
+                label for="pg_model" { "Model" }
+                select #pg_model name="model" {
+                    @for m in models.iter().filter(|m| ["chat", "reasoning"].contains(&m["model_type"].as_str().unwrap_or(""))) {
+                        option value=(str_of(m, "name")) { (str_of(m, "name")) }
+                    }
+                }
+            }
+            div.field {
+                label for="pg_prompt" { "Message" }
+                textarea #pg_prompt name="prompt" rows="4" required { "Say hello." }
+            }
+            div.check {
+                input #pg_stream type="checkbox" name="stream" checked;
+                label for="pg_stream" { "Stream the answer" }
+            }
+            button.primary type="submit" { "Send" }
+        }
+        section aria-live="polite" {
+            h2 { "Answer" }
+            pre #pg_out { }
+            h2 { "Usage record" }
+            pre #pg_usage.muted { "—" }
+        }
+    };
+    Resp::html(
+        200,
+        view::layout(cx, scope, "playground", "Playground", body),
+    )
+}
+
+fn json_resp(status: u16, v: &Value) -> Resp {
+    Resp {
+        status,
+        content_type: "application/json",
+        headers: Vec::new(),
+        body: v.to_string().into_bytes(),
+    }
+}

@@ -1,0 +1,429 @@
+//! Sign-in, sessions and CSRF.
+//!
+//! * A session is a random 256-bit token in the `wharf_session` cookie (`HttpOnly`,
+//!   `SameSite=Lax`, `Secure` over TLS, 12 hours, ended after 2 idle hours); `console_sessions` stores its SHA-256, its
+//!   user and its CSRF token. The session acts as its user: role, organisation and status are
+//!   read from `users` on every request, so a suspended user is signed out at once.
+//! * Every form carries the session's CSRF token (`_csrf`), compared in constant time; a POST
+//!   without it, or from another origin, is refused with 403. The sign-in form, which has no
+//!   session yet, uses a double-submit cookie instead.
+
+use super::view;
+use super::{Cx, Req, Resp};
+use crate::api::bootstrap::random_token;
+use crate::api::{auth, ApiError, ApiResult, Caller, Role};
+use crate::keys::KeyHash;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "wharf_session";
+/// The sign-in form's double-submit cookie.
+const LOGIN_CSRF_COOKIE: &str = "wharf_login_csrf";
+/// Session lifetime.
+const SESSION_SECONDS: i64 = 12 * 3600;
+/// A session unused for this long ends.
+const IDLE_SECONDS: i64 = 2 * 3600;
+
+/// A signed-in session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: Uuid,
+    pub csrf: String,
+    pub caller: Caller,
+    pub name: Option<String>,
+    /// Slug of the user's organisation.
+    pub org_slug: Option<String>,
+}
+
+impl Session {
+    /// Where the user lands after signing in.
+    pub fn home(&self) -> String {
+        match (&self.caller.role, &self.org_slug) {
+            (Role::SuperAdmin, _) => "/admin/dashboard".into(),
+            (_, Some(slug)) => format!("/{slug}/dashboard"),
+            // A user outside every organisation has no pages: a 404 with a sign-out button.
+            _ => "/no-organisation/dashboard".into(),
+        }
+    }
+}
+
+fn pool(state: &crate::state::State) -> ApiResult<PgPool> {
+    crate::api::pool(state)
+}
+
+fn cookie(name: &str, value: &str, path: &str, max_age: i64, tls: bool, same_site: &str) -> String {
+    format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite={same_site}{}",
+        if tls { "; Secure" } else { "" }
+    )
+}
+
+type SessionRow = (
+    Uuid,
+    String,
+    Uuid,
+    String,
+    String,
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    time::OffsetDateTime,
+);
+
+/// The session of the request's cookie, if valid.
+pub async fn current(state: &crate::state::State, req: &Req) -> ApiResult<Option<Session>> {
+    let Some(token) = req.cookies.get(SESSION_COOKIE).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let pool = pool(state)?;
+    let row: Option<SessionRow> = sqlx::query_as(
+        "SELECT s.id, s.csrf_token, u.id, u.email, u.role::text, u.organisation_id, u.name,
+                o.slug, s.last_seen_at
+         FROM console_sessions s JOIN users u ON u.id = s.user_id
+         LEFT JOIN organisations o ON o.id = u.organisation_id
+         WHERE s.token_hash = $1 AND s.expires_at > now() AND u.status = 'ACTIVE'
+           AND s.last_seen_at > now() - make_interval(secs => $2)",
+    )
+    .bind(KeyHash::of(token).to_hex())
+    .bind(IDLE_SECONDS as f64)
+    .fetch_optional(&pool)
+    .await?;
+    let Some((id, csrf, user_id, email, role, organisation_id, name, org_slug, seen)) = row else {
+        return Ok(None);
+    };
+    let Some(role) = Role::parse(&role) else {
+        return Ok(None);
+    };
+    if time::OffsetDateTime::now_utc() - seen > time::Duration::minutes(1) {
+        sqlx::query("UPDATE console_sessions SET last_seen_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&pool)
+            .await?;
+    }
+    Ok(Some(Session {
+        id,
+        csrf,
+        caller: Caller {
+            user_id,
+            email,
+            role,
+            organisation_id,
+            token_id: id,
+        },
+        name,
+        org_slug,
+    }))
+}
+
+/// Starts a session for `user`: the `Set-Cookie` value.
+async fn start(pool: &PgPool, user: Uuid, req: &Req) -> ApiResult<String> {
+    let token = random_token("");
+    let csrf = random_token("");
+    sqlx::query(
+        "INSERT INTO console_sessions (user_id, token_hash, csrf_token, expires_at, user_agent)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)",
+    )
+    .bind(user)
+    .bind(KeyHash::of(&token).to_hex())
+    .bind(csrf)
+    .bind(SESSION_SECONDS as f64)
+    .bind(
+        req.user_agent
+            .as_deref()
+            .map(|s| s.chars().take(300).collect::<String>()),
+    )
+    .execute(pool)
+    .await?;
+    // Expired sessions are removed as new ones start.
+    sqlx::query("DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'")
+        .execute(pool)
+        .await?;
+    Ok(cookie(
+        SESSION_COOKIE,
+        &token,
+        "/",
+        SESSION_SECONDS,
+        req.tls,
+        "Lax",
+    ))
+}
+
+fn same_origin(req: &Req) -> bool {
+    match &req.origin {
+        None => true,
+        Some(o) => {
+            let host = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .unwrap_or(o);
+            host.eq_ignore_ascii_case(&req.host)
+        }
+    }
+}
+
+fn eq_ct(a: &str, b: &str) -> bool {
+    !a.is_empty() && a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// 403 unless the form carries the session's CSRF token and comes from this origin.
+pub fn check_csrf(session: &Session, req: &Req) -> Result<(), Resp> {
+    let token = req.f("_csrf").unwrap_or("");
+    if !same_origin(req) || !eq_ct(token, &session.csrf) {
+        return Err(view::error_page(
+            None,
+            403,
+            "The form's CSRF token is missing or invalid. Reload the page and try again.",
+        ));
+    }
+    Ok(())
+}
+
+/// A local path to go to after signing in (never another site: browsers drop control
+/// characters and read `\\` as `/`, so `/\t/x` and `/\\x` would leave the site).
+fn safe_next(next: Option<&str>) -> Option<String> {
+    next.filter(|n| {
+        n.starts_with('/')
+            && !n.starts_with("//")
+            && !n.contains('\\')
+            && !n.chars().any(char::is_control)
+    })
+    .map(str::to_string)
+}
+
+/// The pre-session CSRF token: the browser's current one when well formed, else a new one.
+fn reuse_or_new(current: Option<&String>) -> String {
+    match current {
+        Some(t) if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) => t.clone(),
+        _ => random_token(""),
+    }
+}
+
+/// `GET /login` (and the form again after a failed attempt).
+pub async fn login_page(state: &crate::state::State, req: &Req, error: Option<&str>) -> Resp {
+    if error.is_none() {
+        if let Ok(Some(s)) = current(state, req).await {
+            return Resp::redirect(&s.home());
+        }
+    }
+    // The same token for every sign-in page of this browser (several tabs, or a request
+    // the browser makes on its own, must not invalidate the form already shown).
+    let csrf = reuse_or_new(req.cookies.get(LOGIN_CSRF_COOKIE));
+    let next = safe_next(req.q("next").or(req.f("next")));
+    let email = req.f("email").unwrap_or("");
+    Resp::html(
+        if error.is_some() { 401 } else { 200 },
+        view::login(&csrf, next.as_deref(), email, error),
+    )
+    .header(
+        "set-cookie",
+        cookie(LOGIN_CSRF_COOKIE, &csrf, "/login", 3600, req.tls, "Strict"),
+    )
+}
+
+/// Failed sign-ins allowed per e-mail address within [`FAILURE_WINDOW`] (on this node).
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Recent failed sign-ins by lower-case e-mail: (count, first failure).
+static FAILURES: std::sync::LazyLock<std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn failures() -> std::sync::MutexGuard<'static, HashMap<String, (u32, std::time::Instant)>> {
+    FAILURES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn throttled(email: &str) -> bool {
+    failures()
+        .get(email)
+        .is_some_and(|(n, first)| *n >= MAX_FAILURES && first.elapsed() < FAILURE_WINDOW)
+}
+
+fn record_failure(email: &str) {
+    let mut f = failures();
+    if f.len() > 10_000 {
+        f.retain(|_, (_, first)| first.elapsed() < FAILURE_WINDOW);
+    }
+    let e = f
+        .entry(email.to_string())
+        .or_insert((0, std::time::Instant::now()));
+    if e.1.elapsed() >= FAILURE_WINDOW {
+        *e = (0, std::time::Instant::now());
+    }
+    e.0 += 1;
+}
+
+/// `POST /login`.
+pub async fn login(state: &crate::state::State, req: Req) -> Resp {
+    let form_token = req.f("_csrf").unwrap_or("");
+    let cookie_token = req
+        .cookies
+        .get(LOGIN_CSRF_COOKIE)
+        .map(String::as_str)
+        .unwrap_or("");
+    if !same_origin(&req) || !eq_ct(form_token, cookie_token) {
+        return view::error_page(
+            None,
+            403,
+            "The form's CSRF token is missing or invalid. Reload the page and try again.",
+        );
+    }
+    let pool = match pool(state) {
+        Ok(p) => p,
+        Err(e) => return view::error_page(None, e.status(), &e.message),
+    };
+    let email = req.f("email").unwrap_or("").trim().to_string();
+    let password = req.f("password").unwrap_or("").to_string();
+    let who = email.to_lowercase();
+    if throttled(&who) {
+        let mut r = login_page(
+            state,
+            &req,
+            Some("Too many failed sign-ins for this e-mail address: try again in 15 minutes."),
+        )
+        .await;
+        r.status = 429;
+        return r;
+    }
+    let user = match auth::check_login(&pool, &email, &password).await {
+        Ok(u) => u,
+        Err(e) => return view::error_page(None, e.status(), &e.message),
+    };
+    let Some(user) = user else {
+        record_failure(&who);
+        return login_page(state, &req, Some("Wrong e-mail or password.")).await;
+    };
+    failures().remove(&who);
+    let set = match start(&pool, user, &req).await {
+        Ok(c) => c,
+        Err(e) => return view::error_page(None, e.status(), &e.message),
+    };
+    let target = match safe_next(req.f("next")) {
+        Some(n) => n,
+        None => home_of(&pool, user).await,
+    };
+    Resp::redirect(&target).header("set-cookie", set).header(
+        "set-cookie",
+        cookie(LOGIN_CSRF_COOKIE, "", "/login", 0, false, "Strict"),
+    )
+}
+
+/// The landing page of a user (by role and organisation).
+async fn home_of(pool: &PgPool, user: Uuid) -> String {
+    let row: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT u.role::text, o.slug FROM users u
+         LEFT JOIN organisations o ON o.id = u.organisation_id WHERE u.id = $1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten();
+    match row {
+        Some((role, _)) if role == "SUPER_ADMIN" => "/admin/dashboard".into(),
+        Some((_, Some(slug))) => format!("/{slug}/dashboard"),
+        _ => "/no-organisation/dashboard".into(),
+    }
+}
+
+/// `POST /logout`: ends the session.
+pub async fn logout(cx: &Cx<'_>) -> Resp {
+    if let Ok(pool) = pool(cx.state) {
+        if let Err(e) = sqlx::query("DELETE FROM console_sessions WHERE id = $1")
+            .bind(cx.session.id)
+            .execute(&pool)
+            .await
+        {
+            return view::error_page(None, 503, &ApiError::from(e).message);
+        }
+    }
+    Resp::redirect("/login").header(
+        "set-cookie",
+        cookie(SESSION_COOKIE, "", "/", 0, cx.req.tls, "Lax"),
+    )
+}
+
+/// `GET /invite/{token}`: the acceptance form.
+pub async fn invite_page(state: &crate::state::State, req: &Req, token: &str) -> Resp {
+    let pool = match pool(state) {
+        Ok(p) => p,
+        Err(e) => return view::error_page(None, e.status(), &e.message),
+    };
+    match auth::invitation(&pool, token).await {
+        Ok(inv) => {
+            let csrf = reuse_or_new(req.cookies.get(LOGIN_CSRF_COOKIE));
+            Resp::html(200, view::invite(&inv, &csrf, None)).header(
+                "set-cookie",
+                cookie(LOGIN_CSRF_COOKIE, &csrf, "/invite", 3600, req.tls, "Strict"),
+            )
+        }
+        Err(e) => view::error_page(None, e.status(), &e.message),
+    }
+}
+
+/// `POST /invite/{token}`: creates the user, signs them in.
+pub async fn invite_accept(state: &crate::state::State, req: Req, token: &str) -> Resp {
+    let form_token = req.f("_csrf").unwrap_or("");
+    let cookie_token = req
+        .cookies
+        .get(LOGIN_CSRF_COOKIE)
+        .map(String::as_str)
+        .unwrap_or("");
+    if !same_origin(&req) || !eq_ct(form_token, cookie_token) {
+        return view::error_page(
+            None,
+            403,
+            "The form's CSRF token is missing or invalid. Reload the page and try again.",
+        );
+    }
+    let pool = match pool(state) {
+        Ok(p) => p,
+        Err(e) => return view::error_page(None, e.status(), &e.message),
+    };
+    let password = req.f("password").unwrap_or("");
+    if req.f("confirm").unwrap_or("") != password {
+        return match auth::invitation(&pool, token).await {
+            Ok(inv) => Resp::html(
+                400,
+                view::invite(&inv, form_token, Some("The two passwords differ.")),
+            ),
+            Err(e) => view::error_page(None, e.status(), &e.message),
+        };
+    }
+    match auth::accept(&pool, token, req.f("name"), password).await {
+        Ok((user, inv)) => match start(&pool, user, &req).await {
+            Ok(set) => Resp::redirect(&format!("/{}/dashboard", inv.organisation_slug))
+                .header("set-cookie", set),
+            Err(e) => view::error_page(None, e.status(), &e.message),
+        },
+        Err(e) if e.field.is_some() => match auth::invitation(&pool, token).await {
+            Ok(inv) => Resp::html(e.status(), view::invite(&inv, form_token, Some(&e.message))),
+            Err(e) => view::error_page(None, e.status(), &e.message),
+        },
+        Err(e) => view::error_page(None, e.status(), &e.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_on_this_site() {
+        assert_eq!(
+            safe_next(Some("/acme/usage")).as_deref(),
+            Some("/acme/usage")
+        );
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "https://evil.example",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), None, "{bad:?}");
+        }
+    }
+}

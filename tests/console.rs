@@ -1,0 +1,1910 @@
+//! The admin console end to end: a real `wharf` process in database mode (fresh database per
+//! test), Redis for fan-out, the mock provider upstream. HTTP-level tests drive the console
+//! like a browser (cookies, forms, CSRF tokens); the last test drives headless Chromium over
+//! WebDriver.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::db::TestDb;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const ROOT: &str = "root@example.com";
+const ROOT_PW: &str = "root-password-1";
+
+async fn start(mock: &wharf::mock::MockServer, db: &TestDb) -> Gw {
+    common::db::admin_node(mock, db).await
+}
+
+/// An admin API client acting with one token.
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut rq = client().request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", self.base),
+        );
+        if !self.token.is_empty() {
+            rq = rq.bearer_auth(&self.token);
+        }
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        let r = rq.send().await.unwrap();
+        let st = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (st, v)
+    }
+
+    async fn create(&self, path: &str, body: Value) -> Value {
+        let (st, v) = self.call("POST", path, Some(body.clone())).await;
+        assert_eq!(st, 201, "POST {path} {body}: {v}");
+        v
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {v}"))
+        .to_string()
+}
+
+/// A browser-like client: cookies kept by name, no automatic redirects.
+struct Browser {
+    base: String,
+    http: reqwest::Client,
+    cookies: HashMap<String, String>,
+    /// Set-Cookie lines of the last answer.
+    set_cookies: Vec<String>,
+    extra: Vec<(&'static str, String)>,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    /// The CSRF token of the page's first form.
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"_csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no CSRF field in {}", self.body));
+        let rest = &self.body[at + "name=\"_csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+}
+
+impl Browser {
+    fn new(gw: &Gw) -> Browser {
+        Browser {
+            base: gw.admin_url(""),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            cookies: HashMap::new(),
+            set_cookies: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(&mut self, rq: reqwest::RequestBuilder) -> Page {
+        let mut rq = rq.header("cookie", self.cookie_header());
+        for (k, v) in &self.extra {
+            rq = rq.header(*k, v);
+        }
+        let r = rq.send().await.unwrap();
+        self.set_cookies = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        for c in &self.set_cookies {
+            let kv = c.split(';').next().unwrap();
+            let (k, v) = kv.split_once('=').unwrap();
+            if c.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), v.to_string());
+            }
+        }
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let headers = r.headers().clone();
+        let body = r.text().await.unwrap();
+        Page {
+            status,
+            location,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let rq = self.http.get(format!("{}{path}", self.base));
+        self.send(rq).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let rq = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.send(rq).await
+    }
+
+    /// Signs in through the login form; returns the answer to the form.
+    async fn login(&mut self, email: &str, password: &str) -> Page {
+        let p = self.get("/login").await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        let csrf = p.csrf();
+        self.post(
+            "/login",
+            &[("_csrf", &csrf), ("email", email), ("password", password)],
+        )
+        .await
+    }
+
+    /// GET, expecting 200; returns the page.
+    async fn page(&mut self, path: &str) -> Page {
+        let p = self.get(path).await;
+        assert_eq!(p.status, 200, "GET {path}: {} {}", p.status, p.body);
+        p
+    }
+
+    /// Submits a form found on `page_path` (its CSRF token) to `action`.
+    async fn submit(&mut self, page_path: &str, action: &str, fields: &[(&str, &str)]) -> Page {
+        let csrf = self.page(page_path).await.csrf();
+        let mut form = vec![("_csrf", csrf.as_str())];
+        form.extend_from_slice(fields);
+        self.post(action, &form).await
+    }
+}
+
+/// A migrated database, a gateway on it, the super admin with an API token and a console
+/// password (set through the API).
+struct Env {
+    db: TestDb,
+    gw: Gw,
+    root: Api,
+    _mock: wharf::mock::MockServer,
+}
+
+async fn env() -> Env {
+    let db = TestDb::migrated().await;
+    let mock = mock().await;
+    let gw = start(&mock, &db).await;
+    let token = wharf::api::bootstrap::bootstrap(&db.pool, Some(ROOT))
+        .await
+        .unwrap()
+        .token;
+    let root = Api {
+        base: gw.admin_url(""),
+        token,
+    };
+    let (st, v) = root
+        .call(
+            "PUT",
+            "/api/me/password",
+            Some(json!({"password": ROOT_PW})),
+        )
+        .await;
+    assert_eq!(st, 204, "{v}");
+    Env {
+        db,
+        gw,
+        root,
+        _mock: mock,
+    }
+}
+
+/// An organisation (id) and a user in it with `role` and a console password.
+async fn org_user(e: &Env, org: &str, email: &str, role: &str, password: &str) -> String {
+    let u = e
+        .root
+        .create(
+            "/api/admin/users",
+            json!({"email": email, "organisation_id": org, "role": role}),
+        )
+        .await;
+    let (st, v) = e
+        .root
+        .call(
+            "PUT",
+            &format!("/api/organisations/{org}/users/{}/password", id(&u)),
+            Some(json!({ "password": password })),
+        )
+        .await;
+    assert_eq!(st, 204, "{v}");
+    id(&u)
+}
+
+async fn org(e: &Env, name: &str, slug: &str) -> String {
+    id(&e
+        .root
+        .create(
+            "/api/admin/organisations",
+            json!({"name": name, "slug": slug}),
+        )
+        .await)
+}
+
+#[tokio::test]
+async fn sign_in_session_cookie_and_logout() {
+    let e = env().await;
+    let mut b = Browser::new(&e.gw);
+
+    // Signed out: pages redirect to the sign-in form.
+    let p = b.get("/admin/dashboard").await;
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location.as_deref(), Some("/login?next=/admin/dashboard"));
+    let p = b.get("/").await;
+    assert_eq!(p.location.as_deref(), Some("/login"));
+
+    // The sign-in form carries a CSRF token bound to a cookie.
+    let p = b.get("/login").await;
+    assert_eq!(p.status, 200);
+    assert!(p.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    let csrf = p.csrf();
+    assert!(b.set_cookies[0].contains("HttpOnly"), "{:?}", b.set_cookies);
+    let no_csrf = b
+        .post("/login", &[("email", ROOT), ("password", ROOT_PW)])
+        .await;
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
+    assert!(!b.cookies.contains_key("wharf_session"));
+
+    // Wrong password, unknown user: the same answer.
+    let wrong = b
+        .post(
+            "/login",
+            &[("_csrf", &csrf), ("email", ROOT), ("password", "nope-nope")],
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong.body.contains("Wrong e-mail or password"),
+        "{}",
+        wrong.body
+    );
+    let unknown = b.login("ghost@example.com", ROOT_PW).await;
+    assert_eq!(unknown.status, 401);
+    assert!(!b.cookies.contains_key("wharf_session"));
+
+    // Right password: a session cookie, HttpOnly, SameSite, not Secure over plain HTTP.
+    let ok = b.login(ROOT, ROOT_PW).await;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    assert_eq!(ok.location.as_deref(), Some("/admin/dashboard"));
+    let set = b
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("wharf_session="))
+        .unwrap()
+        .clone();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Path=/"));
+    assert!(!set.contains("Secure"), "{set}");
+    let token = b.cookies["wharf_session"].clone();
+    // Stored as a hash only.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM console_sessions")
+        .fetch_all(&e.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![sha(&token)]);
+
+    let dash = b.page("/admin/dashboard").await;
+    assert!(dash.body.contains(ROOT) && dash.body.contains("SUPER_ADMIN"));
+    // `next` brings the user back where they were going, but only to this site.
+    let mut b2 = Browser::new(&e.gw);
+    let p = b2.get("/login?next=/admin/users").await;
+    let csrf2 = p.csrf();
+    let p = b2
+        .post(
+            "/login",
+            &[
+                ("_csrf", &csrf2),
+                ("email", ROOT),
+                ("password", ROOT_PW),
+                ("next", "//evil.example.com/x"),
+            ],
+        )
+        .await;
+    assert_eq!(p.location.as_deref(), Some("/admin/dashboard"));
+
+    // Behind a TLS-terminating proxy the cookie is Secure.
+    let mut tls = Browser::new(&e.gw);
+    tls.extra.push(("x-forwarded-proto", "https".into()));
+    let p = tls.login(ROOT, ROOT_PW).await;
+    assert_eq!(p.status, 303);
+    assert!(
+        tls.set_cookies
+            .iter()
+            .any(|c| c.starts_with("wharf_session=") && c.contains("; Secure")),
+        "{:?}",
+        tls.set_cookies
+    );
+
+    // Logout needs the CSRF token; it ends the session server-side.
+    let p = b.post("/logout", &[]).await;
+    assert_eq!(p.status, 403);
+    assert_eq!(b.get("/admin/dashboard").await.status, 200);
+    let csrf = b.page("/admin/dashboard").await.csrf();
+    let p = b.post("/logout", &[("_csrf", &csrf)]).await;
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location.as_deref(), Some("/login"));
+    assert!(!b.cookies.contains_key("wharf_session"));
+    b.cookies.insert("wharf_session".into(), token);
+    let p = b.get("/admin/dashboard").await;
+    assert_eq!(p.status, 303, "a logged-out session must not work again");
+
+    // Repeated failures for one address are throttled, even with the right password then.
+    let mut t = Browser::new(&e.gw);
+    for _ in 0..10 {
+        assert_eq!(t.login(ROOT, "wrong-password").await.status, 401);
+    }
+    let p = t.login(ROOT, ROOT_PW).await;
+    assert_eq!(p.status, 429, "{}", p.body);
+    assert!(p.body.contains("Too many failed sign-ins"));
+    assert!(!t.cookies.contains_key("wharf_session"));
+
+    // A session unused for two hours ends.
+    let p = b2.get("/admin/dashboard").await;
+    assert_eq!(p.status, 200);
+    sqlx::query("UPDATE console_sessions SET last_seen_at = now() - interval '3 hours'")
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(b2.get("/admin/dashboard").await.status, 303, "idle session");
+    assert_eq!(tls.get("/admin/dashboard").await.status, 303);
+    sqlx::query("UPDATE console_sessions SET last_seen_at = now()")
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+
+    // A suspended user is signed out at once.
+    let p = b2.get("/admin/dashboard").await;
+    assert_eq!(p.status, 200);
+    sqlx::query("UPDATE users SET status = 'SUSPENDED' WHERE email = $1")
+        .bind(ROOT)
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(b2.get("/admin/dashboard").await.status, 303);
+}
+
+#[tokio::test]
+async fn every_form_needs_the_csrf_token() {
+    let e = env().await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let form = [("name", "Acme"), ("slug", "acme")];
+
+    let p = b.post("/admin/organisations", &form).await;
+    assert_eq!(p.status, 403, "missing token");
+    assert!(p.body.contains("CSRF"), "{}", p.body);
+    let p = b
+        .post(
+            "/admin/organisations",
+            &[
+                ("_csrf", "0".repeat(64).as_str()),
+                ("name", "Acme"),
+                ("slug", "acme"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 403, "wrong token");
+    // Another origin, right token: refused too.
+    let csrf = b.page("/admin/organisations").await.csrf();
+    b.extra.push(("origin", "http://evil.example.com".into()));
+    let p = b
+        .post(
+            "/admin/organisations",
+            &[("_csrf", &csrf), ("name", "Acme"), ("slug", "acme")],
+        )
+        .await;
+    assert_eq!(p.status, 403, "cross-origin");
+    b.extra.clear();
+    let (_, list) = e.root.call("GET", "/api/admin/organisations", None).await;
+    assert_eq!(list["total"], 0, "nothing was created: {list}");
+
+    let p = b
+        .post(
+            "/admin/organisations",
+            &[("_csrf", &csrf), ("name", "Acme"), ("slug", "acme")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let (_, list) = e.root.call("GET", "/api/admin/organisations", None).await;
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["data"][0]["slug"], "acme");
+
+    // The API's validation errors come back on the form, naming the field.
+    let p = b
+        .post(
+            "/admin/organisations",
+            &[("_csrf", &csrf), ("name", "Bad"), ("slug", "Not A Slug")],
+        )
+        .await;
+    assert_eq!(p.status, 400);
+    assert!(p.body.contains("slug: must match"), "{}", p.body);
+    let p = b
+        .post(
+            "/admin/organisations",
+            &[("_csrf", &csrf), ("name", "Dup"), ("slug", "acme")],
+        )
+        .await;
+    assert_eq!(p.status, 409, "{}", p.body);
+}
+
+#[tokio::test]
+async fn roles_are_enforced_as_in_the_api() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let bo = org(&e, "Beta", "beta").await;
+    org_user(&e, &a, "admin@alpha.test", "ORG_ADMIN", "alpha-admin-pw").await;
+    let user_id = org_user(&e, &a, "user@alpha.test", "USER", "alpha-user-pw").await;
+    org_user(&e, &bo, "admin@beta.test", "ORG_ADMIN", "beta-admin-pw").await;
+
+    // ORG_ADMIN: their organisation only; another one's pages are 404, as in the API.
+    let mut adm = Browser::new(&e.gw);
+    let p = adm.login("admin@alpha.test", "alpha-admin-pw").await;
+    assert_eq!(p.location.as_deref(), Some("/alpha/dashboard"));
+    for path in [
+        "/alpha/dashboard",
+        "/alpha/providers",
+        "/alpha/users",
+        "/alpha/budgets",
+        "/alpha/invoices",
+        "/alpha/apikeys",
+    ] {
+        adm.page(path).await;
+    }
+    for path in [
+        "/beta/dashboard",
+        "/beta/providers",
+        "/beta/apikeys",
+        "/admin/dashboard",
+        "/admin/organisations",
+    ] {
+        let p = adm.get(path).await;
+        assert_eq!(p.status, 404, "{path}: {}", p.body);
+    }
+    // Nor through a form aimed at the other organisation.
+    let csrf = adm.page("/alpha/teams").await.csrf();
+    let p = adm
+        .post("/beta/teams", &[("_csrf", &csrf), ("name", "intruders")])
+        .await;
+    assert_eq!(p.status, 404);
+    let p = adm
+        .post("/alpha/teams", &[("_csrf", &csrf), ("name", "core")])
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+
+    // USER: reads the catalog, cannot change it; budgets and invoices are forbidden.
+    let mut usr = Browser::new(&e.gw);
+    assert_eq!(
+        usr.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    usr.page("/alpha/providers").await;
+    let csrf = usr.page("/alpha/providers").await.csrf();
+    let p = usr
+        .post(
+            "/alpha/providers",
+            &[
+                ("_csrf", &csrf),
+                ("name", "p"),
+                ("provider_type", "OPENAI"),
+                ("base_url", "http://127.0.0.1:1/v1"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    assert!(p.body.contains("USER may not"), "{}", p.body);
+    assert_eq!(usr.get("/alpha/budgets").await.status, 403);
+    assert_eq!(usr.get("/alpha/invoices").await.status, 403);
+    // A USER sees only their own user row, and no invitations.
+    let users = usr.page("/alpha/users").await;
+    assert!(users.body.contains("user@alpha.test"));
+    assert!(!users.body.contains("admin@alpha.test"), "{}", users.body);
+    assert!(!users.body.contains("Invitations"));
+    // …and may not set another user's password.
+    let p = usr
+        .post(
+            &format!("/alpha/users/{user_id}/password"),
+            &[("_csrf", &csrf), ("password", "another-password")],
+        )
+        .await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    // MANAGER: keys for the teams they belong to, not for the others.
+    let mgr = org_user(&e, &a, "manager@alpha.test", "MANAGER", "alpha-mgr-pw1").await;
+    let mine = e
+        .root
+        .create(
+            &format!("/api/organisations/{a}/teams"),
+            json!({"name": "mine"}),
+        )
+        .await;
+    let theirs = e
+        .root
+        .create(
+            &format!("/api/organisations/{a}/teams"),
+            json!({"name": "theirs"}),
+        )
+        .await;
+    e.root
+        .create(
+            &format!("/api/organisations/{a}/teams/{}/members", id(&mine)),
+            json!({ "user_id": mgr }),
+        )
+        .await;
+    let mut m = Browser::new(&e.gw);
+    assert_eq!(
+        m.login("manager@alpha.test", "alpha-mgr-pw1").await.status,
+        303
+    );
+    let p = m
+        .submit(
+            "/alpha/apikeys",
+            "/alpha/apikeys",
+            &[
+                ("name", "k1"),
+                ("key_type", "TEAM"),
+                ("team_id", &id(&theirs)),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    assert!(p.body.contains("only for their own teams"), "{}", p.body);
+    let p = m
+        .submit(
+            "/alpha/apikeys",
+            "/alpha/apikeys",
+            &[
+                ("name", "k2"),
+                ("key_type", "TEAM"),
+                ("team_id", &id(&mine)),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 201, "{}", p.body);
+    // Budgets: readable, not writable.
+    let p = m
+        .submit(
+            "/alpha/budgets",
+            "/alpha/budgets",
+            &[("scope", "ORG"), ("amount_nanos", "5"), ("period", "DAILY")],
+        )
+        .await;
+    assert_eq!(p.status, 403, "{}", p.body);
+
+    // The navigation leaves out what the role cannot open.
+    let dash = usr.page("/alpha/dashboard").await;
+    assert!(!dash.body.contains("/alpha/budgets"));
+    assert!(dash.body.contains("/alpha/apikeys"));
+}
+
+/// Provider with a write-only key, a model, an API key created in the console: the secret is
+/// shown exactly once, works against the gateway, and revocation and rotation take effect.
+#[tokio::test]
+async fn api_key_secret_is_shown_once_and_lifecycle_works() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    org_user(&e, &a, "admin@alpha.test", "ORG_ADMIN", "alpha-admin-pw").await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(
+        b.login("admin@alpha.test", "alpha-admin-pw").await.status,
+        303
+    );
+
+    // Provider, then its key (write-only).
+    let base_url = format!("http://{}/v1", e.gw.mock_addr);
+    let p = b
+        .submit(
+            "/alpha/providers",
+            "/alpha/providers",
+            &[
+                ("name", "mockp"),
+                ("provider_type", "OPENAI"),
+                ("base_url", &base_url),
+                ("enabled", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let provider_page = p.location.unwrap();
+    let provider_page = provider_page.split('?').next().unwrap().to_string();
+    let p = b
+        .submit(
+            &provider_page,
+            &format!("{provider_page}/keys"),
+            &[("name", "main"), ("secret", PROVIDER_KEY)],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let page = b.page(&provider_page).await;
+    assert!(!page.body.contains(PROVIDER_KEY), "provider secret shown");
+    assert!(page.body.contains("ACTIVE"));
+    let provider_id = provider_page.rsplit('/').next().unwrap().to_string();
+
+    // A model on it.
+    let p = b
+        .submit(
+            "/alpha/models",
+            "/alpha/models",
+            &[
+                ("name", "chat-x"),
+                ("slug", "up-chat-x"),
+                ("model_type", "chat"),
+                ("provider_id", &provider_id),
+                ("input_price_nanos", "1000000000"),
+                ("output_price_nanos", "2000000000"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let model_id = p
+        .location
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // The API key: its secret is on the answer to the form, once.
+    let p = b
+        .submit(
+            "/alpha/apikeys",
+            "/alpha/apikeys",
+            &[
+                ("name", "ci"),
+                ("key_type", "ORGANISATION"),
+                ("models", &model_id),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 201, "{}", p.body);
+    assert!(p.body.contains("data-copy=\"#secret\""), "copy button");
+    let at = p.body.find("value=\"wharf_").expect("secret on the page");
+    let rest = &p.body[at + 7..];
+    let secret = rest[..rest.find('"').unwrap()].to_string();
+    assert!(secret.len() > 20, "{secret}");
+    let (_, keys) = e
+        .root
+        .call("GET", &format!("/api/organisations/{a}/api-keys"), None)
+        .await;
+    let key_id = id(&keys["data"][0]);
+    for path in [
+        "/alpha/apikeys".to_string(),
+        format!("/alpha/apikeys/{key_id}"),
+    ] {
+        let page = b.page(&path).await;
+        assert!(
+            !page.body.contains(&secret),
+            "{path} shows the secret again"
+        );
+    }
+    assert!(b
+        .page(&format!("/alpha/apikeys/{key_id}"))
+        .await
+        .body
+        .contains("chat-x"));
+
+    let chat = |key: String| {
+        let url = e.gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat_body("chat-x", false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let until = |want: u16, key: String| {
+        let chat = &chat;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let st = chat(key.clone()).await;
+                if st == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "still {st}, wanted {want}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until(200, secret.clone()).await;
+
+    // Revoke in the console: the gateway refuses the key; unrevoke: it works again.
+    let key_page = format!("/alpha/apikeys/{key_id}");
+    let p = b
+        .submit(&key_page, &format!("{key_page}/revoke"), &[])
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert!(b.page(&key_page).await.body.contains("revoked"));
+    until(401, secret.clone()).await;
+    let p = b
+        .submit(&key_page, &format!("{key_page}/unrevoke"), &[])
+        .await;
+    assert_eq!(p.status, 303);
+    until(200, secret.clone()).await;
+
+    // Rotation: a new secret, shown once; the old one stops working.
+    let p = b
+        .submit(&key_page, &format!("{key_page}/rotate"), &[])
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let at = p.body.find("value=\"wharf_").expect("new secret");
+    let rest = &p.body[at + 7..];
+    let rotated = rest[..rest.find('"').unwrap()].to_string();
+    assert_ne!(rotated, secret);
+    until(200, rotated.clone()).await;
+    until(401, secret.clone()).await;
+
+    // Expiry and grants from the key page.
+    let p = b
+        .submit(&key_page, &format!("{key_page}/grants"), &[])
+        .await;
+    assert_eq!(p.status, 303);
+    until(403, rotated.clone()).await;
+    let p = b
+        .submit(
+            &key_page,
+            &format!("{key_page}/grants"),
+            &[("models", &model_id)],
+        )
+        .await;
+    assert_eq!(p.status, 303);
+    until(200, rotated.clone()).await;
+    let p = b
+        .submit(
+            &key_page,
+            &key_page,
+            &[("name", "ci"), ("expires_at", "2020-01-01T00:00")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    until(401, rotated.clone()).await;
+    assert!(b.page("/alpha/apikeys").await.body.contains("expired"));
+
+    // Delete.
+    let p = b
+        .submit(&key_page, &format!("{key_page}/delete"), &[])
+        .await;
+    assert_eq!(p.status, 303);
+    assert_eq!(b.get(&key_page).await.status, 404);
+}
+
+#[tokio::test]
+async fn invitation_link_creates_a_signed_in_user() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    org_user(&e, &a, "admin@alpha.test", "ORG_ADMIN", "alpha-admin-pw").await;
+    let team = e
+        .root
+        .create(
+            &format!("/api/organisations/{a}/teams"),
+            json!({"name": "core"}),
+        )
+        .await;
+    let mut adm = Browser::new(&e.gw);
+    assert_eq!(
+        adm.login("admin@alpha.test", "alpha-admin-pw").await.status,
+        303
+    );
+    let p = adm
+        .submit(
+            "/alpha/users",
+            "/alpha/users/invite",
+            &[
+                ("email", "new@alpha.test"),
+                ("role", "MANAGER"),
+                ("team_id", &id(&team)),
+                ("team_role", "MANAGER"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 201, "{}", p.body);
+    let at = p.body.find("/invite/").expect("invite link");
+    let rest = &p.body[at..];
+    let link = rest[..rest.find('"').unwrap()].to_string();
+    assert!(adm.page("/alpha/users").await.body.contains("pending"));
+
+    let mut new = Browser::new(&e.gw);
+    let form = new.page(&link).await;
+    assert!(form.body.contains("new@alpha.test") && form.body.contains("MANAGER"));
+    let csrf = form.csrf();
+    let p = new
+        .post(
+            &link,
+            &[
+                ("_csrf", &csrf),
+                ("password", "first-pass-1"),
+                ("confirm", "other-pass-1"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 400, "passwords differ");
+    let p = new
+        .post(
+            &link,
+            &[
+                ("_csrf", &csrf),
+                ("password", "short"),
+                ("confirm", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("at least 8"), "{}", p.body);
+    let p = new
+        .post(
+            &link,
+            &[("password", "first-pass-1"), ("confirm", "first-pass-1")],
+        )
+        .await;
+    assert_eq!(p.status, 403, "no CSRF token");
+    let p = new
+        .post(
+            &link,
+            &[
+                ("_csrf", &csrf),
+                ("name", "New Person"),
+                ("password", "first-pass-1"),
+                ("confirm", "first-pass-1"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location.as_deref(), Some("/alpha/dashboard"));
+    let dash = new.page("/alpha/dashboard").await;
+    assert!(
+        dash.body.contains("new@alpha.test · MANAGER"),
+        "{}",
+        dash.body
+    );
+    // In the team, with the invited team role.
+    let (_, members) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{a}/teams/{}/members", id(&team)),
+            None,
+        )
+        .await;
+    assert_eq!(members["total"], 1, "{members}");
+    assert_eq!(members["data"][0]["team_role"], "MANAGER");
+    // The link works once; the password signs in.
+    assert_eq!(Browser::new(&e.gw).get(&link).await.status, 404);
+    assert_eq!(
+        Browser::new(&e.gw)
+            .login("new@alpha.test", "first-pass-1")
+            .await
+            .status,
+        303
+    );
+    assert!(adm.page("/alpha/users").await.body.contains("accepted"));
+
+    // An expired invitation is refused.
+    let (_, inv) = e
+        .root
+        .call(
+            "POST",
+            &format!("/api/organisations/{a}/invitations"),
+            Some(json!({"email": "late@alpha.test"})),
+        )
+        .await;
+    sqlx::query(
+        "UPDATE organisation_invitations SET created_at = now() - interval '2 days',
+         expires_at = now() - interval '1 day' WHERE email = 'late@alpha.test'",
+    )
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    let p = Browser::new(&e.gw)
+        .get(&format!("/invite/{}", inv["token"].as_str().unwrap()))
+        .await;
+    assert_eq!(p.status, 404);
+    assert!(p.body.contains("expired"), "{}", p.body);
+}
+
+/// The API operations the console added: passwords and invitations.
+#[tokio::test]
+async fn password_and_invitation_api() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let bo = org(&e, "Beta", "beta").await;
+    let adm_id = org_user(&e, &a, "admin@alpha.test", "ORG_ADMIN", "alpha-admin-pw").await;
+    let beta_user = org_user(&e, &bo, "user@beta.test", "USER", "beta-user-pw1").await;
+    let t = e
+        .root
+        .create(
+            &format!("/api/admin/users/{adm_id}/tokens"),
+            json!({"name": "t"}),
+        )
+        .await;
+    let adm = Api {
+        base: e.gw.admin_url(""),
+        token: t["token"].as_str().unwrap().to_string(),
+    };
+    let (st, v) = adm
+        .call(
+            "PUT",
+            "/api/me/password",
+            Some(json!({"password": "short"})),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(v["error"]["field"], "password");
+    let (st, v) = adm
+        .call(
+            "PUT",
+            "/api/me/password",
+            Some(json!({"pass": "long-enough-1"})),
+        )
+        .await;
+    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("pass")));
+    // Another organisation's user: 404; the platform route: 403.
+    let (st, _) = adm
+        .call(
+            "PUT",
+            &format!("/api/organisations/{bo}/users/{beta_user}/password"),
+            Some(json!({"password": "long-enough-1"})),
+        )
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = adm
+        .call(
+            "PUT",
+            &format!("/api/admin/users/{beta_user}/password"),
+            Some(json!({"password": "long-enough-1"})),
+        )
+        .await;
+    assert_eq!(st, 403);
+    let (st, _) = adm
+        .call(
+            "PUT",
+            &format!("/api/organisations/{a}/users/{beta_user}/password"),
+            Some(json!({"password": "long-enough-1"})),
+        )
+        .await;
+    assert_eq!(st, 404, "a user of another organisation is invisible");
+    let hash: Option<String> =
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'admin@alpha.test'")
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+    assert!(hash.unwrap().starts_with("$argon2id$"));
+    let (_, u) = adm
+        .call(
+            "GET",
+            &format!("/api/organisations/{a}/users/{adm_id}"),
+            None,
+        )
+        .await;
+    assert!(u.get("password_hash").is_none(), "{u}");
+
+    // Invitations: read and accepted with the token alone.
+    let inv = adm
+        .create(
+            &format!("/api/organisations/{a}/invitations"),
+            json!({"email": "inv@alpha.test", "role": "USER"}),
+        )
+        .await;
+    let token = inv["token"].as_str().unwrap();
+    let public = Api {
+        base: e.gw.admin_url(""),
+        token: String::new(),
+    };
+    let (st, v) = public
+        .call("GET", &format!("/api/invitations/{token}"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["email"], "inv@alpha.test");
+    assert_eq!(v["organisation"]["slug"], "alpha");
+    let (st, _) = public
+        .call("GET", "/api/invitations/wharf_inv_nope", None)
+        .await;
+    assert_eq!(st, 404);
+    let (st, v) = public
+        .call(
+            "POST",
+            &format!("/api/invitations/{token}/accept"),
+            Some(json!({"password": "x"})),
+        )
+        .await;
+    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("password")));
+    let (st, v) = public
+        .call(
+            "POST",
+            &format!("/api/invitations/{token}/accept"),
+            Some(json!({"name": "Inv", "password": "invited-pw-1"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["role"], "USER");
+    let (st, _) = public
+        .call(
+            "POST",
+            &format!("/api/invitations/{token}/accept"),
+            Some(json!({"password": "invited-pw-1"})),
+        )
+        .await;
+    assert_eq!(st, 404, "accepted once");
+    // Slugs that are console or listener paths are refused.
+    for slug in ["admin", "api", "login", "invite"] {
+        let (st, v) = e
+            .root
+            .call(
+                "POST",
+                "/api/admin/organisations",
+                Some(json!({"name": "X", "slug": slug})),
+            )
+            .await;
+        assert_eq!(
+            (st, v["error"]["field"].as_str()),
+            (400, Some("slug")),
+            "{slug}: {v}"
+        );
+    }
+    // The OpenAPI document lists them; the invitation routes need no token.
+    let (_, doc) = public.call("GET", "/api/openapi.json", None).await;
+    assert!(doc["paths"]["/api/me/password"]["put"]["security"].is_array());
+    assert!(doc["paths"]["/api/invitations/{token}/accept"]["post"]
+        .get("security")
+        .is_none());
+}
+
+/// Traffic through the gateway shows on the usage page, its CSV export, the dashboard, the
+/// invoice; the playground relays a streamed chat and finds its usage record.
+#[tokio::test]
+async fn usage_dashboard_invoice_and_playground() {
+    let e = env().await;
+    let cat = common::db::seed_catalog(&e.db, &e._mock, "Alpha", "chat-x", "up-chat-x").await;
+    let slug: String = sqlx::query_scalar("SELECT slug FROM organisations WHERE id = $1")
+        .bind(cat.org)
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    let (_, secret) = common::db::seed_key(&e.db, cat.org, "ci", &[cat.model]).await;
+    // The gateway learns the new catalog within a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rid = loop {
+        let r = client()
+            .post(e.gw.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&chat_body("chat-x", false))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break r.headers()["x-request-id"].to_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let usage_path = format!("/{slug}/usage");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = b.page(&usage_path).await;
+        if p.body.contains(&rid) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "request not on the usage page");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Filtered by outcome: the successful request is there, not among the errors.
+    let ok_page = b.page(&format!("{usage_path}?outcome=success")).await;
+    assert!(ok_page.body.contains(&rid));
+    let err_page = b.page(&format!("{usage_path}?outcome=error")).await;
+    assert!(!err_page.body.contains(&rid));
+    let csv = b
+        .get(&format!("{usage_path}/export.csv?period=last_30_days"))
+        .await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    assert!(
+        csv.body.starts_with("created_at,request_id"),
+        "{}",
+        csv.body
+    );
+    assert!(csv.body.contains(&rid));
+
+    let dash = b.page(&format!("/{slug}/dashboard")).await;
+    assert!(dash.body.contains("<svg"), "charts");
+    let at = dash.body.find("stat-requests").expect("requests figure");
+    let figure = &dash.body[at..];
+    let figure = &figure[figure.find('>').unwrap() + 1..figure.find('<').unwrap()];
+    // As many requests as usage records (a first call may have been refused while the new
+    // catalog was propagating: it counts too).
+    let (_, recs) = e
+        .root
+        .call(
+            "GET",
+            &format!(
+                "/api/organisations/{}/usage/records?period=last_30_days",
+                cat.org
+            ),
+            None,
+        )
+        .await;
+    assert!(recs["total"].as_i64().unwrap() >= 1);
+    assert_eq!(figure, recs["total"].to_string(), "{}", dash.body);
+    assert!(dash.body.contains("chat-x"), "top models");
+
+    let inv = b.page(&format!("/{slug}/invoices")).await;
+    assert!(inv.body.contains("chat-x") && inv.body.contains("By team"));
+    let csv = b
+        .get(&format!("/{slug}/invoices/export.csv?period=this_month"))
+        .await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.body.contains("model,chat-x"), "{}", csv.body);
+    let print = b
+        .page(&format!("/{slug}/invoices/print?period=this_month"))
+        .await;
+    assert!(print.body.contains("data-print") && !print.body.contains("nav class=\"side\""));
+
+    // Playground: streamed through the gateway, then its usage record.
+    let pg = b.page(&format!("/{slug}/playground")).await;
+    let csrf = pg.csrf();
+    let r = b
+        .http
+        .post(e.gw.admin_url(&format!("/{slug}/playground/chat")))
+        .header("cookie", b.cookie_header())
+        .form(&[
+            ("_csrf", csrf.as_str()),
+            ("key", secret.as_str()),
+            ("model", "chat-x"),
+            ("prompt", "Say hello"),
+            ("stream", "true"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let prid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = r.text().await.unwrap();
+    assert!(sse_data(&body).len() > 2, "{body}");
+    assert!(body.contains("[DONE]"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = b
+            .get(&format!("/{slug}/playground/usage?request_id={prid}"))
+            .await;
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        if v["request_id"] == prid.as_str() {
+            assert!(v["cost_nanos"].as_i64().unwrap() > 0, "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no usage record for the playground"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The models of the pasted key, as the gateway lists them.
+    let csrf = b.page(&format!("/{slug}/playground")).await.csrf();
+    let p = b
+        .post(
+            &format!("/{slug}/playground/models"),
+            &[("_csrf", csrf.as_str()), ("key", secret.as_str())],
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let v: Value = serde_json::from_str(&p.body).unwrap();
+    assert_eq!(v["data"][0]["id"], "chat-x", "{v}");
+    let p = b
+        .post(
+            &format!("/{slug}/playground/models"),
+            &[("_csrf", csrf.as_str()), ("key", "wharf_sk_unknown")],
+        )
+        .await;
+    assert_eq!(p.status, 401, "{}", p.body);
+    // Without the CSRF token the relay refuses.
+    let r = b
+        .http
+        .post(e.gw.admin_url(&format!("/{slug}/playground/chat")))
+        .header("cookie", b.cookie_header())
+        .form(&[
+            ("key", secret.as_str()),
+            ("model", "chat-x"),
+            ("prompt", "x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // The API docs page names the gateway and the organisation's models.
+    let docs = b.page(&format!("/{slug}/docs")).await;
+    assert!(
+        docs.body.contains(&format!("127.0.0.1:{}", e.gw.port)),
+        "{}",
+        docs.body
+    );
+    assert!(docs.body.contains("chat-x"));
+
+    // The platform dashboard sums each organisation's month.
+    let platform = b.page("/admin/dashboard").await;
+    assert!(platform.body.contains("Organisations this month"));
+    assert!(platform
+        .body
+        .contains(&format!("href=\"/{slug}/dashboard\"")));
+    let at = platform.body.find("Requests this month").unwrap();
+    let rest = &platform.body[at..];
+    let rest = &rest[rest.find("class=\"v\">").unwrap() + 10..];
+    let n: i64 = rest[..rest.find('<').unwrap()].parse().unwrap();
+    assert!(n >= 2, "the chat and the playground request: {n}");
+
+    // A budget burning down on the dashboard (its window's spend is already over it).
+    e.root
+        .create(
+            &format!("/api/organisations/{}/budgets", cat.org),
+            json!({"name": "org-monthly", "scope": "ORG", "amount_nanos": 1000,
+                "period": "MONTHLY", "warning_thresholds": [50]}),
+        )
+        .await;
+    let dash = b.page(&format!("/{slug}/dashboard")).await;
+    assert!(dash.body.contains("org-monthly"), "{}", dash.body);
+    assert!(
+        dash.body.contains("1 threshold(s) crossed"),
+        "{}",
+        dash.body
+    );
+    assert!(dash.body.contains("class=\"over\""), "{}", dash.body);
+}
+
+/// A minimal WebDriver (W3C) client over the test's HTTP client: enough to drive Chromium.
+mod webdriver {
+    use serde_json::{json, Value};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+    pub struct Driver {
+        child: Child,
+        base: String,
+        session: String,
+        http: reqwest::Client,
+        _profile: tempfile::TempDir,
+    }
+
+    fn find_binary(env: &str, names: &[&str]) -> Option<String> {
+        if let Ok(p) = std::env::var(env) {
+            return Some(p);
+        }
+        let path = std::env::var("PATH").unwrap_or_default();
+        for n in names {
+            for dir in path.split(':').chain(["/usr/bin", "/usr/lib/chromium"]) {
+                let p = std::path::Path::new(dir).join(n);
+                if p.is_file() {
+                    return Some(p.display().to_string());
+                }
+            }
+        }
+        None
+    }
+
+    impl Driver {
+        /// Starts chromedriver and a headless Chromium session. Panics (the test fails, it
+        /// does not skip) when either is missing: `make deps` installs them.
+        pub async fn start() -> Driver {
+            let driver = find_binary("CHROMEDRIVER", &["chromedriver"]).expect(
+                "chromedriver not found (set CHROMEDRIVER, or run `make deps` to install \
+                 Debian's chromium and chromium-driver)",
+            );
+            let chrome = find_binary(
+                "CHROME_BIN",
+                &["chromium", "chromium-browser", "google-chrome"],
+            )
+            .expect("chromium not found (set CHROME_BIN, or run `make deps`)");
+            let port = super::free_port();
+            use std::os::unix::process::CommandExt;
+            let child = Command::new(&driver)
+                .arg(format!("--port={port}"))
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {driver}: {e}"));
+            let base = format!("http://127.0.0.1:{port}");
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let ready = http
+                    .get(format!("{base}/status"))
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| r.status() == 200)
+                    .unwrap_or(false);
+                if ready {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "chromedriver did not start");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let profile = tempfile::tempdir().unwrap();
+            let caps = json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": chrome,
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", "--window-size=1280,1000",
+                        format!("--user-data-dir={}", profile.path().display())],
+                },
+            }}});
+            let r: Value = http
+                .post(format!("{base}/session"))
+                .json(&caps)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let session = r["value"]["sessionId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
+                .to_string();
+            Driver {
+                child,
+                base,
+                session,
+                http,
+                _profile: profile,
+            }
+        }
+
+        async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+            let url = format!("{}/session/{}{path}", self.base, self.session);
+            let mut rq = self.http.request(method, url);
+            if let Some(b) = body {
+                rq = rq.json(&b);
+            }
+            let r: Value = rq.send().await.unwrap().json().await.unwrap();
+            r["value"].clone()
+        }
+
+        pub async fn post(&self, path: &str, body: Value) -> Value {
+            let v = self.cmd(reqwest::Method::POST, path, Some(body)).await;
+            if let Some(e) = v.get("error") {
+                panic!("WebDriver {path}: {e} {}", v["message"]);
+            }
+            v
+        }
+
+        async fn get(&self, path: &str) -> Value {
+            self.cmd(reqwest::Method::GET, path, None).await
+        }
+
+        pub async fn goto(&self, url: &str) {
+            self.post("/url", json!({ "url": url })).await;
+        }
+
+        pub async fn url(&self) -> String {
+            self.get("/url")
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+
+        pub async fn source(&self) -> String {
+            self.get("/source")
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+
+        pub async fn title(&self) -> String {
+            self.get("/title")
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+
+        /// The element matching `css`, waiting up to 15 s for it.
+        pub async fn find(&self, css: &str) -> String {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let v = self
+                    .cmd(
+                        reqwest::Method::POST,
+                        "/element",
+                        Some(json!({"using": "css selector", "value": css})),
+                    )
+                    .await;
+                if let Some(id) = v[ELEMENT].as_str() {
+                    return id.to_string();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no element {css} on {}: {}",
+                    self.url().await,
+                    self.source().await
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        pub async fn click(&self, css: &str) {
+            let e = self.find(css).await;
+            self.post(&format!("/element/{e}/click"), json!({})).await;
+        }
+
+        pub async fn fill(&self, css: &str, text: &str) {
+            let e = self.find(css).await;
+            self.post(&format!("/element/{e}/clear"), json!({})).await;
+            self.post(&format!("/element/{e}/value"), json!({ "text": text }))
+                .await;
+        }
+
+        pub async fn property(&self, css: &str, name: &str) -> Value {
+            let e = self.find(css).await;
+            self.get(&format!("/element/{e}/property/{name}")).await
+        }
+
+        pub async fn text(&self, css: &str) -> String {
+            let e = self.find(css).await;
+            self.get(&format!("/element/{e}/text"))
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+
+        pub async fn execute(&self, script: &str) -> Value {
+            self.post("/execute/sync", json!({"script": script, "args": []}))
+                .await
+        }
+
+        /// Accepts a `confirm()` dialog, waiting for it to open.
+        pub async fn accept_dialog(&self) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let v = self
+                    .cmd(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+                    .await;
+                if v.get("error").is_none() {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "no dialog opened: {v}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        /// Presses a key (WebDriver key code) on the focused element.
+        pub async fn press(&self, key: &str) {
+            self.post(
+                "/actions",
+                json!({"actions": [{"type": "key", "id": "kb", "actions": [
+                    {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+            )
+            .await;
+        }
+
+        /// Waits until the current URL contains `part`.
+        pub async fn wait_url(&self, part: &str) -> String {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let u = self.url().await;
+                if u.contains(part) {
+                    return u;
+                }
+                if Instant::now() > deadline {
+                    panic!("URL {u} never contained {part}: {}", self.source().await);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        /// Saves a PNG screenshot of the page.
+        pub async fn screenshot(&self, path: &std::path::Path) {
+            use base64::Engine;
+            let b64 = self.get("/screenshot").await;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_str().unwrap_or_default())
+                .unwrap();
+            assert!(png.starts_with(b"\x89PNG"), "not a PNG screenshot");
+            std::fs::write(path, png).unwrap();
+        }
+    }
+
+    impl Driver {
+        /// Ends the browser session.
+        pub async fn quit(&self) {
+            let _ = self.cmd(reqwest::Method::DELETE, "", None).await;
+        }
+    }
+
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            // chromedriver runs in its own process group with the browser it started: end
+            // the whole group, whatever state the test left it in.
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn artifacts_dir() -> std::path::PathBuf {
+    let dir = std::env::var("WHARF_TEST_ARTIFACTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/console")
+        });
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Headless Chromium, driven over WebDriver: sign in, create an organisation, a provider
+/// with a key, a model and an API key (secret shown once), call the gateway with it, see the
+/// request on the usage page and the dashboard, revoke the key; an ORG_ADMIN cannot reach
+/// another organisation; a form without its CSRF token is refused; keyboard users get a skip
+/// link. A screenshot of every page family is saved under target/test-artifacts/console.
+#[tokio::test]
+async fn browser_end_to_end() {
+    let e = env().await;
+    let shots = artifacts_dir();
+    let wd = webdriver::Driver::start().await;
+    let base = e.gw.admin_url("");
+    let at = |p: &str| format!("{base}{p}");
+
+    // Sign in.
+    wd.goto(&at("/admin/dashboard")).await;
+    wd.wait_url("/login").await;
+    wd.screenshot(&shots.join("login.png")).await;
+    wd.fill("#email", ROOT).await;
+    wd.fill("#password", ROOT_PW).await;
+    wd.click("button[type=submit]").await;
+    wd.wait_url("/admin/dashboard").await;
+    assert!(wd.text("header.top").await.contains(ROOT));
+
+    // Keyboard: the first Tab reaches the skip link.
+    wd.press("\u{E004}").await;
+    let focused = wd
+        .execute("return document.activeElement.getAttribute('href')")
+        .await;
+    assert_eq!(focused, "#main");
+
+    // An organisation.
+    wd.goto(&at("/admin/organisations")).await;
+    wd.click("details.create summary").await;
+    wd.fill("#c_name", "Acme").await;
+    wd.fill("#c_slug", "acme").await;
+    wd.click("details.create button[type=submit]").await;
+    wd.wait_url("done=Created").await;
+
+    // A provider on the mock, and its key (write-only).
+    wd.goto(&at("/acme/providers")).await;
+    wd.click("details.create summary").await;
+    wd.fill("#c_name", "mockp").await;
+    wd.click("#c_provider_type option[value=OPENAI]").await;
+    wd.fill("#c_base_url", &format!("http://{}/v1", e.gw.mock_addr))
+        .await;
+    wd.click("details.create button[type=submit]").await;
+    let provider_url = wd.wait_url("done=Created").await;
+    let provider_id = provider_url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    wd.fill("#pk_secret", PROVIDER_KEY).await;
+    wd.click("form[action$='/keys'] button[type=submit]").await;
+    wd.wait_url("done=Provider").await;
+    assert!(!wd.source().await.contains(PROVIDER_KEY));
+    wd.screenshot(&shots.join("provider.png")).await;
+
+    // A model.
+    wd.goto(&at("/acme/models")).await;
+    wd.click("details.create summary").await;
+    wd.fill("#c_name", "chat-x").await;
+    wd.fill("#c_slug", "up-chat-x").await;
+    wd.click("#c_model_type option[value=chat]").await;
+    wd.click(&format!("#c_provider_id option[value='{provider_id}']"))
+        .await;
+    wd.fill("#c_input_price_nanos", "1000000000").await;
+    wd.fill("#c_output_price_nanos", "2000000000").await;
+    wd.click("details.create button[type=submit]").await;
+    wd.wait_url("done=Created").await;
+
+    // An API key: the secret is shown once, with a copy button.
+    wd.goto(&at("/acme/apikeys")).await;
+    wd.click("details.create summary").await;
+    wd.fill("#c_name", "ci").await;
+    wd.click("#c_key_type option[value=ORGANISATION]").await;
+    wd.click("input[name=models]").await;
+    wd.click("details.create > form > button[type=submit]")
+        .await;
+    let secret = wd.property("#secret", "value").await;
+    let secret = secret.as_str().unwrap().to_string();
+    assert!(secret.starts_with("wharf_"), "{secret}");
+    wd.find("button[data-copy='#secret']").await;
+    wd.screenshot(&shots.join("apikey-secret.png")).await;
+    wd.click("a[href^='/acme/apikeys/']").await;
+    wd.wait_url("/acme/apikeys/").await;
+    let key_url = wd.url().await;
+    assert!(!wd.source().await.contains(&secret), "secret shown twice");
+
+    // The gateway takes it (once the catalog change has propagated).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rid = loop {
+        let r = client()
+            .post(e.gw.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&chat_body("chat-x", false))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break r.headers()["x-request-id"].to_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "gateway answered {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The request on the usage page and the dashboard.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        wd.goto(&at("/acme/usage")).await;
+        if wd.source().await.contains(&rid) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request {rid} not on the usage page"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wd.goto(&at("/acme/dashboard")).await;
+    let acme: String = sqlx::query_scalar("SELECT id::text FROM organisations WHERE slug = 'acme'")
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    let (_, recs) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{acme}/usage/records?period=last_30_days"),
+            None,
+        )
+        .await;
+    assert!(recs["total"].as_i64().unwrap() >= 1);
+    assert_eq!(wd.text("#stat-requests").await, recs["total"].to_string());
+
+    // The playground: the pasted key's models, a streamed answer, its usage record.
+    wd.goto(&at("/acme/playground")).await;
+    wd.fill("#pg_key", &secret).await;
+    wd.click("#pg_prompt").await;
+    wd.click("#playground button[type=submit]").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let usage = wd.text("#pg_usage").await;
+        if usage.contains("cost") {
+            assert!(usage.contains("chat-x"), "{usage}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no usage record shown: {usage}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!wd.text("#pg_out").await.is_empty(), "no streamed answer");
+    wd.screenshot(&shots.join("playground-answer.png")).await;
+
+    // Revoke from the key page (with its confirmation): the gateway refuses the key.
+    wd.goto(&key_url).await;
+    wd.click("form[action$='/revoke'] button").await;
+    wd.accept_dialog().await;
+    wd.wait_url("done=Key").await;
+    assert_eq!(wd.text(".badge").await, "revoked");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = client()
+            .post(e.gw.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&chat_body("chat-x", false))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if st == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "revoked key still answered {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A narrow screen: the navigation stacks above the content.
+    wd.post(
+        "/window/rect",
+        serde_json::json!({"width": 420, "height": 900}),
+    )
+    .await;
+    wd.goto(&at("/acme/apikeys")).await;
+    let stacked = wd
+        .execute(
+            "var n = document.querySelector('nav.side').getBoundingClientRect();
+             var m = document.querySelector('main').getBoundingClientRect();
+             return m.top >= n.bottom - 1 && m.width > 300;",
+        )
+        .await;
+    assert_eq!(stacked, true, "layout is not responsive");
+    let overflow = wd
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+        )
+        .await;
+    assert_eq!(overflow, 0, "the page scrolls sideways on a narrow screen");
+    wd.screenshot(&shots.join("acme-apikeys-narrow.png")).await;
+    wd.post(
+        "/window/rect",
+        serde_json::json!({"width": 1280, "height": 1000}),
+    )
+    .await;
+
+    // A screenshot of every page family.
+    for page in [
+        "/admin/dashboard",
+        "/admin/organisations",
+        "/admin/users",
+        "/admin/teams",
+        "/admin/settings",
+        "/acme/dashboard",
+        "/acme/teams",
+        "/acme/users",
+        "/acme/providers",
+        "/acme/models",
+        "/acme/mcp-servers",
+        "/acme/apikeys",
+        "/acme/budgets",
+        "/acme/quotas",
+        "/acme/usage",
+        "/acme/invoices",
+        "/acme/playground",
+        "/acme/docs",
+        "/acme/settings",
+    ] {
+        wd.goto(&at(page)).await;
+        let title = wd.title().await;
+        assert!(
+            !title.starts_with("Not found") && !title.starts_with("Forbidden"),
+            "{page}: {title}"
+        );
+        wd.find("main h1").await;
+        let name = page.trim_start_matches('/').replace('/', "-");
+        wd.screenshot(&shots.join(format!("{name}.png"))).await;
+    }
+
+    // A form whose CSRF token was removed is refused.
+    wd.goto(&at("/acme/teams")).await;
+    wd.execute(
+        "var f = document.querySelector('details.create form');
+         f.querySelector('input[name=_csrf]').remove();
+         f.querySelector('input[name=name]').value = 'no-token';
+         f.submit(); return true;",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wd.source().await.contains("CSRF token is missing") {
+        assert!(Instant::now() < deadline, "{}", wd.source().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An ORG_ADMIN of acme cannot reach another organisation's pages.
+    let teams: i64 = sqlx::query_scalar("SELECT count(*) FROM teams WHERE name = 'no-token'")
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(teams, 0, "the form without a token created a team");
+    org(&e, "Beta", "beta").await;
+    org_user(&e, &acme, "admin@acme.test", "ORG_ADMIN", "acme-admin-pw").await;
+    wd.goto(&at("/acme/dashboard")).await;
+    wd.click("header.top form button").await;
+    wd.wait_url("/login").await;
+    wd.fill("#email", "admin@acme.test").await;
+    wd.fill("#password", "acme-admin-pw").await;
+    wd.click("button[type=submit]").await;
+    wd.wait_url("/acme/dashboard").await;
+    wd.goto(&at("/beta/apikeys")).await;
+    assert!(
+        wd.title().await.starts_with("Not found"),
+        "{}",
+        wd.source().await
+    );
+    wd.screenshot(&shots.join("other-organisation.png")).await;
+    wd.goto(&at("/admin/organisations")).await;
+    assert!(wd.title().await.starts_with("Not found"));
+    wd.quit().await;
+}
+
+/// `wharf admin bootstrap --password-env` gives the first super admin a console password.
+#[tokio::test]
+async fn bootstrap_sets_the_console_password() {
+    let db = TestDb::migrated().await;
+    let mock = mock().await;
+    let gw = start(&mock, &db).await;
+    let run = |var: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["admin", "bootstrap", "--database-url", &db.url()])
+            .args(["--email", "ops@example.com", "--password-env", var])
+            .env("WHARF_TEST_ADMIN_PW", "ops-password-1")
+            .env("WHARF_TEST_SHORT_PW", "short")
+            .output()
+            .unwrap()
+    };
+    let out = run("WHARF_TEST_UNSET_PW");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WHARF_TEST_UNSET_PW"));
+    let out = run("WHARF_TEST_SHORT_PW");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 8"));
+    let out = run("WHARF_TEST_ADMIN_PW");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("console password set") && stdout.contains("wharf_adm_"));
+    assert!(!stdout.contains("ops-password-1"));
+    let mut b = Browser::new(&gw);
+    let p = b.login("ops@example.com", "ops-password-1").await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location.as_deref(), Some("/admin/dashboard"));
+}
