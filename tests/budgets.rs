@@ -397,7 +397,22 @@ warning_thresholds = [20, 50, 80]
 const MASTER: &str = common::db::TEST_MASTER_KEYS;
 
 async fn db_gw(mock: &wharf::mock::MockServer, db: &TestDb, hook: Option<&Receiver>) -> Gw {
-    db_gw_with(mock, db, hook, false).await
+    db_gw_with(mock, db, hook, None).await
+}
+
+/// The Redis of a database-mode node: its URL and extra `[governance]` lines.
+struct WithRedis {
+    url: String,
+    governance: &'static str,
+}
+
+impl WithRedis {
+    fn shared() -> Option<WithRedis> {
+        Some(WithRedis {
+            url: common::db::redis_url(),
+            governance: "",
+        })
+    }
 }
 
 /// A database-mode gateway, with the webhook and Redis when asked.
@@ -405,17 +420,21 @@ async fn db_gw_with(
     mock: &wharf::mock::MockServer,
     db: &TestDb,
     hook: Option<&Receiver>,
-    redis: bool,
+    redis: Option<WithRedis>,
 ) -> Gw {
     let mut hook = hook
         .map(|h| format!("\n[governance]\nwarning_webhook_url = \"{}\"\n", h.url()))
         .unwrap_or_default();
-    if redis {
+    let redis_url = redis.as_ref().map(|r| r.url.clone()).unwrap_or_default();
+    if let Some(r) = &redis {
         // A generous Redis timeout: the exactness tests are not about fail-open.
         if hook.is_empty() {
             hook.push_str("\n[governance]\n");
         }
-        hook.push_str("redis_timeout_ms = 5000\n\n[redis]\nurl_env = \"WHARF_TEST_REDIS\"\n");
+        hook.push_str(&format!(
+            "redis_timeout_ms = 5000\n{}\n\n[redis]\nurl_env = \"WHARF_TEST_REDIS\"\n",
+            r.governance
+        ));
     }
     let gw = Gw::start_custom(
         mock,
@@ -443,10 +462,7 @@ url_env = "WHARF_TEST_DATABASE_URL"
         &[
             ("WHARF_TEST_DATABASE_URL", db.url()),
             ("WHARF_MASTER_KEYS", MASTER.to_string()),
-            (
-                "WHARF_TEST_REDIS",
-                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-            ),
+            ("WHARF_TEST_REDIS", redis_url),
         ],
     )
     .await;
@@ -726,10 +742,22 @@ async fn database_prepaid_balance_across_two_nodes_topped_up_through_the_admin_a
 
 #[tokio::test]
 async fn admin_api_shows_current_windows_reservations_and_remaining_capacity() {
+    admin_api_windows(None).await;
+}
+
+/// With Redis the windows in flight live there: the admin API shows them all the same, and
+/// the Postgres ledger holds no reservation.
+#[tokio::test]
+async fn admin_api_shows_redis_windows_reservations_and_remaining_capacity() {
+    admin_api_windows(WithRedis::shared()).await;
+}
+
+async fn admin_api_windows(redis: Option<WithRedis>) {
+    let fast_path = redis.is_some();
     let mock = mock().await;
     let db = TestDb::migrated().await;
     let (org, key_id, secret) = db_seed(&db, &mock).await;
-    let gw = db_gw(&mock, &db, None).await;
+    let gw = db_gw_with(&mock, &db, None, redis).await;
     let api = Api::root(&gw, &db).await;
     let limit = 1_000_000_000u64;
     let (st, budget) = api
@@ -792,6 +820,11 @@ async fn admin_api_shows_current_windows_reservations_and_remaining_capacity() {
     );
     let (_, q) = api.get(&qpath).await;
     assert_eq!(q["reserved"], 1, "{q}");
+    let in_postgres: i64 = sqlx::query_scalar("SELECT count(*) FROM budget_reservations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(in_postgres, if fast_path { 0 } else { 1 });
     assert_eq!(slow.await.unwrap(), 200);
 
     // Settled to the usage record's cost.
@@ -803,6 +836,15 @@ async fn admin_api_shows_current_windows_reservations_and_remaining_capacity() {
     .await;
     assert_eq!(w["remaining"], limit as i64 - cost);
     assert_eq!(w["reservations"], json!([]));
+    // Postgres has the settled amount too (flushed moments after the settle).
+    poll(Duration::from_secs(10), "the flush", async || {
+        let used: i64 = sqlx::query_scalar("SELECT used_nanos FROM budget_windows")
+            .fetch_one(&db.pool)
+            .await
+            .ok()?;
+        (used == cost).then_some(())
+    })
+    .await;
     assert!(w["window"]["start"].as_str().unwrap().ends_with("Z"), "{w}");
     let (_, q) = api.get(&qpath).await;
     assert_eq!(
@@ -1100,8 +1142,8 @@ async fn two_nodes_sharing_redis_and_postgres_hold_rpm_and_budget_exactly() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    let a = db_gw_with(&mock, &db, None, true).await;
-    let b = db_gw_with(&mock, &db, None, true).await;
+    let a = db_gw_with(&mock, &db, None, WithRedis::shared()).await;
+    let b = db_gw_with(&mock, &db, None, WithRedis::shared()).await;
     // 64 clients, each sending `rounds` requests one after the other, half on each node.
     let run = |secret: String, rounds: usize, code: &'static str| {
         let urls = [a.url("/v1/chat/completions"), b.url("/v1/chat/completions")];
@@ -1192,4 +1234,185 @@ async fn two_nodes_sharing_redis_and_postgres_hold_rpm_and_budget_exactly() {
         "a node counted on its own"
     );
     assert_eq!(admitted, 100, "RPM 100 across both nodes");
+}
+
+async fn redis() -> fred::clients::Client {
+    use fred::prelude::*;
+    let c = Builder::from_config(Config::from_url(&common::db::redis_url()).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.unwrap();
+    c
+}
+
+/// A node that died between reserve and settle leaves reservations in Redis: the sweep
+/// settles the one whose request wrote its usage record (once: a tombstone keeps a late
+/// settle from counting it again) and releases the other, in Redis and in Postgres.
+#[tokio::test]
+async fn redis_budget_sweep_settles_or_releases_a_dead_nodes_reservations() {
+    use fred::prelude::*;
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let (org, key_id, secret) = db_seed(&db, &mock).await;
+    let budget: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO budgets (organisation_id, scope, scope_id, amount_nanos, period)
+         VALUES ($1, 'APIKEY', $2, 1000000000, 'DAILY') RETURNING id",
+    )
+    .bind(org)
+    .bind(key_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let gw = db_gw_with(
+        &mock,
+        &db,
+        None,
+        Some(WithRedis {
+            url: common::db::redis_url(),
+            governance: "stale_reservation_sweep_ms = 200",
+        }),
+    )
+    .await;
+    // One request opens the window in Redis.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&chat_body("db-chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cost = records_cost(&db, key_id, 1).await;
+    let start = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .start_of_day()
+        .unwrap()
+        .timestamp()
+        .as_second();
+    let key = format!("wharf:bw:b:{budget}:{start}");
+    let r = redis().await;
+    let used = |r: &fred::clients::Client| {
+        let (r, key) = (r.clone(), key.clone());
+        async move {
+            let v: Vec<Option<i64>> = r.hmget(&key, vec!["used", "reserved"]).await.unwrap();
+            (v[0].unwrap_or(-1), v[1].unwrap_or(-1))
+        }
+    };
+    poll(Duration::from_secs(5), "the settle", async || {
+        (used(&r).await == (cost, 0)).then_some(())
+    })
+    .await;
+    // The dead node's two reservations, expired long ago.
+    let (settled, released) = (
+        format!("dead-1/{}", uuid::Uuid::new_v4().simple()),
+        format!("dead-2/{}", uuid::Uuid::new_v4().simple()),
+    );
+    let _: () = r
+        .hset(
+            format!("{key}:r"),
+            vec![
+                (settled.as_str(), "5000|1000"),
+                (released.as_str(), "7000|1000"),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: i64 = r.hincrby(&key, "reserved", 12000).await.unwrap();
+    sqlx::query(
+        "INSERT INTO usage_records (request_id, organisation_id, api_key_id, endpoint, status,
+                                    outcome, cost_nanos, attempts)
+         VALUES ('dead-1', $1, $2, '/v1/chat/completions', 200, 'success', 4321,
+                 '[{\"provider\": \"p\", \"outcome\": \"success\"}]')",
+    )
+    .bind(org)
+    .bind(key_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    poll(Duration::from_secs(10), "the sweep", async || {
+        (used(&r).await == (cost + 4321, 0)).then_some(())
+    })
+    .await;
+    let tomb: bool = r.hexists(format!("{key}:s"), &settled).await.unwrap();
+    assert!(tomb, "the sweep leaves a tombstone");
+    let left: i64 = r.hlen(format!("{key}:r")).await.unwrap();
+    assert_eq!(left, 0);
+    poll(Duration::from_secs(10), "the flush", async || {
+        let used: i64 =
+            sqlx::query_scalar("SELECT used_nanos FROM budget_windows WHERE budget_id = $1")
+                .bind(budget)
+                .fetch_one(&db.pool)
+                .await
+                .ok()?;
+        (used == cost + 4321).then_some(())
+    })
+    .await;
+    let _ = r.quit().await;
+}
+
+/// Redis configured but unreachable: budgets do not fail open; the node reserves in the
+/// Postgres ledger instead, exactly.
+#[tokio::test]
+async fn redis_unreachable_budgets_fall_back_to_the_postgres_ledger() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let (org, key_id, secret) = db_seed(&db, &mock).await;
+    let mut body = chat_body("db-chat", false);
+    body["max_tokens"] = json!(50);
+    let one = 50 * 2000
+        + 1000 * wharf::proxy::body::estimate_input_tokens(&serde_json::to_vec(&body).unwrap());
+    let amount = 2 * one + one / 2;
+    let budget: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO budgets (organisation_id, scope, scope_id, amount_nanos, period)
+         VALUES ($1, 'APIKEY', $2, $3, 'DAILY') RETURNING id",
+    )
+    .bind(org)
+    .bind(key_id)
+    .bind(amount as i64)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let gw = db_gw_with(
+        &mock,
+        &db,
+        None,
+        Some(WithRedis {
+            url: format!("redis://127.0.0.1:{}", free_port()),
+            governance: "",
+        }),
+    )
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .header("x-mock-tokens", "50")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+    }
+    assert_eq!(codes, vec![200, 200, 402, 402]);
+    let cost = records_cost(&db, key_id, 2).await;
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state::text FROM budget_reservations WHERE budget_id = $1")
+            .bind(budget)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(states, vec!["SETTLED", "SETTLED"], "reserved in Postgres");
+    let used: i64 = poll(Duration::from_secs(10), "the settle", async || {
+        let (used, reserved): (i64, i64) = sqlx::query_as(
+            "SELECT used_nanos, reserved_nanos FROM budget_windows WHERE budget_id = $1",
+        )
+        .bind(budget)
+        .fetch_one(&db.pool)
+        .await
+        .ok()?;
+        (reserved == 0 && used == cost).then_some(used)
+    })
+    .await;
+    assert!(used as u64 <= amount);
 }

@@ -193,6 +193,48 @@ async fn with_window(ctx: &Ctx<'_>, kind: Meter, r: Row) -> ApiResult<Value> {
             })
             .collect();
     }
+    // With Redis as the budgets' fast path, the window in flight is there: Postgres has
+    // the settled amounts (moments behind) and none of the reservations.
+    let live = match (period.is_some(), ctx.state.governance.redis_budgets()) {
+        (true, Some(rb)) => {
+            rb.live_window(
+                kind == Meter::Quota,
+                &r.id.to_string(),
+                start,
+                MAX_RESERVATIONS as usize,
+            )
+            .await
+        }
+        _ => None,
+    };
+    let (used, reserved, rollover) =
+        match &live {
+            Some(l) => {
+                in_flight += l.in_flight;
+                reservations.extend(l.reservations.iter().map(
+                    |(request_id, amount, expires_ms)| {
+                        let at = |ms: i64| {
+                            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                                .map(rfc3339)
+                                .unwrap_or(Value::Null)
+                        };
+                        let ttl = crate::governance::budget_pg::RESERVATION_TTL_SECONDS * 1000;
+                        json!({
+                            "request_id": request_id,
+                            "amount": amount,
+                            "created_at": at(expires_ms - ttl),
+                            "expires_at": at(*expires_ms),
+                        })
+                    },
+                ));
+                (
+                    l.used.max(used),
+                    reserved + l.reserved,
+                    l.rollover.max(rollover),
+                )
+            }
+            None => (used, reserved, rollover),
+        };
     let limit = r.limit_value.saturating_add(rollover);
     let active = r.enabled
         && r.starts_at.is_none_or(|s| odt(now) >= s)

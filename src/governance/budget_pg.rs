@@ -35,15 +35,15 @@ use uuid::Uuid;
 /// How long the meter list is served from memory before a background refresh.
 const METERS_TTL: Duration = Duration::from_secs(5);
 /// A reservation left unsettled this long is stale (crashed node).
-const RESERVATION_TTL_SECONDS: i64 = 900;
+pub const RESERVATION_TTL_SECONDS: i64 = 900;
 
-struct Tables {
-    windows: &'static str,
+pub(super) struct Tables {
+    pub(super) windows: &'static str,
     reservations: &'static str,
-    fk: &'static str,
-    used: &'static str,
+    pub(super) fk: &'static str,
+    pub(super) used: &'static str,
     reserved: &'static str,
-    rollover: &'static str,
+    pub(super) rollover: &'static str,
     amount: &'static str,
     actual: &'static str,
 }
@@ -70,12 +70,33 @@ const QUOTA: Tables = Tables {
     actual: "actual",
 };
 
-fn tables(m: &Meter) -> &'static Tables {
-    if m.quota {
+pub(super) fn tables(m: &Meter) -> &'static Tables {
+    tables_for(m.quota)
+}
+
+pub(super) fn tables_for(quota: bool) -> &'static Tables {
+    if quota {
         &QUOTA
     } else {
         &BUDGET
     }
+}
+
+/// Creates a meter's window row when missing: `$1` meter, `$2`/`$3` start/end, `$4` the
+/// meter's limit, `$5` rollover. A rollover meter's new window starts with what the previous
+/// window (when it was opened at all) left unused.
+pub(super) fn open_window_sql(t: &Tables) -> String {
+    format!(
+        "INSERT INTO {w} ({fk}, window_start, window_end, {ro})
+         SELECT $1, $2, $3, CASE WHEN $5 THEN coalesce((
+             SELECT GREATEST($4 + p.{ro} - p.{u}, 0) FROM {w} p
+              WHERE p.{fk} = $1 AND p.window_end = $2), 0) ELSE 0 END
+         ON CONFLICT ({fk}, window_start) DO NOTHING",
+        w = t.windows,
+        fk = t.fk,
+        ro = t.rollover,
+        u = t.used
+    )
 }
 
 #[derive(sqlx::FromRow)]
@@ -93,7 +114,7 @@ struct MeterRow {
     rollover: bool,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> GatewayError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> GatewayError {
     tracing::warn!(error = %e, "budgets: database unavailable");
     GatewayError::new(
         ErrorCode::DependencyUnavailable,
@@ -101,11 +122,11 @@ fn unavailable(e: impl std::fmt::Display) -> GatewayError {
     )
 }
 
-fn to_ts(t: time::OffsetDateTime) -> Option<Timestamp> {
+pub(super) fn to_ts(t: time::OffsetDateTime) -> Option<Timestamp> {
     Timestamp::from_second(t.unix_timestamp()).ok()
 }
 
-fn to_odt(t: Timestamp) -> time::OffsetDateTime {
+pub(super) fn to_odt(t: Timestamp) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(t.as_second())
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
@@ -321,6 +342,13 @@ pub struct PgGrant {
     done: bool,
 }
 
+impl PgGrant {
+    /// The meters this grant holds reservations on.
+    pub fn meters(&self) -> &[Arc<Meter>] {
+        &self.held
+    }
+}
+
 impl Drop for PgGrant {
     fn drop(&mut self) {
         if self.done {
@@ -350,8 +378,50 @@ impl PgBudgets {
         })
     }
 
-    fn pool(&self) -> Option<Arc<PgPool>> {
+    pub(super) fn pool(&self) -> Option<Arc<PgPool>> {
         self.db.pool.load_full()
+    }
+
+    pub(super) fn notifier(&self) -> &super::webhook::Notifier {
+        &self.notifier
+    }
+
+    /// The meters loaded so far (none before the first request that needed them).
+    pub(super) fn cached_meters(&self) -> Vec<Arc<Meter>> {
+        self.meters
+            .load_full()
+            .map(|m| m.1.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records in the window's row that the warning at `threshold` was sent (in the
+    /// background; the admin API shows it).
+    pub(super) fn mark_warned(&self, m: &Meter, start: Timestamp, threshold: u8) {
+        let (Some(pool), Ok(mid), Ok(rt)) = (
+            self.pool(),
+            Uuid::parse_str(&m.id),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let t = tables(m);
+        let sql = format!(
+            "UPDATE {w} SET warned_thresholds = array_append(warned_thresholds, $3)
+              WHERE {fk} = $1 AND window_start = $2 AND NOT ($3 = ANY (warned_thresholds))",
+            w = t.windows,
+            fk = t.fk
+        );
+        rt.spawn(async move {
+            let r = sqlx::query(&sql)
+                .bind(mid)
+                .bind(to_odt(start))
+                .bind(i32::from(threshold))
+                .execute(&*pool)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "budgets: cannot record a sent warning");
+            }
+        });
     }
 
     /// The meters, from memory (refreshed in the background every few seconds); the very
@@ -504,27 +574,15 @@ impl PgBudgets {
             let (start, end) = m.window(now);
             let mid = Uuid::parse_str(&m.id).map_err(unavailable)?;
             let amount = m.metric.estimate(est) as i64;
-            // A rollover meter's new window starts with what the previous window (when it was
-            // opened at all) left unused.
-            sqlx::query(&format!(
-                "INSERT INTO {w} ({fk}, window_start, window_end, {ro})
-                 SELECT $1, $2, $3, CASE WHEN $5 THEN coalesce((
-                     SELECT GREATEST($4 + p.{ro} - p.{u}, 0) FROM {w} p
-                      WHERE p.{fk} = $1 AND p.window_end = $2), 0) ELSE 0 END
-                 ON CONFLICT ({fk}, window_start) DO NOTHING",
-                w = t.windows,
-                fk = t.fk,
-                ro = t.rollover,
-                u = t.used
-            ))
-            .bind(mid)
-            .bind(to_odt(start))
-            .bind(to_odt(end))
-            .bind(m.limit as i64)
-            .bind(m.rollover)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+            sqlx::query(&open_window_sql(t))
+                .bind(mid)
+                .bind(to_odt(start))
+                .bind(to_odt(end))
+                .bind(m.limit as i64)
+                .bind(m.rollover)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
             // A balance's limit is what the budget row says now (top-ups included).
             let limit = if m.is_balance() {
                 "(SELECT amount_nanos FROM budgets WHERE id = $1)".to_string()

@@ -21,6 +21,7 @@
 
 pub mod budget;
 pub mod budget_pg;
+pub mod budget_redis;
 pub mod limits;
 pub mod local;
 pub mod policy;
@@ -53,6 +54,10 @@ pub struct RawGovernance {
     pub concurrency_lease_ttl_seconds: u64,
     /// File mode: where budget and quota windows are kept across restarts.
     pub budget_state_path: Option<String>,
+    /// Database mode with Redis: how often each node looks for budget reservations left
+    /// past their expiry by a node that died (settled from their usage records, or released).
+    #[serde(default = "default_sweep")]
+    pub stale_reservation_sweep_ms: u64,
     /// Where each crossed budget or quota warning threshold is POSTed (JSON), once per
     /// threshold and window. Read at start.
     pub warning_webhook_url: Option<String>,
@@ -71,6 +76,7 @@ impl Default for RawGovernance {
             redis_timeout_ms: default_redis_timeout(),
             concurrency_lease_ttl_seconds: default_lease_ttl(),
             budget_state_path: None,
+            stale_reservation_sweep_ms: default_sweep(),
             warning_webhook_url: None,
             warning_webhook_timeout_ms: default_webhook_timeout(),
             warning_webhook_secret_env: None,
@@ -87,6 +93,9 @@ fn default_failure() -> String {
 }
 fn default_redis_timeout() -> u64 {
     250
+}
+fn default_sweep() -> u64 {
+    budget_redis::SWEEP_EVERY.as_millis() as u64
 }
 fn default_lease_ttl() -> u64 {
     600
@@ -116,6 +125,8 @@ pub struct GovConfig {
     pub meters: Vec<Arc<budget::Meter>>,
     /// Where the file's budget windows persist (read at start).
     pub budget_state_path: Option<String>,
+    /// How often stale Redis budget reservations are swept (read at start).
+    pub stale_sweep: Duration,
     /// Where warning-threshold crossings are POSTed (read at start).
     pub warning_webhook_url: Option<String>,
     pub warning_webhook_timeout: Duration,
@@ -135,6 +146,7 @@ impl Default for GovConfig {
             lease_ttl: Duration::from_secs(default_lease_ttl()),
             meters: Vec::new(),
             budget_state_path: None,
+            stale_sweep: budget_redis::SWEEP_EVERY,
             warning_webhook_url: None,
             warning_webhook_timeout: Duration::from_millis(default_webhook_timeout()),
             warning_webhook_secret_env: None,
@@ -191,6 +203,9 @@ pub fn build_config(
     if raw.redis_timeout_ms == 0 {
         errs.push("governance.redis_timeout_ms: must be at least 1".into());
     }
+    if raw.stale_reservation_sweep_ms == 0 {
+        errs.push("governance.stale_reservation_sweep_ms: must be at least 1".into());
+    }
     if raw.concurrency_lease_ttl_seconds == 0 {
         errs.push("governance.concurrency_lease_ttl_seconds: must be at least 1".into());
     }
@@ -222,6 +237,7 @@ pub fn build_config(
         lease_ttl: Duration::from_secs(raw.concurrency_lease_ttl_seconds.max(1)),
         meters: Vec::new(),
         budget_state_path: raw.budget_state_path.clone(),
+        stale_sweep: Duration::from_millis(raw.stale_reservation_sweep_ms.max(1)),
         warning_webhook_url: raw.warning_webhook_url.clone(),
         warning_webhook_timeout: Duration::from_millis(raw.warning_webhook_timeout_ms.max(1)),
         warning_webhook_secret_env: raw.warning_webhook_secret_env.clone(),
@@ -405,6 +421,9 @@ pub struct RequestGov {
     headers: RateHeaders,
     budget: Option<budget::BudgetGrant>,
     pg_budget: Option<budget_pg::PgGrant>,
+    redis_budget: Option<budget_redis::RedisBudgetGrant>,
+    /// The database meters were reserved in Postgres because Redis could not answer.
+    pg_fallback: bool,
 }
 
 impl RequestGov {
@@ -427,6 +446,8 @@ pub struct Governance {
     budgets: Arc<budget::MemoryBudgets>,
     /// Database mode: budgets and quotas of the `budgets` / `quotas` tables.
     pg: Option<Arc<budget_pg::PgBudgets>>,
+    /// Database mode with Redis: the fast path of the database's periodic meters.
+    redis_budgets: Option<Arc<budget_redis::RedisBudgets>>,
 }
 
 impl std::fmt::Debug for Governance {
@@ -467,13 +488,28 @@ impl Governance {
             g.warning_webhook_timeout,
             secret,
         ));
+        let pg = db.map(|db| budget_pg::PgBudgets::new(db, notifier.clone()));
+        let redis_budgets = match (&redis, &pg) {
+            (Some(r), Some(p)) => Some(budget_redis::RedisBudgets::new(
+                r.clone(),
+                p.clone(),
+                g.stale_sweep,
+            )),
+            _ => None,
+        };
         Governance {
             local: local::Local::default(),
             redis,
             started: std::sync::Once::new(),
             budgets: budget::MemoryBudgets::open(g.budget_state_path.as_deref(), notifier.clone()),
-            pg: db.map(|db| budget_pg::PgBudgets::new(db, notifier)),
+            pg,
+            redis_budgets,
         }
+    }
+
+    /// The Redis fast path of the database's budgets and quotas, when configured.
+    pub fn redis_budgets(&self) -> Option<&Arc<budget_redis::RedisBudgets>> {
+        self.redis_budgets.as_ref()
     }
 
     /// Pipeline step 2: the global IP lists (before authentication).
@@ -627,22 +663,8 @@ impl Governance {
                 output_tokens: output,
                 cost_nanos: tokens.cost_nanos(&model.pricing),
             };
-            let mut reserved = self.budgets.reserve(meters, key, &est, now);
-            if let (Ok(_), Some(pg)) = (&reserved, &self.pg) {
-                match pg.reserve(db_meters, key, &est, request_id, now).await {
-                    Ok(p) => g.pg_budget = p,
-                    Err(e) => reserved = Err(e),
-                }
-            }
-            match reserved {
-                Ok(b) => g.budget = b,
-                Err(e) => {
-                    // Nothing reaches the provider: give every hold back now (the file
-                    // budgets' reservation is released when dropped).
-                    self.release(g).await;
-                    return Err(e);
-                }
-            }
+            self.reserve_meters(meters, db_meters, key, &est, request_id, now, g)
+                .await?;
         }
         Ok(())
     }
@@ -726,22 +748,68 @@ impl Governance {
                 output_tokens: 0,
                 cost_nanos: estimate_nanos,
             };
-            let mut reserved = self.budgets.reserve(meters, key, &est, now);
-            if let (Ok(_), Some(pg)) = (&reserved, &self.pg) {
-                match pg.reserve(db_meters, key, &est, request_id, now).await {
-                    Ok(p) => g.pg_budget = p,
-                    Err(e) => reserved = Err(e),
-                }
-            }
-            match reserved {
-                Ok(b) => g.budget = b,
-                Err(e) => {
-                    self.release(g).await;
-                    return Err(e);
-                }
-            }
+            self.reserve_meters(meters, db_meters, key, &est, request_id, now, g)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Pipeline step 8: reserves `est` on the file's meters and the database's (periodic ones
+    /// in Redis when it is configured, falling back to Postgres when it cannot answer;
+    /// balances in Postgres), all or none. On a refusal every hold is given back (the
+    /// budgets' reservations are released when dropped).
+    #[allow(clippy::too_many_arguments)]
+    async fn reserve_meters(
+        &self,
+        file_meters: &[Arc<budget::Meter>],
+        db_meters: Vec<Arc<budget::Meter>>,
+        key: &VirtualKey,
+        est: &budget::Estimate,
+        request_id: &str,
+        now: jiff::Timestamp,
+        g: &mut RequestGov,
+    ) -> Result<(), GatewayError> {
+        let r = async {
+            let file = self.budgets.reserve(file_meters, key, est, now)?;
+            let Some(pg) = &self.pg else {
+                return Ok((file, None, None, false));
+            };
+            let (mut for_pg, mut in_redis, mut fallback) = (db_meters, None, false);
+            if let (Some(rb), Some(redis)) = (&self.redis_budgets, &self.redis) {
+                let (balances, periodic): (Vec<_>, Vec<_>) =
+                    for_pg.into_iter().partition(|m| m.is_balance());
+                for_pg = balances;
+                if !periodic.is_empty() {
+                    self.started.call_once(|| redis.connect());
+                    match rb.reserve(periodic.clone(), est, request_id, now).await {
+                        Ok(r) => in_redis = r?,
+                        Err(e) => {
+                            crate::metrics::RATE_LIMIT_STORE_ERRORS.inc();
+                            tracing::warn!(error = %e.0, "budgets: redis unavailable; reserving in Postgres");
+                            fallback = true;
+                            for_pg.extend(periodic);
+                        }
+                    }
+                }
+            }
+            let in_pg = pg.reserve(for_pg, key, est, request_id, now).await?;
+            Ok((file, in_pg, in_redis, fallback))
+        }
+        .await;
+        match r {
+            Ok((file, in_pg, in_redis, fallback)) => {
+                g.budget = file;
+                g.pg_budget = in_pg;
+                g.redis_budget = in_redis;
+                g.pg_fallback = fallback;
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing reaches the provider: give every hold back now.
+                self.release(g).await;
+                Err(e)
+            }
+        }
     }
 
     async fn release(&self, g: &mut RequestGov) {
@@ -814,7 +882,13 @@ impl Governance {
         if let Some(b) = g.budget.take() {
             self.budgets.settle(b, rec, reached);
         }
+        if let (Some(b), Some(rb)) = (g.redis_budget.take(), &self.redis_budgets) {
+            rb.settle(b, rec, reached).await;
+        }
         if let (Some(b), Some(pg)) = (g.pg_budget.take(), &self.pg) {
+            if let (true, true, Some(rb)) = (g.pg_fallback, reached, &self.redis_budgets) {
+                rb.caught_up_later(b.meters(), rec, jiff::Timestamp::now());
+            }
             pg.settle(b, rec, reached).await;
         }
         let t = &rec.tokens;

@@ -256,13 +256,14 @@ impl RedisLimiter {
         }
     }
 
-    async fn run(
+    /// Runs `script` by its SHA (loaded once into `sha`), within the configured timeout.
+    pub(crate) async fn run<R: FromValue>(
         &self,
         script: &'static str,
         sha: &tokio::sync::OnceCell<String>,
         keys: Vec<String>,
         args: Vec<String>,
-    ) -> Result<Vec<i64>, Unavailable> {
+    ) -> Result<R, Unavailable> {
         if !self.client.is_connected() {
             // Until the first connection is up (a short grace after start) checks wait for
             // it; afterwards they fail fast while Redis is away, so fail-open costs no latency.
@@ -285,7 +286,7 @@ impl RedisLimiter {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let fut = async {
             if let Some(h) = sha.get() {
-                let r: Result<Vec<i64>, Error> = self
+                let r: Result<R, Error> = self
                     .client
                     .evalsha(h.as_str(), keys.clone(), args.clone())
                     .await;
@@ -338,7 +339,7 @@ impl RedisLimiter {
                 s.tpm.to_string(),
             ]);
         }
-        let v = match self.run(CHECK, &self.check_sha, keys.clone(), args).await {
+        let v: Vec<i64> = match self.run(CHECK, &self.check_sha, keys.clone(), args).await {
             Ok(v) => v,
             Err(e) => {
                 // The script may have run after all (a timeout): give back whatever it may
@@ -411,7 +412,7 @@ impl RedisLimiter {
             args.push(u8::from(*c).to_string());
             args.push(u8::from(*t).to_string());
         }
-        self.run(FINISH, &self.finish_sha, keys, args)
+        self.run::<Vec<i64>>(FINISH, &self.finish_sha, keys, args)
             .await
             .map(|_| ())
     }

@@ -1,0 +1,817 @@
+//! Budgets and quotas in database mode with Redis configured: Redis is the fast path, Postgres
+//! the durable store (SPEC §7).
+//!
+//! Each periodic meter's current window is a Redis hash `wharf:bw:{b|q}:{meter}:{start}` with
+//! `used`, `reserved`, `rollover` and one `w<threshold>` field per warning already sent; the
+//! reservations in flight are the hash `…:r` (`id → amount|expiry_ms`). A reserve is one
+//! script over every meter of the request (all or none: `used + reserved + est <= limit +
+//! rollover`, checked before anything is taken); a settle or release is one script that takes
+//! the reservation out (idempotent by reservation id) and adds the actual amount to `used`.
+//! Postgres is not on the request path: settled amounts are added to the windows' `used`
+//! columns by a background flush every [`FLUSH_EVERY`], batched per window, so
+//! `budget_windows.used_nanos` equals the sum of the usage records' cost moments after the
+//! last settle, as in the Postgres-only mode.
+//!
+//! A window missing from Redis (first use, or a Redis restart) is seeded from its Postgres
+//! row (created with its rollover as the Postgres path creates it) plus this node's unflushed
+//! amounts, then the reserve runs again. When Redis cannot answer, the request falls back to
+//! the Postgres ledger ([`super::budget_pg`]); what it settles there is added to the Redis
+//! window once Redis answers again. Prepaid balances always use the Postgres ledger: a top-up
+//! must count the moment it commits.
+//!
+//! Stale reservations (a node that died between reserve and settle) expire after
+//! [`super::budget_pg::RESERVATION_TTL_SECONDS`]: a sweep on every node, every
+//! `governance.stale_reservation_sweep_ms` ([`SWEEP_EVERY`] by default), settles those whose request wrote its usage record (leaving a tombstone so
+//! a late settle from the original node is not counted twice) and releases the others.
+
+use super::budget::{Estimate, Meter, Metric};
+use super::budget_pg::{self, PgBudgets};
+use super::redis::{RedisLimiter, Unavailable};
+use crate::error::GatewayError;
+use crate::usage::UsageRecord;
+use jiff::Timestamp;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+/// How often settled amounts are written to Postgres.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// How often expired reservations are looked for, by default.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// The set of window keys the sweep visits.
+const INDEX: &str = "wharf:bw:index";
+/// How long a window's hash outlives its window.
+const KEEP_AFTER_END_MS: i64 = 86_400_000;
+
+const RESERVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = ARGV[1]
+local exp = now + tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  if redis.call('EXISTS', k) == 0 then return {1, i} end
+  local v = redis.call('HMGET', k, 'used', 'reserved', 'rollover')
+  local used, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  local amount = tonumber(ARGV[2 + (i - 1) * 3 + 1])
+  local limit = tonumber(ARGV[2 + (i - 1) * 3 + 2]) + tonumber(v[3] or '0')
+  if used + reserved + math.max(amount, 1) > limit then return {2, i, used, reserved, limit} end
+end
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local amount = ARGV[2 + (i - 1) * 3 + 1]
+  redis.call('HINCRBY', k, 'reserved', amount)
+  redis.call('HSET', k .. ':r', id, amount .. '|' .. string.format('%d', exp))
+  redis.call('PEXPIREAT', k .. ':r', ARGV[2 + (i - 1) * 3 + 3])
+  redis.call('SADD', 'wharf:bw:index', k)
+end
+return {0}
+"#;
+
+const SEED: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'used', ARGV[1], 'reserved', 0, 'rollover', ARGV[2])
+for th in string.gmatch(ARGV[4], '%d+') do redis.call('HSET', KEYS[1], 'w' .. th, 1) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// Per window: `{state, used, crossed}`; state 1 settled its reservation, 2 the sweep had
+/// settled it already (nothing to do), 3 the reservation had expired (its amount was given
+/// back; the actual amount still counts), 4 the window is not in Redis (Postgres only).
+const SETTLE: &str = r#"
+local id = ARGV[1]
+local settle = ARGV[2] == '1'
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local actual = ARGV[2 + (i - 1) * 3 + 1]
+  local state, used, mask = 4, 0, 0
+  if redis.call('EXISTS', k) == 1 then
+    local v = redis.call('HGET', k .. ':r', id)
+    if v then
+      redis.call('HDEL', k .. ':r', id)
+      local amount = tonumber(string.match(v, '^(%d+)'))
+      if redis.call('HINCRBY', k, 'reserved', -amount) < 0 then redis.call('HSET', k, 'reserved', 0) end
+      state = 1
+    elseif redis.call('HEXISTS', k .. ':s', id) == 1 then
+      state = 2
+    else
+      state = 3
+    end
+    if settle and state ~= 2 then
+      used = redis.call('HINCRBY', k, 'used', actual)
+      local limit = tonumber(ARGV[2 + (i - 1) * 3 + 2])
+      local before = used - tonumber(actual)
+      local bit = 1
+      for th in string.gmatch(ARGV[2 + (i - 1) * 3 + 3], '%d+') do
+        local at = math.floor(limit * tonumber(th) / 100)
+        if before < at and used >= at and redis.call('HSETNX', k, 'w' .. th, 1) == 1 then
+          mask = mask + bit
+        end
+        bit = bit * 2
+      end
+    end
+  end
+  out[#out + 1] = state
+  out[#out + 1] = used
+  out[#out + 1] = mask
+end
+return out
+"#;
+
+const SWEEP_LIST: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SREM', 'wharf:bw:index', KEYS[1])
+  return {}
+end
+local all = redis.call('HGETALL', KEYS[1] .. ':r')
+local out = {}
+for j = 1, #all, 2 do
+  local exp = tonumber(string.match(all[j + 1], '|(%d+)$'))
+  if exp and exp < now then out[#out + 1] = all[j] end
+end
+return out
+"#;
+
+const SWEEP_ONE: &str = r#"
+local v = redis.call('HGET', KEYS[1] .. ':r', ARGV[1])
+if not v then return 0 end
+redis.call('HDEL', KEYS[1] .. ':r', ARGV[1])
+local amount = tonumber(string.match(v, '^(%d+)'))
+if redis.call('HINCRBY', KEYS[1], 'reserved', -amount) < 0 then redis.call('HSET', KEYS[1], 'reserved', 0) end
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'used', ARGV[3])
+  redis.call('HSET', KEYS[1] .. ':s', ARGV[1], 1)
+  redis.call('PEXPIREAT', KEYS[1] .. ':s', ARGV[4])
+end
+return 1
+"#;
+
+const LIVE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local v = redis.call('HMGET', KEYS[1], 'used', 'reserved', 'rollover')
+local out = {v[1] or '0', v[2] or '0', v[3] or '0', tostring(redis.call('HLEN', KEYS[1] .. ':r'))}
+local all = redis.call('HGETALL', KEYS[1] .. ':r')
+for j = 1, math.min(#all, 2 * tonumber(ARGV[1])), 2 do
+  out[#out + 1] = all[j]
+  out[#out + 1] = all[j + 1]
+end
+return out
+"#;
+
+const MEMBERS: &str = "return redis.call('SMEMBERS', KEYS[1])";
+
+const CATCH_UP: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'used', ARGV[1])
+return 1
+"#;
+
+/// One meter window, as Postgres keys it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct WindowRef {
+    quota: bool,
+    meter: Uuid,
+    start: i64,
+}
+
+/// Amounts to add to a window's `used` column.
+#[derive(Debug, Default)]
+struct Delta {
+    end: i64,
+    amount: i64,
+}
+
+#[derive(Default)]
+struct Scripts {
+    reserve: OnceCell<String>,
+    seed: OnceCell<String>,
+    settle: OnceCell<String>,
+    sweep_list: OnceCell<String>,
+    sweep_one: OnceCell<String>,
+    catch_up: OnceCell<String>,
+    members: OnceCell<String>,
+    live: OnceCell<String>,
+}
+
+/// A window as Redis has it now (for the admin API).
+#[derive(Debug, Default)]
+pub struct LiveWindow {
+    pub used: i64,
+    pub reserved: i64,
+    pub rollover: i64,
+    pub in_flight: i64,
+    /// (request id, amount, expiry in ms since the epoch), at most the number asked for.
+    pub reservations: Vec<(String, i64, i64)>,
+}
+
+/// The Redis fast path over the database's budgets and quotas.
+pub struct RedisBudgets {
+    redis: Arc<RedisLimiter>,
+    pg: Arc<PgBudgets>,
+    scripts: Scripts,
+    /// Settled amounts not yet in Postgres.
+    pending: Mutex<HashMap<WindowRef, Delta>>,
+    /// Amounts the Postgres ledger settled while Redis could not answer: (window key, amount).
+    catch_up: Mutex<Vec<(String, u64)>>,
+    started: std::sync::Once,
+    sweep_every: Duration,
+}
+
+impl std::fmt::Debug for RedisBudgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisBudgets")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The Redis key of `m`'s window starting at `start`.
+pub fn window_key(m: &Meter, start: Timestamp) -> String {
+    format!(
+        "wharf:bw:{}:{}:{}",
+        if m.quota { "q" } else { "b" },
+        m.id,
+        start.as_second()
+    )
+}
+
+fn expire_at_ms(end: Timestamp) -> i64 {
+    end.as_millisecond().saturating_add(KEEP_AFTER_END_MS)
+}
+
+fn thresholds(m: &Meter) -> String {
+    m.warnings
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A request's reservations in Redis; released in the background when dropped unsettled.
+#[derive(Debug)]
+pub struct RedisBudgetGrant {
+    store: Arc<RedisBudgets>,
+    id: String,
+    /// Each meter with the window its reservation is in.
+    held: Vec<(Arc<Meter>, (Timestamp, Timestamp))>,
+    done: bool,
+}
+
+impl Drop for RedisBudgetGrant {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (store, id, held) = (
+            self.store.clone(),
+            std::mem::take(&mut self.id),
+            std::mem::take(&mut self.held),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { store.finish(&id, &held, None).await });
+        }
+    }
+}
+
+impl RedisBudgets {
+    pub fn new(
+        redis: Arc<RedisLimiter>,
+        pg: Arc<PgBudgets>,
+        sweep_every: Duration,
+    ) -> Arc<RedisBudgets> {
+        Arc::new(RedisBudgets {
+            redis,
+            pg,
+            scripts: Scripts::default(),
+            pending: Mutex::new(HashMap::new()),
+            catch_up: Mutex::new(Vec::new()),
+            started: std::sync::Once::new(),
+            sweep_every,
+        })
+    }
+
+    /// Starts the flush and sweep task (once, from inside the serving runtime).
+    fn start(self: &Arc<Self>) {
+        self.started.call_once(|| {
+            let me = Arc::downgrade(self);
+            tokio::spawn(background(me));
+        });
+    }
+
+    /// Reserves `est` on every meter of `applying` (periodic meters), all or none. `Err`: Redis
+    /// could not answer (the caller falls back to the Postgres ledger).
+    pub async fn reserve(
+        self: &Arc<Self>,
+        applying: Vec<Arc<Meter>>,
+        est: &Estimate,
+        request_id: &str,
+        now: Timestamp,
+    ) -> Result<Result<Option<RedisBudgetGrant>, GatewayError>, Unavailable> {
+        if applying.is_empty() {
+            return Ok(Ok(None));
+        }
+        self.start();
+        let id = format!(
+            "{}/{}",
+            request_id.chars().take(160).collect::<String>(),
+            Uuid::new_v4().simple()
+        );
+        let held: Vec<(Arc<Meter>, (Timestamp, Timestamp))> = applying
+            .into_iter()
+            .map(|m| {
+                let w = m.window(now);
+                (m, w)
+            })
+            .collect();
+        let keys: Vec<String> = held.iter().map(|(m, w)| window_key(m, w.0)).collect();
+        let mut args = vec![
+            id.clone(),
+            (budget_pg::RESERVATION_TTL_SECONDS * 1000).to_string(),
+        ];
+        for (m, (_, end)) in &held {
+            args.push(m.metric.estimate(est).to_string());
+            args.push(m.limit.to_string());
+            args.push(expire_at_ms(*end).to_string());
+        }
+        // A missing window is seeded and the reserve runs again (twice at most: each seed
+        // makes one more window present).
+        for _ in 0..=held.len() {
+            let v: Vec<i64> = self
+                .redis
+                .run(RESERVE, &self.scripts.reserve, keys.clone(), args.clone())
+                .await?;
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            let meter = usize::try_from(at(1) - 1)
+                .ok()
+                .and_then(|i| held.get(i).map(|h| (i, h)));
+            match (at(0), meter) {
+                (0, _) => {
+                    return Ok(Ok(Some(RedisBudgetGrant {
+                        store: self.clone(),
+                        id,
+                        held,
+                        done: false,
+                    })))
+                }
+                (1, Some((i, (m, w)))) => {
+                    if let Err(e) = self.seed(m, *w, &keys[i]).await {
+                        return Ok(Err(e));
+                    }
+                }
+                (2, Some((_, (m, (_, end))))) => {
+                    return Ok(Err(super::budget::denial(
+                        m,
+                        at(4).max(0) as u64,
+                        at(2).max(0) as u64,
+                        at(3).max(0) as u64,
+                        *end,
+                        now,
+                    )))
+                }
+                _ => {
+                    return Err(Unavailable(format!(
+                        "unexpected budget script answer {v:?}"
+                    )))
+                }
+            }
+        }
+        Err(Unavailable("budget windows could not be seeded".into()))
+    }
+
+    /// Puts a window into Redis from its Postgres row (created when missing) and this node's
+    /// amounts not yet flushed.
+    async fn seed(
+        &self,
+        m: &Meter,
+        (start, end): (Timestamp, Timestamp),
+        key: &str,
+    ) -> Result<(), GatewayError> {
+        let pool = self
+            .pg
+            .pool()
+            .ok_or_else(|| budget_pg::unavailable("not connected"))?;
+        let t = budget_pg::tables(m);
+        let mid = Uuid::parse_str(&m.id).map_err(budget_pg::unavailable)?;
+        sqlx::query(&budget_pg::open_window_sql(t))
+            .bind(mid)
+            .bind(budget_pg::to_odt(start))
+            .bind(budget_pg::to_odt(end))
+            .bind(m.limit as i64)
+            .bind(m.rollover)
+            .execute(&*pool)
+            .await
+            .map_err(budget_pg::unavailable)?;
+        let (used, rollover, warned): (i64, i64, Vec<i32>) = sqlx::query_as(&format!(
+            "SELECT {u}, {ro}, warned_thresholds FROM {w} WHERE {fk} = $1 AND window_start = $2",
+            u = t.used,
+            ro = t.rollover,
+            w = t.windows,
+            fk = t.fk
+        ))
+        .bind(mid)
+        .bind(budget_pg::to_odt(start))
+        .fetch_one(&*pool)
+        .await
+        .map_err(budget_pg::unavailable)?;
+        let unflushed = lock(&self.pending)
+            .get(&WindowRef {
+                quota: m.quota,
+                meter: mid,
+                start: start.as_second(),
+            })
+            .map_or(0, |d| d.amount);
+        let warned = warned
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.redis
+            .run::<i64>(
+                SEED,
+                &self.scripts.seed,
+                vec![key.to_string()],
+                vec![
+                    (used.max(0) + unflushed).to_string(),
+                    rollover.max(0).to_string(),
+                    expire_at_ms(end).to_string(),
+                    warned,
+                ],
+            )
+            .await
+            .map_err(|e| budget_pg::unavailable(e.0))?;
+        Ok(())
+    }
+
+    /// Post-flight: settles to the record (or releases when nothing reached the provider).
+    pub async fn settle(&self, mut g: RedisBudgetGrant, rec: &UsageRecord, reached: bool) {
+        g.done = true;
+        self.finish(&g.id, &g.held, reached.then_some(rec)).await;
+    }
+
+    /// Settles (`Some(record)`) or releases (`None`) the reservations of `id`. Retried a few
+    /// times in the background while Redis does not answer; a reservation that could not be
+    /// settled is left to the sweep, which settles it from the usage record.
+    async fn finish(
+        &self,
+        id: &str,
+        held: &[(Arc<Meter>, (Timestamp, Timestamp))],
+        rec: Option<&UsageRecord>,
+    ) {
+        let keys: Vec<String> = held.iter().map(|(m, w)| window_key(m, w.0)).collect();
+        let mut args = vec![id.to_string(), u8::from(rec.is_some()).to_string()];
+        for (m, _) in held {
+            args.push(rec.map_or(0, |r| m.metric.actual(r)).to_string());
+            args.push(m.limit.to_string());
+            args.push(thresholds(m));
+        }
+        let mut tries = 0;
+        let v: Vec<i64> = loop {
+            match self
+                .redis
+                .run(SETTLE, &self.scripts.settle, keys.clone(), args.clone())
+                .await
+            {
+                Ok(v) => break v,
+                Err(e) if tries >= 3 => {
+                    tracing::warn!(error = %e.0, request_id = %id, "budgets: settle failed in Redis; the sweep settles it from the usage record");
+                    return;
+                }
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+                }
+            }
+        };
+        let Some(rec) = rec else { return };
+        for (i, (m, window)) in held.iter().enumerate() {
+            let at = |j: usize| v.get(i * 3 + j).copied().unwrap_or(0);
+            if at(0) == 2 {
+                continue;
+            }
+            let actual = m.metric.actual(rec);
+            self.add_pending(m, *window, actual);
+            let (used, crossed) = (at(1).max(0) as u64, at(2));
+            for (bit, th) in m.warnings.iter().enumerate() {
+                if crossed & (1 << bit) != 0 {
+                    super::budget::warned(self.pg.notifier(), m, *th, used, m.limit, *window);
+                    self.pg.mark_warned(m, window.0, *th);
+                }
+            }
+        }
+    }
+
+    /// The window of meter `meter_id` starting at `start`, as Redis has it (`None` when Redis
+    /// does not hold it or cannot answer: Postgres is then current).
+    pub async fn live_window(
+        &self,
+        quota: bool,
+        meter_id: &str,
+        start: Timestamp,
+        max_reservations: usize,
+    ) -> Option<LiveWindow> {
+        let key = format!(
+            "wharf:bw:{}:{meter_id}:{}",
+            if quota { "q" } else { "b" },
+            start.as_second()
+        );
+        let v: Vec<String> = self
+            .redis
+            .run(
+                LIVE,
+                &self.scripts.live,
+                vec![key],
+                vec![max_reservations.to_string()],
+            )
+            .await
+            .ok()?;
+        let num = |i: usize| v.get(i).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+        if v.len() < 4 {
+            return None;
+        }
+        let reservations = v[4..]
+            .chunks(2)
+            .filter_map(|c| {
+                let (id, val) = (c.first()?, c.get(1)?);
+                let (amount, exp) = val.split_once('|')?;
+                let request = id.rsplit_once('/').map_or(id.as_str(), |(r, _)| r);
+                Some((request.to_string(), amount.parse().ok()?, exp.parse().ok()?))
+            })
+            .collect();
+        Some(LiveWindow {
+            used: num(0),
+            reserved: num(1),
+            rollover: num(2),
+            in_flight: num(3),
+            reservations,
+        })
+    }
+
+    fn add_pending(&self, m: &Meter, (start, end): (Timestamp, Timestamp), amount: u64) {
+        let Ok(meter) = Uuid::parse_str(&m.id) else {
+            return;
+        };
+        if amount == 0 {
+            return;
+        }
+        let mut p = lock(&self.pending);
+        let d = p
+            .entry(WindowRef {
+                quota: m.quota,
+                meter,
+                start: start.as_second(),
+            })
+            .or_default();
+        d.end = end.as_second();
+        d.amount = d.amount.saturating_add(amount as i64);
+    }
+
+    /// What the Postgres ledger settled for a request admitted while Redis could not answer:
+    /// added to the Redis windows once Redis answers again.
+    pub fn caught_up_later(&self, held: &[Arc<Meter>], rec: &UsageRecord, now: Timestamp) {
+        let mut c = lock(&self.catch_up);
+        for m in held.iter().filter(|m| !m.is_balance()) {
+            let actual = m.metric.actual(rec);
+            if actual > 0 {
+                c.push((window_key(m, m.window(now).0), actual));
+            }
+        }
+    }
+
+    /// Writes the pending amounts to Postgres (one statement per table); on failure they are
+    /// kept for the next flush.
+    async fn flush(&self) {
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        if batch.is_empty() {
+            return;
+        }
+        let Some(pool) = self.pg.pool() else {
+            self.restore(batch);
+            return;
+        };
+        let (quotas, budgets): (HashMap<_, _>, HashMap<_, _>) =
+            batch.into_iter().partition(|(w, _)| w.quota);
+        for part in [budgets, quotas] {
+            let Some(quota) = part.keys().next().map(|w| w.quota) else {
+                continue;
+            };
+            let t = budget_pg::tables_for(quota);
+            let at = |s: i64| budget_pg::to_odt(Timestamp::from_second(s).unwrap_or_default());
+            let ids: Vec<Uuid> = part.keys().map(|w| w.meter).collect();
+            let starts: Vec<time::OffsetDateTime> = part.keys().map(|w| at(w.start)).collect();
+            let ends: Vec<time::OffsetDateTime> = part.values().map(|d| at(d.end)).collect();
+            let amounts: Vec<i64> = part.values().map(|d| d.amount).collect();
+            let r = sqlx::query(&format!(
+                "INSERT INTO {w} ({fk}, window_start, window_end, {u})
+                 SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])
+                 ON CONFLICT ({fk}, window_start) DO UPDATE SET {u} = {w}.{u} + EXCLUDED.{u}",
+                w = t.windows,
+                fk = t.fk,
+                u = t.used
+            ))
+            .bind(&ids)
+            .bind(&starts)
+            .bind(&ends)
+            .bind(&amounts)
+            .execute(&*pool)
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "budgets: cannot write settled amounts to Postgres yet");
+                self.restore(part);
+            }
+        }
+    }
+
+    fn restore(&self, batch: HashMap<WindowRef, Delta>) {
+        let mut p = lock(&self.pending);
+        for (w, d) in batch {
+            let e = p.entry(w).or_default();
+            e.end = d.end;
+            e.amount = e.amount.saturating_add(d.amount);
+        }
+    }
+
+    /// Adds what the Postgres ledger settled during a Redis outage to the Redis windows.
+    async fn apply_catch_up(&self) {
+        let todo = std::mem::take(&mut *lock(&self.catch_up));
+        let mut left = Vec::new();
+        for (key, amount) in todo {
+            let r = self
+                .redis
+                .run::<i64>(
+                    CATCH_UP,
+                    &self.scripts.catch_up,
+                    vec![key.clone()],
+                    vec![amount.to_string()],
+                )
+                .await;
+            if r.is_err() {
+                left.push((key, amount));
+            }
+        }
+        lock(&self.catch_up).extend(left);
+    }
+
+    /// Settles or releases the reservations past their expiry (see the module docs).
+    async fn sweep(&self) -> Result<u64, String> {
+        let keys: Vec<String> = self
+            .redis
+            .run(
+                MEMBERS,
+                &self.scripts.members,
+                vec![INDEX.to_string()],
+                vec![],
+            )
+            .await
+            .map_err(|e| e.0)?;
+        let meters = self.pg.cached_meters();
+        let mut n = 0;
+        for key in keys {
+            let expired: Vec<String> = self
+                .redis
+                .run(
+                    SWEEP_LIST,
+                    &self.scripts.sweep_list,
+                    vec![key.clone()],
+                    vec![],
+                )
+                .await
+                .map_err(|e| e.0)?;
+            if expired.is_empty() {
+                continue;
+            }
+            // wharf:bw:{b|q}:{meter}:{start}
+            let mut parts = key.rsplitn(3, ':');
+            let start = parts.next().and_then(|s| s.parse::<i64>().ok());
+            let meter_id = parts.next().unwrap_or_default();
+            let quota = parts.next().is_some_and(|p| p.ends_with(":q"));
+            let meter = meters
+                .iter()
+                .find(|m| m.id == meter_id && m.quota == quota)
+                .cloned();
+            let found = self.records(&expired).await?;
+            for id in expired {
+                let request = id.rsplit_once('/').map_or(id.as_str(), |(r, _)| r);
+                let actual = match (&meter, found.get(request)) {
+                    (Some(m), Some(row)) if row.reached => Some(row.actual(m.metric)),
+                    _ => None,
+                };
+                let keep_until = start
+                    .and_then(|s| Timestamp::from_second(s).ok())
+                    .zip(meter.as_ref())
+                    .map_or(i64::MAX / 2, |(s, m)| expire_at_ms(m.window(s).1));
+                let done: i64 = self
+                    .redis
+                    .run(
+                        SWEEP_ONE,
+                        &self.scripts.sweep_one,
+                        vec![key.clone()],
+                        vec![
+                            id.clone(),
+                            u8::from(actual.is_some()).to_string(),
+                            actual.unwrap_or(0).to_string(),
+                            keep_until.to_string(),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| e.0)?;
+                if let (1, Some(m), Some(actual), Some(s)) = (done, &meter, actual, start) {
+                    if let Ok(s) = Timestamp::from_second(s) {
+                        self.add_pending(m, m.window(s), actual);
+                    }
+                }
+                n += u64::from(done == 1);
+            }
+        }
+        Ok(n)
+    }
+
+    /// The usage records of the expired reservations' requests.
+    async fn records(&self, ids: &[String]) -> Result<HashMap<String, RecordRow>, String> {
+        let Some(pool) = self.pg.pool() else {
+            return Err("not connected".into());
+        };
+        let requests: Vec<&str> = ids
+            .iter()
+            .map(|id| id.rsplit_once('/').map_or(id.as_str(), |(r, _)| r))
+            .collect();
+        let rows: Vec<RecordRow> = sqlx::query_as(
+            "SELECT request_id, cost_nanos, input_tokens, output_tokens, status::int AS status,
+                    outcome, latency_ms, jsonb_array_length(attempts) > 0 AS reached
+               FROM usage_records WHERE request_id = ANY($1)",
+        )
+        .bind(&requests)
+        .fetch_all(&*pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.request_id.clone(), r))
+            .collect())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    request_id: String,
+    cost_nanos: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    status: i32,
+    outcome: String,
+    latency_ms: f64,
+    reached: bool,
+}
+
+impl RecordRow {
+    /// What [`Metric::actual`] gives for the record.
+    fn actual(&self, metric: Metric) -> u64 {
+        let (i, o) = (
+            self.input_tokens.max(0) as u64,
+            self.output_tokens.max(0) as u64,
+        );
+        match metric {
+            Metric::Cost => self.cost_nanos.max(0) as u64,
+            Metric::Requests => 1,
+            Metric::Tokens => i + o,
+            Metric::TokensIn => i,
+            Metric::TokensOut => o,
+            Metric::Errors => u64::from(self.status >= 400 || self.outcome != "success"),
+            Metric::LatencyMs => self.latency_ms.max(0.0) as u64,
+        }
+    }
+}
+
+/// Flushes every [`FLUSH_EVERY`], applies catch-ups and sweeps every `sweep_every`, for as
+/// long as the store lives.
+async fn background(me: Weak<RedisBudgets>) {
+    let mut last_sweep = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(FLUSH_EVERY).await;
+        let Some(store) = me.upgrade() else { return };
+        store.flush().await;
+        if !lock(&store.catch_up).is_empty() && store.redis.is_connected() {
+            store.apply_catch_up().await;
+        }
+        if last_sweep.elapsed() >= store.sweep_every {
+            last_sweep = tokio::time::Instant::now();
+            match store.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    reservations = n,
+                    "budgets: stale Redis reservations settled or released"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "budgets: cannot sweep stale Redis reservations")
+                }
+            }
+        }
+    }
+}
