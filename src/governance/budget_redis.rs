@@ -3,9 +3,11 @@
 //!
 //! Each periodic meter's current window is a Redis hash `wharf:bw:{b|q}:{meter}:{start}` with
 //! `used`, `reserved`, `rollover` and one `w<threshold>` field per warning already sent; the
-//! reservations in flight are the hash `…:r` (`id → amount|expiry_ms`). A reserve is one
-//! script over every meter of the request (all or none: `used + reserved + est <= limit +
-//! rollover`, checked before anything is taken); a settle or release is one script that takes
+//! reservations in flight are the hash `…:r` (`id → amount|expiry_ms`). A reserve is part of
+//! the request's one rate-limit script ([`super::redis`]), over every meter of the request
+//! (all or none: `used + reserved + est <= limit + rollover`, checked with the limits before
+//! anything is taken), so the hot path makes one Redis round trip; a settle or release is one
+//! script that takes
 //! the reservation out (idempotent by reservation id) and adds the actual amount to `used`.
 //! Postgres is not on the request path: settled amounts are added to the windows' `used`
 //! columns by a background flush every [`FLUSH_EVERY`], batched per window, so
@@ -26,7 +28,7 @@
 
 use super::budget::{Estimate, Meter, Metric};
 use super::budget_pg::{self, PgBudgets};
-use super::redis::{RedisLimiter, Unavailable};
+use super::redis::RedisLimiter;
 use crate::error::GatewayError;
 use crate::usage::UsageRecord;
 use jiff::Timestamp;
@@ -44,31 +46,6 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const INDEX: &str = "wharf:bw:index";
 /// How long a window's hash outlives its window.
 const KEEP_AFTER_END_MS: i64 = 86_400_000;
-
-const RESERVE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = ARGV[1]
-local exp = now + tonumber(ARGV[2])
-for i = 1, #KEYS do
-  local k = KEYS[i]
-  if redis.call('EXISTS', k) == 0 then return {1, i} end
-  local v = redis.call('HMGET', k, 'used', 'reserved', 'rollover')
-  local used, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-  local amount = tonumber(ARGV[2 + (i - 1) * 3 + 1])
-  local limit = tonumber(ARGV[2 + (i - 1) * 3 + 2]) + tonumber(v[3] or '0')
-  if used + reserved + math.max(amount, 1) > limit then return {2, i, used, reserved, limit} end
-end
-for i = 1, #KEYS do
-  local k = KEYS[i]
-  local amount = ARGV[2 + (i - 1) * 3 + 1]
-  redis.call('HINCRBY', k, 'reserved', amount)
-  redis.call('HSET', k .. ':r', id, amount .. '|' .. string.format('%d', exp))
-  redis.call('PEXPIREAT', k .. ':r', ARGV[2 + (i - 1) * 3 + 3])
-  redis.call('SADD', 'wharf:bw:index', k)
-end
-return {0}
-"#;
 
 const SEED: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -189,7 +166,6 @@ struct Delta {
 
 #[derive(Default)]
 struct Scripts {
-    reserve: OnceCell<String>,
     seed: OnceCell<String>,
     settle: OnceCell<String>,
     sweep_list: OnceCell<String>,
@@ -255,6 +231,36 @@ fn thresholds(m: &Meter) -> String {
         .join(",")
 }
 
+/// A request's budget reservation, ready for the check.
+#[derive(Debug)]
+pub struct Prepared {
+    id: String,
+    held: Vec<(Arc<Meter>, (Timestamp, Timestamp))>,
+    keys: Vec<String>,
+    args: Vec<String>,
+    now: Timestamp,
+}
+
+impl Prepared {
+    /// The window keys and arguments of the check's budget part.
+    pub fn check_part(&self) -> (&[String], &[String]) {
+        (&self.keys, &self.args)
+    }
+
+    /// The refusal of window `index`, which has no room.
+    pub fn refusal(&self, index: usize, used: u64, reserved: u64, limit: u64) -> GatewayError {
+        match self.held.get(index) {
+            Some((m, (_, end))) => super::budget::denial(m, limit, used, reserved, *end, self.now),
+            None => budget_pg::unavailable("unexpected budget window index"),
+        }
+    }
+
+    /// The meters (for the Postgres ledger, when Redis cannot answer).
+    pub fn into_meters(self) -> Vec<Arc<Meter>> {
+        self.held.into_iter().map(|(m, _)| m).collect()
+    }
+}
+
 /// A request's reservations in Redis; released in the background when dropped unsettled.
 #[derive(Debug)]
 pub struct RedisBudgetGrant {
@@ -306,18 +312,15 @@ impl RedisBudgets {
         });
     }
 
-    /// Reserves `est` on every meter of `applying` (periodic meters), all or none. `Err`: Redis
-    /// could not answer (the caller falls back to the Postgres ledger).
-    pub async fn reserve(
+    /// The budget part of a request's Redis check (see [`super::redis::RedisLimiter::check`]):
+    /// a reservation of `est` on every meter of `applying` (periodic meters), all or none.
+    pub fn prepare(
         self: &Arc<Self>,
         applying: Vec<Arc<Meter>>,
         est: &Estimate,
         request_id: &str,
         now: Timestamp,
-    ) -> Result<Result<Option<RedisBudgetGrant>, GatewayError>, Unavailable> {
-        if applying.is_empty() {
-            return Ok(Ok(None));
-        }
+    ) -> Prepared {
         self.start();
         let id = format!(
             "{}/{}",
@@ -331,7 +334,9 @@ impl RedisBudgets {
                 (m, w)
             })
             .collect();
-        let keys: Vec<String> = held.iter().map(|(m, w)| window_key(m, w.0)).collect();
+        let keys = held.iter().map(|(m, w)| window_key(m, w.0)).collect();
+        // The script's layout: reservation id, its lifetime, then per window the amount, the
+        // meter's limit (the window's rollover is added in Redis) and when the key expires.
         let mut args = vec![
             id.clone(),
             (budget_pg::RESERVATION_TTL_SECONDS * 1000).to_string(),
@@ -341,49 +346,31 @@ impl RedisBudgets {
             args.push(m.limit.to_string());
             args.push(expire_at_ms(*end).to_string());
         }
-        // A missing window is seeded and the reserve runs again (twice at most: each seed
-        // makes one more window present).
-        for _ in 0..=held.len() {
-            let v: Vec<i64> = self
-                .redis
-                .run(RESERVE, &self.scripts.reserve, keys.clone(), args.clone())
-                .await?;
-            let at = |i: usize| v.get(i).copied().unwrap_or(0);
-            let meter = usize::try_from(at(1) - 1)
-                .ok()
-                .and_then(|i| held.get(i).map(|h| (i, h)));
-            match (at(0), meter) {
-                (0, _) => {
-                    return Ok(Ok(Some(RedisBudgetGrant {
-                        store: self.clone(),
-                        id,
-                        held,
-                        done: false,
-                    })))
-                }
-                (1, Some((i, (m, w)))) => {
-                    if let Err(e) = self.seed(m, *w, &keys[i]).await {
-                        return Ok(Err(e));
-                    }
-                }
-                (2, Some((_, (m, (_, end))))) => {
-                    return Ok(Err(super::budget::denial(
-                        m,
-                        at(4).max(0) as u64,
-                        at(2).max(0) as u64,
-                        at(3).max(0) as u64,
-                        *end,
-                        now,
-                    )))
-                }
-                _ => {
-                    return Err(Unavailable(format!(
-                        "unexpected budget script answer {v:?}"
-                    )))
-                }
-            }
+        Prepared {
+            id,
+            held,
+            keys,
+            args,
+            now,
         }
-        Err(Unavailable("budget windows could not be seeded".into()))
+    }
+
+    /// The reservation the check took.
+    pub fn grant(self: &Arc<Self>, p: Prepared) -> RedisBudgetGrant {
+        RedisBudgetGrant {
+            store: self.clone(),
+            id: p.id,
+            held: p.held,
+            done: false,
+        }
+    }
+
+    /// Seeds window `index` of `p`, which the check found missing.
+    pub async fn seed_missing(&self, p: &Prepared, index: usize) -> Result<(), GatewayError> {
+        match (p.held.get(index), p.keys.get(index)) {
+            (Some((m, w)), Some(key)) => self.seed(m, *w, key).await,
+            _ => Err(budget_pg::unavailable("unexpected budget window index")),
+        }
     }
 
     /// Puts a window into Redis from its Postgres row (created when missing) and this node's

@@ -406,6 +406,22 @@ fn payload_error(scope: &str, limit: u64) -> GatewayError {
     e
 }
 
+/// What a request asks of its limits and budgets: its input tokens (estimated on demand),
+/// the output it asks for, and how its cost is estimated.
+struct Ask<'a> {
+    input_tokens: &'a mut (dyn FnMut() -> u64 + Send),
+    output: u64,
+    cost: Cost<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Cost<'a> {
+    /// A model call: its tokens at the model's prices.
+    Priced(&'a crate::config::Pricing),
+    /// An MCP call: a fixed estimate.
+    Fixed(u64),
+}
+
 /// An admitted request's hold on the limiter.
 #[derive(Debug)]
 enum Grant {
@@ -563,7 +579,7 @@ impl Governance {
         model: &Model,
         body: &[u8],
         max_tokens: Option<u64>,
-        estimate_input: impl FnOnce(&[u8]) -> u64,
+        estimate_input: impl FnOnce(&[u8]) -> u64 + Send,
         request_id: &str,
         g: &mut RequestGov,
     ) -> Result<(), GatewayError> {
@@ -605,68 +621,16 @@ impl Governance {
             }
         }
         let limits: Vec<ScopeLimits> = all.iter().map(Scope::limits).filter(|l| l.any()).collect();
-        let meters = &cfg.governance.meters;
         let mut input = None;
         let mut estimate_input = Some(estimate_input);
         let mut input_tokens =
             || *input.get_or_insert_with(|| estimate_input.take().map(|f| f(body)).unwrap_or(0));
-        let output = max_tokens.or(max_tokens_cap).unwrap_or(0);
-        if !limits.is_empty() {
-            let tokens = if limits.iter().any(|l| l.tpm > 0) {
-                input_tokens() + output
-            } else {
-                0
-            };
-            match self.check(cfg, &limits, tokens).await? {
-                Ok((grant, headers)) => {
-                    g.grant = Some(grant);
-                    g.headers = headers;
-                }
-                Err(d) => {
-                    // The refused answer says which window is full and when it frees up.
-                    let full = Some((d.limit, 0, d.retry_after_ms));
-                    match d.kind {
-                        limits::Kind::Rpm | limits::Kind::Rps => g.headers.requests = full,
-                        limits::Kind::Tpm => g.headers.tokens = full,
-                        _ => {}
-                    }
-                    let e = d.to_error();
-                    crate::metrics::RATE_LIMITED
-                        .with_label_values(&[e.code.as_str(), d.scope])
-                        .inc();
-                    return Err(e);
-                }
-            }
-        }
-        let now = jiff::Timestamp::now();
-        let file_meters = meters.iter().any(|m| m.applies(key, now));
-        let db_meters = match &self.pg {
-            Some(pg) => match pg.applying(key, now).await {
-                Ok(v) => v,
-                Err(e) => {
-                    self.release(g).await;
-                    return Err(e);
-                }
-            },
-            None => Vec::new(),
+        let ask = Ask {
+            input_tokens: &mut input_tokens,
+            output: max_tokens.or(max_tokens_cap).unwrap_or(0),
+            cost: Cost::Priced(&model.pricing),
         };
-        if file_meters || !db_meters.is_empty() {
-            let input = input_tokens();
-            let tokens = crate::usage::Tokens {
-                input,
-                output,
-                total: input + output,
-                ..Default::default()
-            };
-            let est = budget::Estimate {
-                input_tokens: input,
-                output_tokens: output,
-                cost_nanos: tokens.cost_nanos(&model.pricing),
-            };
-            self.reserve_meters(meters, db_meters, key, &est, request_id, now, g)
-                .await?;
-        }
-        Ok(())
+        self.admit(cfg, key, &limits, ask, request_id, g).await
     }
 
     /// Pipeline steps 4–8 for an MCP request (no model): the MCP server's IP lists and body
@@ -710,16 +674,100 @@ impl Governance {
             }
         }
         let limits: Vec<ScopeLimits> = all.iter().map(Scope::limits).filter(|l| l.any()).collect();
-        if !limits.is_empty() {
-            match self.check(cfg, &limits, 0).await? {
-                Ok((grant, headers)) => {
-                    g.grant = Some(grant);
+        let ask = Ask {
+            input_tokens: &mut || 0,
+            output: 0,
+            cost: Cost::Fixed(estimate_nanos),
+        };
+        self.admit(cfg, key, &limits, ask, request_id, g).await
+    }
+
+    /// Pipeline steps 7–8: one atomic check of every counter (requests per second / minute,
+    /// burst, concurrency lease, tokens per minute reserving the input estimate + the output
+    /// asked for), then a reservation on every budget and quota of the key's owners. With
+    /// Redis, the database's periodic meters are reserved by the same script as the limits
+    /// (one round trip); the file's meters are reserved in memory, prepaid balances in
+    /// Postgres, and every database meter in Postgres when Redis cannot answer. All or none:
+    /// on a refusal every hold is given back.
+    async fn admit(
+        &self,
+        cfg: &Config,
+        key: &VirtualKey,
+        limits: &[ScopeLimits],
+        ask: Ask<'_>,
+        request_id: &str,
+        g: &mut RequestGov,
+    ) -> Result<(), GatewayError> {
+        let Ask {
+            input_tokens,
+            output,
+            cost,
+        } = ask;
+        let now = jiff::Timestamp::now();
+        let file_meters = &cfg.governance.meters;
+        let in_file = file_meters.iter().any(|m| m.applies(key, now));
+        let db_meters = match &self.pg {
+            Some(pg) => pg.applying(key, now).await?,
+            None => Vec::new(),
+        };
+        let est = (in_file || !db_meters.is_empty()).then(|| {
+            let (input, output) = match cost {
+                Cost::Priced(_) => (input_tokens(), output),
+                Cost::Fixed(_) => (0, 0),
+            };
+            budget::Estimate {
+                input_tokens: input,
+                output_tokens: output,
+                cost_nanos: match cost {
+                    Cost::Priced(pricing) => crate::usage::Tokens {
+                        input,
+                        output,
+                        total: input + output,
+                        ..Default::default()
+                    }
+                    .cost_nanos(pricing),
+                    Cost::Fixed(n) => n,
+                },
+            }
+        });
+        let (mut for_pg, mut part) = match (&self.redis_budgets, &self.redis, &est) {
+            (Some(rb), Some(_), Some(est)) => {
+                let (balances, periodic): (Vec<_>, Vec<_>) =
+                    db_meters.into_iter().partition(|m| m.is_balance());
+                let part =
+                    (!periodic.is_empty()).then(|| rb.prepare(periodic, est, request_id, now));
+                (balances, part)
+            }
+            _ => (db_meters, None),
+        };
+        let mut fallback = false;
+        if !limits.is_empty() || part.is_some() {
+            let tokens = if limits.iter().any(|l| l.tpm > 0) {
+                input_tokens() + output
+            } else {
+                0
+            };
+            match self.check(cfg, limits, tokens, part.as_ref()).await? {
+                Ok((grant, headers, budget_held)) => {
+                    g.grant = grant;
                     g.headers = headers;
+                    match (part.take(), &self.redis_budgets) {
+                        (Some(p), Some(rb)) if budget_held => g.redis_budget = Some(rb.grant(p)),
+                        (Some(p), _) => {
+                            // Redis could not answer: the Postgres ledger holds these too.
+                            fallback = true;
+                            for_pg.extend(p.into_meters());
+                        }
+                        (None, _) => {}
+                    }
                 }
                 Err(d) => {
+                    // The refused answer says which window is full and when it frees up.
                     let full = Some((d.limit, 0, d.retry_after_ms));
-                    if matches!(d.kind, limits::Kind::Rpm | limits::Kind::Rps) {
-                        g.headers.requests = full;
+                    match d.kind {
+                        limits::Kind::Rpm | limits::Kind::Rps => g.headers.requests = full,
+                        limits::Kind::Tpm => g.headers.tokens = full,
+                        _ => {}
                     }
                     let e = d.to_error();
                     crate::metrics::RATE_LIMITED
@@ -729,83 +777,29 @@ impl Governance {
                 }
             }
         }
-        let now = jiff::Timestamp::now();
-        let meters = &cfg.governance.meters;
-        let file_meters = meters.iter().any(|m| m.applies(key, now));
-        let db_meters = match &self.pg {
-            Some(pg) => match pg.applying(key, now).await {
-                Ok(v) => v,
-                Err(e) => {
-                    self.release(g).await;
-                    return Err(e);
-                }
-            },
-            None => Vec::new(),
+        let Some(est) = est else {
+            return Ok(());
         };
-        if file_meters || !db_meters.is_empty() {
-            let est = budget::Estimate {
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_nanos: estimate_nanos,
-            };
-            self.reserve_meters(meters, db_meters, key, &est, request_id, now, g)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Pipeline step 8: reserves `est` on the file's meters and the database's (periodic ones
-    /// in Redis when it is configured, falling back to Postgres when it cannot answer;
-    /// balances in Postgres), all or none. On a refusal every hold is given back (the
-    /// budgets' reservations are released when dropped).
-    #[allow(clippy::too_many_arguments)]
-    async fn reserve_meters(
-        &self,
-        file_meters: &[Arc<budget::Meter>],
-        db_meters: Vec<Arc<budget::Meter>>,
-        key: &VirtualKey,
-        est: &budget::Estimate,
-        request_id: &str,
-        now: jiff::Timestamp,
-        g: &mut RequestGov,
-    ) -> Result<(), GatewayError> {
         let r = async {
-            let file = self.budgets.reserve(file_meters, key, est, now)?;
-            let Some(pg) = &self.pg else {
-                return Ok((file, None, None, false));
+            let file = self.budgets.reserve(file_meters, key, &est, now)?;
+            let in_pg = match &self.pg {
+                Some(pg) => pg.reserve(for_pg, key, &est, request_id, now).await?,
+                None => None,
             };
-            let (mut for_pg, mut in_redis, mut fallback) = (db_meters, None, false);
-            if let (Some(rb), Some(redis)) = (&self.redis_budgets, &self.redis) {
-                let (balances, periodic): (Vec<_>, Vec<_>) =
-                    for_pg.into_iter().partition(|m| m.is_balance());
-                for_pg = balances;
-                if !periodic.is_empty() {
-                    self.started.call_once(|| redis.connect());
-                    match rb.reserve(periodic.clone(), est, request_id, now).await {
-                        Ok(r) => in_redis = r?,
-                        Err(e) => {
-                            crate::metrics::RATE_LIMIT_STORE_ERRORS.inc();
-                            tracing::warn!(error = %e.0, "budgets: redis unavailable; reserving in Postgres");
-                            fallback = true;
-                            for_pg.extend(periodic);
-                        }
-                    }
-                }
-            }
-            let in_pg = pg.reserve(for_pg, key, est, request_id, now).await?;
-            Ok((file, in_pg, in_redis, fallback))
+            Ok((file, in_pg))
         }
         .await;
         match r {
-            Ok((file, in_pg, in_redis, fallback)) => {
+            Ok((file, in_pg)) => {
                 g.budget = file;
                 g.pg_budget = in_pg;
-                g.redis_budget = in_redis;
                 g.pg_fallback = fallback;
                 Ok(())
             }
             Err(e) => {
-                // Nothing reaches the provider: give every hold back now.
+                // Nothing reaches the provider: give every hold back now (reservations are
+                // released when dropped).
+                g.redis_budget = None;
                 self.release(g).await;
                 Err(e)
             }
@@ -820,33 +814,74 @@ impl Governance {
         }
     }
 
+    /// The limits' check, with the budget part when Redis is the budgets' fast path: the
+    /// grant, the rate headers, and whether the budget part was reserved (not when Redis
+    /// could not answer). A refusal by a budget is an error; a full limit the inner `Err`.
     async fn check(
         &self,
         cfg: &Config,
         limits: &[ScopeLimits],
         tokens: u64,
-    ) -> Result<Result<(Grant, RateHeaders), Denial>, GatewayError> {
+        part: Option<&budget_redis::Prepared>,
+    ) -> Result<Result<(Option<Grant>, RateHeaders, bool), Denial>, GatewayError> {
         if let Some(r) = &self.redis {
             self.started.call_once(|| r.connect());
-            match r.check(limits, tokens, cfg.governance.lease_ttl).await {
-                Ok(v) => return Ok(v.map(|(gr, h)| (Grant::Redis(gr), h))),
-                Err(e) => {
-                    crate::metrics::RATE_LIMIT_STORE_ERRORS.inc();
-                    if cfg.governance.fail_closed {
-                        tracing::warn!(error = %e.0, "rate limits: redis unavailable; refusing (fail closed)");
-                        return Err(GatewayError::new(
-                            ErrorCode::DependencyUnavailable,
-                            "the rate-limit store is unavailable",
-                        ));
+            // A budget window missing from Redis is seeded and the check runs again.
+            let mut seeds = part.map_or(0, |p| p.check_part().0.len());
+            loop {
+                let checked = r
+                    .check(
+                        limits,
+                        tokens,
+                        cfg.governance.lease_ttl,
+                        part.map(|p| p.check_part()),
+                    )
+                    .await;
+                match checked {
+                    Ok(redis::Checked::Admitted(grant, h)) => {
+                        let grant = (!limits.is_empty()).then_some(Grant::Redis(grant));
+                        return Ok(Ok((grant, h, part.is_some())));
                     }
-                    tracing::debug!(error = %e.0, "rate limits: redis unavailable; counting on this node");
+                    Ok(redis::Checked::Limited(d)) => return Ok(Err(d)),
+                    Ok(redis::Checked::BudgetDenied {
+                        index,
+                        used,
+                        reserved,
+                        limit,
+                    }) => {
+                        let p = part.ok_or_else(|| budget_pg::unavailable("no budget part"))?;
+                        return Err(p.refusal(index, used, reserved, limit));
+                    }
+                    Ok(redis::Checked::BudgetMissing(index)) => {
+                        let (Some(p), Some(rb), true) = (part, &self.redis_budgets, seeds > 0)
+                        else {
+                            return Err(budget_pg::unavailable("budget windows not seeded"));
+                        };
+                        seeds -= 1;
+                        rb.seed_missing(p, index).await?;
+                    }
+                    Err(e) => {
+                        crate::metrics::RATE_LIMIT_STORE_ERRORS.inc();
+                        if cfg.governance.fail_closed && !limits.is_empty() {
+                            tracing::warn!(error = %e.0, "rate limits: redis unavailable; refusing (fail closed)");
+                            return Err(GatewayError::new(
+                                ErrorCode::DependencyUnavailable,
+                                "the rate-limit store is unavailable",
+                            ));
+                        }
+                        tracing::debug!(error = %e.0, "rate limits and budgets: redis unavailable; counting on this node and in Postgres");
+                        break;
+                    }
                 }
             }
+        }
+        if limits.is_empty() {
+            return Ok(Ok((None, RateHeaders::default(), false)));
         }
         Ok(self
             .local
             .check(limits, tokens)
-            .map(|(gr, h)| (Grant::Local(gr), h)))
+            .map(|(gr, h)| (Some(Grant::Local(gr)), h, false)))
     }
 
     /// The prepaid balances that apply to `key` (its own, its user's, its team's, its

@@ -24,7 +24,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
 local tokens = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-local n = #KEYS
+-- The last argument counts the budget windows whose keys follow the limit scopes' keys.
+local nb = tonumber(ARGV[#ARGV])
+local n = #KEYS - nb
+local bo = 3 + 6 * n
 local tats = {}
 -- Window counts read by the checks: each admission then adds exactly one (fresh) member.
 local cs, cm = {}, {}
@@ -88,6 +91,16 @@ for i = 1, n do
     end
   end
 end
+-- Budget windows (see budget_redis): all must have room before anything is taken.
+for j = 1, nb do
+  local k = KEYS[n + j]
+  if redis.call('EXISTS', k) == 0 then return {7, j} end
+  local v = redis.call('HMGET', k, 'used', 'reserved', 'rollover')
+  local used, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  local amount = tonumber(ARGV[bo + 2 + (j - 1) * 3 + 1])
+  local limit = tonumber(ARGV[bo + 2 + (j - 1) * 3 + 2]) + tonumber(v[3] or '0')
+  if used + reserved + math.max(amount, 1) > limit then return {6, j, used, reserved, limit} end
+end
 local rl, rr, tl, tr = -1, -1, -1, -1
 local rreset = 60000
 for i = 1, n do
@@ -125,6 +138,17 @@ for i = 1, n do
     if tr < 0 or left < tr then tl, tr = tpm, left end
   end
 end
+if nb > 0 then
+  local bid, bexp = ARGV[bo + 1], now + tonumber(ARGV[bo + 2])
+  for j = 1, nb do
+    local k = KEYS[n + j]
+    local amount = ARGV[bo + 2 + (j - 1) * 3 + 1]
+    redis.call('HINCRBY', k, 'reserved', amount)
+    redis.call('HSET', k .. ':r', bid, amount .. '|' .. string.format('%d', bexp))
+    redis.call('PEXPIREAT', k .. ':r', ARGV[bo + 2 + (j - 1) * 3 + 3])
+    redis.call('SADD', 'wharf:bw:index', k)
+  end
+end
 return {0, rl, rr, rreset, tl, tr}
 "#;
 
@@ -146,6 +170,25 @@ for i = 1, #KEYS do
 end
 return {0}
 "#;
+
+/// What a check answered.
+#[derive(Debug)]
+pub enum Checked {
+    /// Every limit has room and every budget window took its reservation.
+    Admitted(RedisGrant, RateHeaders),
+    /// A limit is full (nothing was taken).
+    Limited(Denial),
+    /// Budget window `.0` (an index into the budget keys) is not in Redis: nothing was
+    /// taken; seed it and check again.
+    BudgetMissing(usize),
+    /// Budget window `index` has no room for its reservation (nothing was taken).
+    BudgetDenied {
+        index: usize,
+        used: u64,
+        reserved: u64,
+        limit: u64,
+    },
+}
 
 /// Why a Redis check gave no answer.
 #[derive(Debug)]
@@ -313,17 +356,20 @@ impl RedisLimiter {
         }
     }
 
-    /// The atomic check-and-commit over `scopes` (one round trip).
+    /// The atomic check-and-commit over `scopes` and the budget windows of `budget` (window
+    /// keys and their arguments, laid out by [`super::budget_redis`]): one round trip.
     pub async fn check(
         self: &Arc<Self>,
         scopes: &[ScopeLimits],
         tokens: u64,
         lease_ttl: Duration,
-    ) -> Result<Result<(RedisGrant, RateHeaders), Denial>, Unavailable> {
+        budget: Option<(&[String], &[String])>,
+    ) -> Result<Checked, Unavailable> {
         // A lease id only has to be unique: 128 random bits from the thread's generator (no
         // system call per request), in the 32 hex digits a v4 UUID's simple form has.
         let id = format!("{:032x}", rand::random::<u128>());
-        let keys: Vec<String> = scopes.iter().map(|s| base(&s.id)).collect();
+        let limit_keys: Vec<String> = scopes.iter().map(|s| base(&s.id)).collect();
+        let mut keys = limit_keys.clone();
         let mut args = vec![
             id.clone(),
             tokens.to_string(),
@@ -339,12 +385,17 @@ impl RedisLimiter {
                 s.tpm.to_string(),
             ]);
         }
-        let v: Vec<i64> = match self.run(CHECK, &self.check_sha, keys.clone(), args).await {
+        let (budget_keys, budget_args) = budget.unwrap_or_default();
+        keys.extend_from_slice(budget_keys);
+        args.extend_from_slice(budget_args);
+        args.push(budget_keys.len().to_string());
+        let keys_for_release = limit_keys;
+        let v: Vec<i64> = match self.run(CHECK, &self.check_sha, keys, args).await {
             Ok(v) => v,
             Err(e) => {
                 // The script may have run after all (a timeout): give back whatever it may
                 // have taken, in the background; the caller decides open or closed.
-                let held: Vec<(String, bool, bool)> = keys
+                let held: Vec<(String, bool, bool)> = keys_for_release
                     .iter()
                     .zip(scopes)
                     .filter(|(_, s)| s.concurrency > 0 || s.tpm > 0)
@@ -361,6 +412,19 @@ impl RedisLimiter {
             }
         };
         let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        let window = || usize::try_from(at(1) - 1).unwrap_or(usize::MAX);
+        match at(0) {
+            6 => {
+                return Ok(Checked::BudgetDenied {
+                    index: window(),
+                    used: at(2).max(0) as u64,
+                    reserved: at(3).max(0) as u64,
+                    limit: at(4).max(0) as u64,
+                })
+            }
+            7 => return Ok(Checked::BudgetMissing(window())),
+            _ => {}
+        }
         if at(0) != 0 {
             let kind = Kind::from_index(at(0))
                 .ok_or_else(|| Unavailable(format!("unexpected script answer {v:?}")))?;
@@ -369,7 +433,7 @@ impl RedisLimiter {
                 .and_then(|i| scopes.get(i))
                 .map(|s| s.scope)
                 .unwrap_or("global");
-            return Ok(Err(Denial {
+            return Ok(Checked::Limited(Denial {
                 kind,
                 scope,
                 limit: at(2).max(0) as u64,
@@ -383,13 +447,13 @@ impl RedisLimiter {
         if at(4) >= 0 {
             h.tokens = Some((at(4) as u64, at(5).max(0) as u64, 60_000));
         }
-        let held = keys
+        let held = keys_for_release
             .into_iter()
             .zip(scopes)
             .filter(|(_, s)| s.concurrency > 0 || s.tpm > 0)
             .map(|(k, s)| (k, s.concurrency > 0, s.tpm > 0))
             .collect();
-        Ok(Ok((
+        Ok(Checked::Admitted(
             RedisGrant {
                 limiter: self.clone(),
                 id,
@@ -397,7 +461,7 @@ impl RedisLimiter {
                 done: false,
             },
             h,
-        )))
+        ))
     }
 
     async fn finish_raw(
