@@ -1837,3 +1837,197 @@ async fn model_deployments_and_filters_through_the_api() {
     })
     .await;
 }
+
+/// `GET /api/admin/{teams,providers,models,mcp-servers,apikeys,budgets,quotas}`: the rows of
+/// every organisation for SUPER_ADMIN, each with its organisation; the same pages, filters
+/// and `q` search as the organisation lists; no secret; refused to everyone else.
+#[tokio::test]
+async fn platform_lists_span_every_organisation() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let gw = start(&mock, &db).await;
+    let root = Api::new(&gw, &root_token(&db).await);
+    let mut orgs = Vec::new();
+    let mut secrets = Vec::new();
+    for (name, slug) in [("Alpha Org", "alpha"), ("Beta Org", "beta")] {
+        let o = id(&root
+            .create(
+                "/api/admin/organisations",
+                json!({"name": name, "slug": slug}),
+            )
+            .await);
+        let p = provider_with_key(
+            &root,
+            &o,
+            json!({"name": format!("{slug}-prov"), "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+        root.create(
+            &org_path(&o, "/models"),
+            json!({"name": format!("{slug}-chat"), "slug": format!("up-{slug}"), "provider_id": p}),
+        )
+        .await;
+        root.create(
+            &org_path(&o, "/teams"),
+            json!({"name": format!("{slug}-team")}),
+        )
+        .await;
+        let k = root
+            .create(
+                &org_path(&o, "/api-keys"),
+                json!({"name": format!("{slug}-key"), "key_type": "ORGANISATION"}),
+            )
+            .await;
+        secrets.push(k["key"].as_str().unwrap().to_string());
+        root.create(
+            &org_path(&o, "/budgets"),
+            json!({"name": format!("{slug}-budget"), "scope": "ORG", "amount_nanos": 5, "period": "MONTHLY"}),
+        )
+        .await;
+        orgs.push((o, slug));
+    }
+    let slug_of = |org: &str| {
+        orgs.iter()
+            .find(|(o, _)| o == org)
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| panic!("row of an unknown organisation {org}"))
+    };
+    let by_slug = |v: &Value| -> std::collections::BTreeMap<String, String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let org = r["organisation_id"].as_str().unwrap();
+                assert_eq!(r["organisation_slug"], slug_of(org), "{r}");
+                assert!(r["organisation_name"].as_str().unwrap().ends_with(" Org"));
+                (
+                    r["organisation_slug"].as_str().unwrap().to_string(),
+                    r["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let both = |what: &str| -> std::collections::BTreeMap<String, String> {
+        [("alpha", "alpha"), ("beta", "beta")]
+            .iter()
+            .map(|(s, n)| (s.to_string(), format!("{n}-{what}")))
+            .collect()
+    };
+
+    // Every organisation's rows, each named by its organisation.
+    for (path, what) in [
+        ("/api/admin/models", "chat"),
+        ("/api/admin/teams", "team"),
+        ("/api/admin/apikeys", "key"),
+        ("/api/admin/providers", "prov"),
+        ("/api/admin/budgets", "budget"),
+    ] {
+        let (st, v) = root.get(path).await;
+        assert_eq!(st, 200, "{path}: {v}");
+        assert_eq!(v["total"], 2, "{path}: {v}");
+        assert_eq!(by_slug(&v), both(what), "{path}");
+    }
+    for path in ["/api/admin/mcp-servers", "/api/admin/quotas"] {
+        let (st, v) = root.get(path).await;
+        assert_eq!((st, v["total"].clone()), (200, json!(0)), "{path}: {v}");
+    }
+
+    // No secret: keys show their prefix only, provider credentials never.
+    let (_, text) = root.raw("GET", "/api/admin/apikeys", None).await;
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()), "{text}");
+    }
+    let (_, keys) = root.get("/api/admin/apikeys").await;
+    for k in keys["data"].as_array().unwrap() {
+        assert!(k.get("key_hash").is_none() && k.get("key").is_none(), "{k}");
+        assert!(k["key_prefix"].as_str().unwrap().len() < 20, "{k}");
+    }
+    let (_, text) = root.raw("GET", "/api/admin/providers", None).await;
+    assert!(
+        !text.contains(PROVIDER_KEY) && !text.contains("envelope"),
+        "{text}"
+    );
+    // A hidden field is not searchable either.
+    let hash: String = sqlx::query_scalar("SELECT key_hash FROM api_keys LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let (st, v) = root
+        .get(&format!("/api/admin/apikeys?q={}", &hash[..16]))
+        .await;
+    assert_eq!((st, v["total"].clone()), (200, json!(0)), "{v}");
+
+    // `q`: any text field, case-insensitively, or the organisation's slug or name.
+    let (_, v) = root.get("/api/admin/models?q=BETA-ch").await;
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["data"][0]["name"], "beta-chat");
+    let (_, v) = root.get("/api/admin/teams?q=Alpha%20Org").await;
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["data"][0]["organisation_slug"], "alpha");
+    let (_, v) = root.get("/api/admin/models?q=nothing-like-this").await;
+    assert_eq!(v["total"], 0, "{v}");
+    // ...and the organisation lists search the same way.
+    let (a, _) = &orgs[0];
+    let (_, v) = root.get(&org_path(a, "/models?q=ALPHA")).await;
+    assert_eq!(v["total"], 1, "{v}");
+    let (_, v) = root.get(&org_path(a, "/models?q=beta")).await;
+    assert_eq!(v["total"], 0, "{v}");
+
+    // Filters and pages as in the organisation lists, plus organisation_id.
+    let (b, _) = &orgs[1];
+    let (_, v) = root
+        .get(&format!("/api/admin/models?organisation_id={b}"))
+        .await;
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["data"][0]["organisation_slug"], "beta");
+    let (_, v) = root.get("/api/admin/models?name=alpha-chat").await;
+    assert_eq!(v["total"], 1, "{v}");
+    let mut seen = std::collections::BTreeSet::new();
+    for offset in [0, 1] {
+        let (_, v) = root
+            .get(&format!("/api/admin/models?limit=1&offset={offset}"))
+            .await;
+        assert_eq!(v["total"], 2, "{v}");
+        assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+        seen.insert(v["data"][0]["organisation_slug"].to_string());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let (st, v) = root.get("/api/admin/models?colour=red").await;
+    assert_eq!(
+        (st, v["error"]["field"].clone()),
+        (400, json!("colour")),
+        "{v}"
+    );
+    let (st, v) = root.get("/api/admin/models?limit=0").await;
+    assert_eq!(
+        (st, v["error"]["field"].clone()),
+        (400, json!("limit")),
+        "{v}"
+    );
+    // Read only: rows are written through their organisation.
+    let (st, _) = root.post("/api/admin/models", json!({"name": "x"})).await;
+    assert_eq!(st, 405);
+
+    // Refused to everyone but SUPER_ADMIN, as the other /api/admin routes are.
+    let (_, admin) = user_with_token(&root, Some(a), "admin@alpha.test", "ORG_ADMIN").await;
+    let (_, mgr) = user_with_token(&root, Some(a), "mgr@alpha.test", "MANAGER").await;
+    for api in [&admin, &mgr] {
+        for path in [
+            "/api/admin/teams",
+            "/api/admin/providers",
+            "/api/admin/models",
+            "/api/admin/mcp-servers",
+            "/api/admin/apikeys",
+            "/api/admin/budgets",
+            "/api/admin/quotas",
+        ] {
+            let (st, v) = api.get(path).await;
+            assert_eq!(st, 403, "{path}: {v}");
+            assert_eq!(v["error"]["code"], "forbidden", "{v}");
+            assert_eq!(api.get("/api/admin/organisations").await.0, 403);
+        }
+    }
+    let (st, _) = Api::new(&gw, "").get("/api/admin/models").await;
+    assert_eq!(st, 401);
+}

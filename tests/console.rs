@@ -1299,6 +1299,152 @@ async fn usage_dashboard_invoice_and_playground() {
     assert!(dash.body.contains("class=\"over\""), "{}", dash.body);
 }
 
+/// The platform pages of organisation sections list every organisation's rows, with their
+/// organisation, search and pages; create leads to the chosen organisation's form.
+#[tokio::test]
+async fn platform_lists_show_every_organisation() {
+    let e = env().await;
+    let mut ids = Vec::new();
+    for (name, slug) in [("Alpha Org", "alpha"), ("Beta Org", "beta")] {
+        let o = org(&e, name, slug).await;
+        let p = e
+            .root
+            .create(
+                &format!("/api/organisations/{o}/providers"),
+                json!({"name": format!("{slug}-prov"), "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+            )
+            .await;
+        e.root
+            .create(
+                &format!("/api/organisations/{o}/models"),
+                json!({"name": format!("{slug}-chat"), "slug": "up", "provider_id": id(&p)}),
+            )
+            .await;
+        e.root
+            .create(
+                &format!("/api/organisations/{o}/api-keys"),
+                json!({"name": format!("{slug}-key"), "key_type": "ORGANISATION"}),
+            )
+            .await;
+        ids.push(o);
+    }
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let p = b.page("/admin/models").await;
+    for (slug, name) in [("alpha", "Alpha Org"), ("beta", "Beta Org")] {
+        assert!(p.body.contains(&format!("{slug}-chat")), "{}", p.body);
+        assert!(
+            p.body
+                .contains(&format!("<a href=\"/{slug}/models\">{name}</a>")),
+            "{}",
+            p.body
+        );
+        assert!(
+            p.body.contains(&format!("href=\"/{slug}/models/")),
+            "{}",
+            p.body
+        );
+        // The provider column names the provider, across organisations.
+        assert!(p.body.contains(&format!("{slug}-prov")), "{}", p.body);
+    }
+    assert!(!p.body.contains("Choose an organisation"), "{}", p.body);
+    // Search: a row's text or its organisation.
+    let p = b.page("/admin/models?q=BETA").await;
+    assert!(
+        p.body.contains("beta-chat") && !p.body.contains("alpha-chat"),
+        "{}",
+        p.body
+    );
+    let p = b.page("/admin/apikeys?q=alpha%20org").await;
+    assert!(
+        p.body.contains("alpha-key") && !p.body.contains("beta-key"),
+        "{}",
+        p.body
+    );
+    // Pages of the list keep the search.
+    for i in 0..55 {
+        e.root
+            .create(
+                &format!("/api/organisations/{}/teams", ids[i % 2]),
+                json!({"name": format!("team-{i:02}")}),
+            )
+            .await;
+    }
+    let p = b.page("/admin/teams?q=team").await;
+    assert!(p.body.contains("1–50 of 55"), "{}", p.body);
+    assert!(
+        p.body
+            .contains("href=\"/admin/teams?q=team&amp;offset=50\""),
+        "{}",
+        p.body
+    );
+    let p = b.page("/admin/teams?q=team&offset=50").await;
+    assert!(p.body.contains("51–55 of 55"), "{}", p.body);
+    // Every platform list renders, with the Organisation column.
+    for section in [
+        "teams",
+        "providers",
+        "models",
+        "mcp-servers",
+        "apikeys",
+        "budgets",
+        "quotas",
+    ] {
+        let p = b.page(&format!("/admin/{section}")).await;
+        assert!(
+            p.body.contains("<th scope=\"col\">Organisation</th>"),
+            "{section}: {}",
+            p.body
+        );
+        assert!(
+            p.body.contains("name=\"organisation\""),
+            "{section}: {}",
+            p.body
+        );
+    }
+    // Usage, invoices and the playground stay organisation pages, through the picker.
+    assert!(b
+        .page("/admin/usage")
+        .await
+        .body
+        .contains("Choose an organisation"));
+    // Create: the chosen organisation's create form, opened.
+    let p = b.get("/admin/models/new?organisation=beta").await;
+    assert_eq!(p.status, 303);
+    let to = p.location.unwrap();
+    assert_eq!(to, "/beta/models?create=1#create");
+    let p = b.page("/beta/models?create=1").await;
+    assert!(
+        p.body
+            .contains("<details class=\"create\" id=\"create\" open"),
+        "{}",
+        p.body
+    );
+    let p = b.get("/admin/models/new?organisation=..%2Fevil").await;
+    assert_eq!(p.location.as_deref(), Some("/admin/models"));
+    // An ORG_ADMIN has no platform pages.
+    org_user(
+        &e,
+        &ids[0],
+        "admin@alpha.test",
+        "ORG_ADMIN",
+        "alpha-admin-pw",
+    )
+    .await;
+    let mut adm = Browser::new(&e.gw);
+    assert_eq!(
+        adm.login("admin@alpha.test", "alpha-admin-pw").await.status,
+        303
+    );
+    for path in [
+        "/admin/models",
+        "/admin/apikeys",
+        "/admin/models/new?organisation=alpha",
+    ] {
+        assert_eq!(adm.get(path).await.status, 404, "{path}");
+    }
+}
+
 /// A minimal WebDriver (W3C) client over the test's HTTP client: enough to drive Chromium.
 mod webdriver {
     use serde_json::{json, Value};
@@ -1804,6 +1950,12 @@ async fn browser_end_to_end() {
         "/admin/organisations",
         "/admin/users",
         "/admin/teams",
+        "/admin/providers",
+        "/admin/models",
+        "/admin/mcp-servers",
+        "/admin/apikeys",
+        "/admin/budgets",
+        "/admin/quotas",
         "/admin/settings",
         "/acme/dashboard",
         "/acme/teams",
@@ -1831,6 +1983,48 @@ async fn browser_end_to_end() {
         wd.screenshot(&shots.join(format!("{name}.png"))).await;
     }
 
+    // The platform's list of models: every organisation's rows, with their organisation.
+    let beta = org(&e, "Beta", "beta").await;
+    let bp = e
+        .root
+        .create(
+            &format!("/api/organisations/{beta}/providers"),
+            json!({"name": "beta-prov", "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    e.root
+        .create(
+            &format!("/api/organisations/{beta}/models"),
+            json!({"name": "beta-chat", "slug": "up-beta", "provider_id": id(&bp)}),
+        )
+        .await;
+    wd.goto(&at("/admin/models")).await;
+    wd.find("main table tbody tr").await;
+    let rows = wd
+        .execute(
+            "return Array.from(document.querySelectorAll('main table tbody tr'))
+                 .map(function (r) { return Array.from(r.cells).map(function (c) { return c.innerText.trim(); }); });",
+        )
+        .await;
+    let rows: Vec<Vec<String>> = serde_json::from_value(rows).unwrap();
+    for (org_name, model) in [("Acme", "chat-x"), ("Beta", "beta-chat")] {
+        assert!(
+            rows.iter()
+                .any(|r| r.first().map(String::as_str) == Some(org_name)
+                    && r.contains(&model.to_string())),
+            "no {model} row of {org_name}: {rows:?}"
+        );
+    }
+    assert_eq!(
+        wd.text("main table thead th:first-child").await,
+        "Organisation"
+    );
+    wd.screenshot(&shots.join("admin-models-every-organisation.png"))
+        .await;
+    // Its organisation link leads to that organisation's models.
+    wd.click("main table a[href='/beta/models']").await;
+    wd.wait_url("/beta/models").await;
+
     // A form whose CSRF token was removed is refused.
     wd.goto(&at("/acme/teams")).await;
     wd.execute(
@@ -1852,7 +2046,6 @@ async fn browser_end_to_end() {
         .await
         .unwrap();
     assert_eq!(teams, 0, "the form without a token created a team");
-    org(&e, "Beta", "beta").await;
     org_user(&e, &acme, "admin@acme.test", "ORG_ADMIN", "acme-admin-pw").await;
     wd.goto(&at("/acme/dashboard")).await;
     wd.click("header.top form button").await;

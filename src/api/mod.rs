@@ -1,6 +1,8 @@
 //! The admin API (SPEC §1.3): JSON over HTTP on the admin listener, Postgres as the store.
 //!
-//! * `/api/admin/*`: SUPER_ADMIN only (organisations, every user, admin tokens).
+//! * `/api/admin/*`: SUPER_ADMIN only (organisations, every user, admin tokens, and the
+//!   teams, providers, models, MCP servers, api keys, budgets and quotas of every organisation
+//!   as read-only lists: [`resources::PLATFORM_LISTS`]).
 //! * `/api/organisations/{organisationId}/*`: one organisation's rows (teams, members, users,
 //!   invitations, api keys and their grants, providers, provider keys, models, MCP servers,
 //!   budgets, quotas, usage, invoices).
@@ -15,7 +17,7 @@
 //!
 //! | resource | SUPER_ADMIN | ORG_ADMIN (own org) | MANAGER (own org) | USER (own org) |
 //! |---|---|---|---|---|
-//! | `/api/admin/*` (organisations, all users, admin tokens) | all | — | — | — |
+//! | `/api/admin/*` (organisations, all users, admin tokens, cross-organisation lists) | all | — | — | — |
 //! | organisation itself | read, update | read, update | read | read |
 //! | users | all | all (SUPER_ADMIN users are invisible here) | read | read self |
 //! | teams | all | all | read + update the teams they belong to | read the teams they belong to |
@@ -32,6 +34,9 @@
 //!
 //! "—" answers 403 `forbidden`. A caller of another organisation (and any id not visible to
 //! the caller) gets 404 `not_found`, never 403, so existence does not leak.
+//!
+//! Lists take `limit` (1–500, default 50), `offset`, equality filters of their columns and `q`:
+//! a case-insensitive search of the rows' text fields (never of hidden ones).
 //!
 //! Errors: `{"error":{"code","message","type","field"?}}`; validation errors are 400
 //! `invalid_request` naming the `field`.

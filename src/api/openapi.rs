@@ -116,8 +116,16 @@ fn params(route: &Route) -> Vec<Value> {
         }
     };
     match route.op {
-        Op::List(res) => {
+        Op::List(res) | Op::ListAll(res) => {
             paged(&mut out);
+            out.push(q(
+                "q",
+                "search: rows with a text field containing this, case-insensitively",
+            ));
+            if matches!(route.op, Op::ListAll(_)) {
+                out.push(json!({"name": "organisation_id", "in": "query", "required": false,
+                    "description": "equality filter", "schema": {"type": "string", "format": "uuid"}}));
+            }
             for f in res.filters {
                 out.push(q(f, "equality filter"));
             }
@@ -172,6 +180,14 @@ fn operation(route: &Route) -> Value {
     };
     let mut responses = match route.op {
         Op::List(r) => ok("200", list_of(schema_ref(r))),
+        Op::ListAll(r) => ok(
+            "200",
+            list_of(
+                json!({"allOf": [schema_ref(r), {"type": "object", "properties": {
+                "organisation_slug": {"type": "string"},
+                "organisation_name": {"type": "string"}}}]}),
+            ),
+        ),
         Op::Get(r) | Op::Update(r) => ok("200", schema_ref(r)),
         Op::Create(r) => ok("201", schema_ref(r)),
         Op::Delete(_) => json!({"204": {"description": "Deleted"}}),

@@ -848,6 +848,19 @@ pub static ALL: &[&Resource] = &[
     &QUOTAS,
 ];
 
+/// Organisation resources that SUPER_ADMIN also lists across every organisation, at
+/// `/api/admin/{segment}` (read only: rows are written through their organisation's routes).
+/// Each row adds `organisation_slug` and `organisation_name`; `organisation_id` is a filter.
+pub static PLATFORM_LISTS: &[(&str, &Resource)] = &[
+    ("teams", &TEAMS),
+    ("providers", &PROVIDERS),
+    ("models", &MODELS),
+    ("mcp-servers", &MCP_SERVERS),
+    ("apikeys", &API_KEYS),
+    ("budgets", &BUDGETS),
+    ("quotas", &QUOTAS),
+];
+
 /// Checks a body against the columns: unknown fields, types, required fields. Returns the
 /// checked fields (virtual ones included).
 pub fn validate(
@@ -944,11 +957,30 @@ pub fn visibility(rows: Rows, role: Role, user: Uuid, q: &mut Sql, alias: &str) 
     }
 }
 
+/// Which rows a list spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The route's organisation (and parent).
+    Route,
+    /// Every organisation (`/api/admin/…` platform lists, SUPER_ADMIN only).
+    Platform,
+}
+
 /// ` WHERE …` for rows of `res` visible to the caller under this route (organisation, parent,
 /// visibility, and the id when given).
 fn where_clause(ctx: &Ctx<'_>, res: &Resource, q: &mut Sql, id: Option<Uuid>) -> ApiResult<()> {
+    where_in(ctx, res, q, id, Span::Route)
+}
+
+fn where_in(
+    ctx: &Ctx<'_>,
+    res: &Resource,
+    q: &mut Sql,
+    id: Option<Uuid>,
+    span: Span,
+) -> ApiResult<()> {
     q.push(" WHERE true");
-    if let Some(col) = res.org_column {
+    if let (Some(col), Span::Route) = (res.org_column, span) {
         let p = q.arg(ctx.org()?.to_string());
         q.push(&format!(" AND t.{} = {p}::uuid", ident(col)));
         // Super admins are nobody's organisation users: org admins neither see nor change them.
@@ -1026,27 +1058,89 @@ pub fn page(ctx: &Ctx<'_>) -> ApiResult<(i64, i64)> {
     Ok((limit, offset))
 }
 
+/// ` AND …` for a `?q=` search: rows with a top-level string field (hidden fields left out)
+/// that contains the needle, case-insensitively; on platform lists the organisation's slug
+/// and name count as well. Blank needles match everything.
+fn search_clause(res: &Resource, q: &mut Sql, needle: &str, span: Span) -> String {
+    let needle = needle.trim();
+    if needle.is_empty() {
+        return String::new();
+    }
+    let n = q.arg(needle.to_lowercase());
+    let hidden = q.arg(format!("{{{}}}", res.hidden.join(",")));
+    let org = match span {
+        Span::Route => String::new(),
+        Span::Platform => {
+            format!(" OR strpos(lower(o.slug), {n}) > 0 OR strpos(lower(o.name), {n}) > 0")
+        }
+    };
+    format!(
+        " AND (EXISTS (SELECT 1 FROM jsonb_each(to_jsonb(t) - {hidden}::text[]) AS f
+                 WHERE jsonb_typeof(f.value) = 'string'
+                   AND strpos(lower(f.value #>> '{{}}'), {n}) > 0){org})"
+    )
+}
+
 /// `GET collection`: `{"data": [...], "total", "limit", "offset"}`.
 pub async fn list(ctx: &Ctx<'_>, res: &Resource) -> ApiResult<Reply> {
+    list_in(ctx, res, Span::Route).await
+}
+
+/// `GET /api/admin/{segment}` ([`PLATFORM_LISTS`]): rows of every organisation, each with
+/// its organisation's slug and name.
+pub async fn list_all(ctx: &Ctx<'_>, res: &Resource) -> ApiResult<Reply> {
+    if res.org_column.is_none() || res.parent.is_some() || ctx.caller.role != Role::SuperAdmin {
+        return Err(ApiError::forbidden(
+            "only SUPER_ADMIN lists every organisation",
+        ));
+    }
+    list_in(ctx, res, Span::Platform).await
+}
+
+async fn list_in(ctx: &Ctx<'_>, res: &Resource, span: Span) -> ApiResult<Reply> {
     let mut conn = ctx.pool.acquire().await?;
     check_parent(ctx, res, &mut conn).await?;
     let (limit, offset) = page(ctx)?;
     let mut q = Sql::new(String::new());
-    where_clause(ctx, res, &mut q, None)?;
+    where_in(ctx, res, &mut q, None, span)?;
+    let by_org = span == Span::Platform;
     for (k, v) in &ctx.req.query {
         if k == "limit" || k == "offset" {
             continue;
         }
-        if !res.filters.contains(&k.as_str()) {
+        if k == "q" {
+            let cond = search_clause(res, &mut q, v, span);
+            q.push(&cond);
+            continue;
+        }
+        let known = res.filters.contains(&k.as_str()) || (by_org && k == "organisation_id");
+        if !known {
+            let mut names: Vec<&str> = res.filters.to_vec();
+            if by_org {
+                names.push("organisation_id");
+            }
             return Err(ApiError::invalid(
                 k,
-                format!("unknown filter (filters: {})", res.filters.join(", ")),
+                format!("unknown filter (filters: {}, and q)", names.join(", ")),
             ));
         }
         let p = q.arg(v.clone());
         q.push(&format!(" AND t.{}::text = {p}", ident(k)));
     }
-    let from = format!(" FROM {} t", ident(res.table));
+    let (from, row) = match (span, res.org_column) {
+        (Span::Platform, Some(col)) => (
+            format!(
+                " FROM {} t JOIN organisations o ON o.id = t.{}",
+                ident(res.table),
+                ident(col)
+            ),
+            format!(
+                "{} || jsonb_build_object('organisation_slug', o.slug, 'organisation_name', o.name)",
+                row_json("t")
+            ),
+        ),
+        _ => (format!(" FROM {} t", ident(res.table)), row_json("t")),
+    };
     let total = q
         .with_text(format!("SELECT count(*){from}{}", q.text))
         .count(&mut conn)
@@ -1055,8 +1149,7 @@ pub async fn list(ctx: &Ctx<'_>, res: &Resource) -> ApiResult<Reply> {
     let op = q.arg(offset.to_string());
     let rows = q
         .with_text(format!(
-            "SELECT {}{from}{} ORDER BY t.created_at, t.id LIMIT {lp}::bigint OFFSET {op}::bigint",
-            row_json("t"),
+            "SELECT {row}{from}{} ORDER BY t.created_at, t.id LIMIT {lp}::bigint OFFSET {op}::bigint",
             q.text
         ))
         .json_rows(&mut conn)

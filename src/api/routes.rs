@@ -3,7 +3,7 @@
 
 use super::auth::{self, PasswordOf};
 use super::keys::{self, Grant};
-use super::resources::{self, Access, Resource, ALL, ORGANISATIONS};
+use super::resources::{self, Access, Resource, ALL, ORGANISATIONS, PLATFORM_LISTS};
 use super::{json_reply, ApiError, ApiResult, Ctx};
 use crate::admin::Reply;
 use crate::error::ErrorCode;
@@ -18,6 +18,8 @@ pub enum Op {
     OpenApi,
     Me,
     List(&'static Resource),
+    /// The rows of an organisation resource across every organisation (SUPER_ADMIN).
+    ListAll(&'static Resource),
     Get(&'static Resource),
     Create(&'static Resource),
     Update(&'static Resource),
@@ -151,6 +153,19 @@ static ROUTES: Lazy<Vec<Route>> = Lazy::new(|| {
             res.delete,
             &format!("Delete a {s}"),
             s,
+        ));
+    }
+    for (segment, res) in PLATFORM_LISTS {
+        v.push(r(
+            Method::GET,
+            &format!("/api/admin/{segment}"),
+            Op::ListAll(res),
+            Access::SuperAdmin,
+            &format!(
+                "List {} rows of every organisation (each with organisation_slug and organisation_name)",
+                res.schema
+            ),
+            res.schema,
         ));
     }
     let k = "ApiKey";
@@ -398,6 +413,7 @@ pub async fn dispatch(ctx: &Ctx<'_>, route: &Route) -> ApiResult<Reply> {
             }),
         )),
         Op::List(res) => resources::list(ctx, res).await,
+        Op::ListAll(res) => resources::list_all(ctx, res).await,
         Op::Get(res) => resources::get(ctx, res, ctx.id("id", res.schema)?).await,
         Op::Create(res) if std::ptr::eq(res, &resources::API_KEYS) => keys::create(ctx).await,
         Op::Create(res) => resources::create(ctx, res).await,

@@ -7,7 +7,7 @@ use super::view::{self, Choices, Scope};
 use super::{api_error_page, reports, Cx, Resp};
 use crate::api::resources::{
     Col, Resource, ADMIN_USERS, API_KEYS, BUDGETS, INVITATIONS, MCP_SERVERS, MODELS, ORGANISATIONS,
-    PROVIDERS, PROVIDER_KEYS, QUOTAS, TEAMS, TEAM_MEMBERS, USERS,
+    PLATFORM_LISTS, PROVIDERS, PROVIDER_KEYS, QUOTAS, TEAMS, TEAM_MEMBERS, USERS,
 };
 use crate::api::{ApiError, Role};
 use http::Method;
@@ -143,20 +143,19 @@ const PLATFORM_PAGES: &[Page] = &[
     },
 ];
 
-/// Organisation sections that the platform scope shows through an organisation picker.
-const ORG_ONLY: &[&str] = &[
-    "teams",
-    "providers",
-    "models",
-    "mcp-servers",
-    "apikeys",
-    "budgets",
-    "quotas",
-    "usage",
-    "invoices",
-    "playground",
-    "docs",
+/// Columns of the platform's list of API keys (`owner` and `state` are worked out per row).
+const APIKEY_COLS: &[(&str, &str)] = &[
+    ("name", "Name"),
+    ("key_prefix", "Key"),
+    ("key_type", "Type"),
+    ("owner", "Owner"),
+    ("expires_at", "Expires"),
+    ("state", "State"),
 ];
+
+/// Organisation sections that the platform scope shows through an organisation picker (the
+/// others of [`PLATFORM_LISTS`] list every organisation's rows).
+const ORG_ONLY: &[&str] = &["usage", "invoices", "playground", "docs"];
 
 fn not_found(cx: &Cx<'_>) -> Resp {
     view::error_page(Some(cx), 404, "Not found.")
@@ -229,6 +228,9 @@ pub async fn dispatch(cx: &Cx<'_>, scope: &str, rest: &[&str]) -> Resp {
         "dashboard" if !post => platform_dashboard(cx, &scope).await,
         "settings" => settings_platform(cx, &scope, tail).await,
         s if ORG_ONLY.contains(&s) && !post => org_picker(cx, &scope, s).await,
+        s if PLATFORM_LISTS.iter().any(|(seg, _)| *seg == s) && !post => {
+            platform_list(cx, &scope, s, tail).await
+        }
         s => match PLATFORM_PAGES.iter().find(|p| p.section == s) {
             Some(page) => crud(cx, &scope, page, tail).await,
             None => not_found(cx),
@@ -317,7 +319,8 @@ fn form_error(e: &str) -> ApiError {
     ApiError::new(crate::error::ErrorCode::InvalidRequest, e.to_string())
 }
 
-/// `?q=` search over the string fields of rows, and the page of the result.
+/// A page of rows, with the `?q=` search (the API searches the rows' text fields) and the
+/// `?offset=` of the console page.
 async fn list_rows(
     cx: &Cx<'_>,
     path: &str,
@@ -330,39 +333,21 @@ async fn list_rows(
         .and_then(|o| o.parse().ok())
         .filter(|o: &i64| *o >= 0)
         .unwrap_or(0);
-    match cx.req.q("q").map(str::to_lowercase) {
-        None => {
-            query.push(("limit".into(), limit.to_string()));
-            query.push(("offset".into(), offset.to_string()));
-            let v = cx.api(Method::GET, path, query, None).await?;
-            let rows = v["data"].as_array().cloned().unwrap_or_default();
-            Ok((rows, v["total"].as_i64().unwrap_or(0), offset, limit))
-        }
-        Some(needle) => {
-            query.push(("limit".into(), "500".into()));
-            let v = cx.api(Method::GET, path, query, None).await?;
-            let hits: Vec<Value> = v["data"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| {
-                    r.as_object().is_some_and(|o| {
-                        o.values().any(|x| {
-                            x.as_str()
-                                .is_some_and(|s| s.to_lowercase().contains(&needle))
-                        })
-                    })
-                })
-                .collect();
-            let total = hits.len() as i64;
-            let page = hits
-                .into_iter()
-                .skip(offset as usize)
-                .take(limit as usize)
-                .collect();
-            Ok((page, total, offset, limit))
-        }
+    if let Some(needle) = cx.req.q("q") {
+        query.push(("q".into(), needle.to_string()));
+    }
+    query.push(("limit".into(), limit.to_string()));
+    query.push(("offset".into(), offset.to_string()));
+    let v = cx.api(Method::GET, path, query, None).await?;
+    let rows = v["data"].as_array().cloned().unwrap_or_default();
+    Ok((rows, v["total"].as_i64().unwrap_or(0), offset, limit))
+}
+
+/// The list's link with its search, for the pager.
+fn pager_base(cx: &Cx<'_>, href: &str) -> String {
+    match cx.req.q("q") {
+        Some(q) => format!("{href}?q={}", view::url_encode(q)),
+        None => href.to_string(),
     }
 }
 
@@ -430,10 +415,7 @@ async fn list_page(cx: &Cx<'_>, scope: &Scope, page: &Page, error: Option<&ApiEr
     let href = scope.href(page.section);
     let item = |r: &Value| format!("{href}/{}", str_of(r, "id"));
     let lookup = |_c: &str, v: &Value| v.as_str().and_then(|s| names.get(s).cloned());
-    let pager_base = match cx.req.q("q") {
-        Some(q) => format!("{href}?q={}", view::url_encode(q)),
-        None => href.clone(),
-    };
+    let pager_base = pager_base(cx, &href);
     let failed = error.map(|_| submitted(cx, page.res));
     let title = view::SECTIONS
         .iter()
@@ -449,7 +431,7 @@ async fn list_page(cx: &Cx<'_>, scope: &Scope, page: &Page, error: Option<&ApiEr
         @if page.section == "users" && scope.org.is_some() {
             (invitations_block(cx, scope).await)
         }
-        details.create open[error.is_some()] {
+        details.create #create open[error.is_some() || cx.req.q("create").is_some()] {
             summary { "Create" }
             form method="post" action=(href) {
                 (view::csrf(cx))
@@ -900,6 +882,141 @@ async fn org_picker(cx: &Cx<'_>, scope: &Scope, section: &str) -> Resp {
     Resp::html(200, view::layout(cx, scope, section, title, body))
 }
 
+/// `id → name` of every row of an API list (up to 500), for reference columns.
+async fn names_from(cx: &Cx<'_>, path: &str, label: &str, into: &mut HashMap<String, String>) {
+    if let Ok(v) = cx
+        .api(
+            Method::GET,
+            path,
+            vec![("limit".into(), "500".into())],
+            None,
+        )
+        .await
+    {
+        for r in v["data"].as_array().into_iter().flatten() {
+            into.insert(str_of(r, "id"), str_of(r, label));
+        }
+    }
+}
+
+/// `/admin/{section}` of an organisation section: the rows of every organisation (the
+/// `/api/admin/{section}` list), with the organisation of each and the same search and pages
+/// as an organisation's list. Rows open, and are created, on their organisation's pages:
+/// `/admin/{section}/new?organisation={slug}` leads to that organisation's create form.
+async fn platform_list(cx: &Cx<'_>, scope: &Scope, section: &str, tail: &[&str]) -> Resp {
+    match tail {
+        [] => {}
+        ["new"] => {
+            return match cx.req.q("organisation") {
+                Some(slug) if crate::api::resources::Ty::Slug.check(&json!(slug)).is_ok() => {
+                    Resp::redirect(&format!("/{slug}/{section}?create=1#create"))
+                }
+                _ => Resp::redirect(&format!("/admin/{section}")),
+            };
+        }
+        _ => return not_found(cx),
+    }
+    let path = format!("/api/admin/{section}");
+    let (mut rows, total, offset, limit) = match list_rows(cx, &path, Vec::new()).await {
+        Ok(x) => x,
+        Err(e) => return api_error_page(cx, &e),
+    };
+    let cols: &[(&str, &str)] = match ORG_PAGES.iter().find(|p| p.section == section) {
+        Some(p) => p.cols,
+        None => APIKEY_COLS,
+    };
+    let orgs = cx
+        .api(
+            Method::GET,
+            "/api/admin/organisations",
+            vec![("limit".into(), "500".into())],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|v| v["data"].as_array().cloned())
+        .unwrap_or_default();
+    // Names of the ids the columns show (owners of keys, budgets and quotas; providers).
+    let mut names: HashMap<String, String> = HashMap::new();
+    let shown: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    if shown.contains(&"provider_id") {
+        names_from(cx, "/api/admin/providers", "name", &mut names).await;
+    }
+    if section == "apikeys" || shown.contains(&"scope_id") {
+        names_from(cx, "/api/admin/teams", "name", &mut names).await;
+        names_from(cx, "/api/admin/users", "email", &mut names).await;
+    }
+    if shown.contains(&"scope_id") {
+        names_from(cx, "/api/admin/apikeys", "name", &mut names).await;
+        for o in &orgs {
+            names.insert(str_of(o, "id"), str_of(o, "name"));
+        }
+    }
+    if section == "apikeys" {
+        for k in &mut rows {
+            let owner = k["team_id"]
+                .as_str()
+                .or(k["user_id"].as_str())
+                .map(|s| names.get(s).cloned().unwrap_or(s.to_string()))
+                .unwrap_or_else(|| "organisation".into());
+            let state = key_state(k);
+            let prefix = format!("{}…", str_of(k, "key_prefix"));
+            k["owner"] = json!(owner);
+            k["state"] = json!(state);
+            k["key_prefix"] = json!(prefix);
+        }
+    }
+    let href = scope.href(section);
+    let org_cell = |r: &Value| {
+        let slug = str_of(r, "organisation_slug");
+        let name = r["organisation_name"].as_str().unwrap_or(&slug).to_string();
+        html! { a href=(format!("/{slug}/{section}")) { (name) } }
+    };
+    let item = |r: &Value| {
+        format!(
+            "/{}/{section}/{}",
+            str_of(r, "organisation_slug"),
+            str_of(r, "id")
+        )
+    };
+    let lookup = |c: &str, v: &Value| {
+        if c == "owner" || c == "state" {
+            return None;
+        }
+        v.as_str().and_then(|s| names.get(s).cloned())
+    };
+    let title = view::SECTIONS
+        .iter()
+        .find(|s| s.slug == section)
+        .map(|s| s.title)
+        .unwrap_or(section);
+    let body = html! {
+        p.muted { "Every organisation's rows. Open a row, or its organisation, to change it there." }
+        div.toolbar { (search_box(cx, &href)) }
+        (view::table_with(&rows, Some(("Organisation", &org_cell)), cols, Some(&item), &lookup))
+        (view::pager(&pager_base(cx, &href), offset, limit, total))
+        details.create #create {
+            summary { "Create" }
+            @if orgs.is_empty() {
+                p.muted { "No organisation yet: " a href="/admin/organisations" { "create one" } " first." }
+            } @else {
+                form method="get" action=(format!("{href}/new")) {
+                    div.field {
+                        label for="c_organisation" { "Organisation" }
+                        select #c_organisation name="organisation" required {
+                            @for o in &orgs {
+                                option value=(str_of(o, "slug")) { (str_of(o, "name")) " (" (str_of(o, "slug")) ")" }
+                            }
+                        }
+                    }
+                    button.primary type="submit" { "Continue to its create form" }
+                }
+            }
+        }
+    };
+    Resp::html(200, view::layout(cx, scope, section, title, body))
+}
+
 async fn platform_dashboard(cx: &Cx<'_>, scope: &Scope) -> Resp {
     let count = |path: &'static str| async move {
         cx.api(Method::GET, path, vec![("limit".into(), "1".into())], None)
@@ -1188,9 +1305,9 @@ async fn apikeys_list(cx: &Cx<'_>, scope: &Scope, org: Uuid, error: Option<&ApiE
                 }
             }
         } }
-        (view::pager(&href, offset, limit, total))
+        (view::pager(&pager_base(cx, &href), offset, limit, total))
         @if may_create {
-            details.create open[error.is_some()] {
+            details.create #create open[error.is_some() || cx.req.q("create").is_some()] {
                 summary { "Create an API key" }
                 form method="post" action=(href) {
                     (view::csrf(cx))

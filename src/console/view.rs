@@ -497,19 +497,36 @@ pub fn table(
     link: Option<&dyn Fn(&Value) -> String>,
     names: &dyn Fn(&str, &Value) -> Option<String>,
 ) -> Markup {
+    table_with(rows, None, cols, link, names)
+}
+
+/// A first column drawn from the whole row as markup (a header and the cell of a row).
+pub type Lead<'a> = (&'a str, &'a dyn Fn(&Value) -> Markup);
+
+/// [`table`] with an optional leading column (the organisation of platform lists).
+pub fn table_with(
+    rows: &[Value],
+    lead: Option<Lead<'_>>,
+    cols: &[(&str, &str)],
+    link: Option<&dyn Fn(&Value) -> String>,
+    names: &dyn Fn(&str, &Value) -> Option<String>,
+) -> Markup {
+    let width = cols.len() + 1 + usize::from(lead.is_some());
     html! {
         div.tablewrap {
             table {
                 thead { tr {
+                    @if let Some((h, _)) = lead { th scope="col" { (h) } }
                     @for (_, h) in cols { th scope="col" { (h) } }
                     @if link.is_some() { th scope="col" { span.sr { "Actions" } } }
                 } }
                 tbody {
                     @if rows.is_empty() {
-                        tr { td.muted colspan=(cols.len() + 1) { "Nothing here yet." } }
+                        tr { td.muted colspan=(width) { "Nothing here yet." } }
                     }
                     @for r in rows {
                         tr {
+                            @if let Some((_, cell_of)) = lead { td { (cell_of(r)) } }
                             @for (c, _) in cols {
                                 td { (names(c, &r[*c]).unwrap_or_else(|| cell(c, &r[*c]))) }
                             }
