@@ -1281,22 +1281,68 @@ async fn usage_dashboard_invoice_and_playground() {
     let n: i64 = rest[..rest.find('<').unwrap()].parse().unwrap();
     assert!(n >= 2, "the chat and the playground request: {n}");
 
-    // A budget burning down on the dashboard (its window's spend is already over it).
-    e.root
+    // A budget burning down on the dashboard: the spend the gateway meters in its window
+    // (traffic after it exists). One request like the first costs two thirds of it.
+    let (st, recs) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{}/usage/records?limit=500", cat.org),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{recs}");
+    let cost = recs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["request_id"] == rid.as_str())
+        .and_then(|r| r["cost_nanos"].as_i64())
+        .unwrap();
+    assert!(cost > 0);
+    let amount = cost * 3 / 2;
+    let budget = e
+        .root
         .create(
             &format!("/api/organisations/{}/budgets", cat.org),
-            json!({"name": "org-monthly", "scope": "ORG", "amount_nanos": 1000,
+            json!({"name": "org-monthly", "scope": "ORG", "amount_nanos": amount,
                 "period": "MONTHLY", "warning_thresholds": [50]}),
         )
         .await;
-    let dash = b.page(&format!("/{slug}/dashboard")).await;
-    assert!(dash.body.contains("org-monthly"), "{}", dash.body);
-    assert!(
-        dash.body.contains("1 threshold(s) crossed"),
-        "{}",
-        dash.body
-    );
-    assert!(dash.body.contains("class=\"over\""), "{}", dash.body);
+    let marker = format!("data-budget-id=\"{}\"", id(&budget));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Refused once the gateway enforces the budget and it has no room: any answer will do.
+        client()
+            .post(e.gw.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&chat_body("chat-x", false))
+            .send()
+            .await
+            .unwrap();
+        let dash = b.page(&format!("/{slug}/dashboard")).await;
+        let at = dash
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no burn-down of the budget: {}", dash.body));
+        let row = &dash.body[at..at + dash.body[at..].find("</svg>").unwrap()];
+        assert!(row.contains("org-monthly"), "{row}");
+        assert!(row.contains(&format!("data-limit=\"{amount}\"")), "{row}");
+        let spent: i64 = row
+            .split("data-spent=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        if spent * 2 >= amount {
+            assert!(row.contains("1 threshold(s) crossed"), "{row}");
+            assert!(row.contains("class=\"threshold crossed\""), "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no spend in the budget: {row}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The platform pages of organisation sections list every organisation's rows, with their
@@ -2100,4 +2146,121 @@ async fn bootstrap_sets_the_console_password() {
     let p = b.login("ops@example.com", "ops-password-1").await;
     assert_eq!(p.status, 303, "{}", p.body);
     assert_eq!(p.location.as_deref(), Some("/admin/dashboard"));
+}
+
+/// The dashboard's budget burn-down shows each active budget's current window as the admin
+/// API computes it (`GET …/usage/limits`): the period in the budget's time zone, the limit
+/// with the amount rolled over, settled plus reserved spend; budgets outside their
+/// `starts_at`/`ends_at` are left out.
+#[tokio::test]
+async fn budget_burn_down_uses_the_api_windows() {
+    let e = env().await;
+    let o = org(&e, "Alpha Org", "alpha").await;
+    let budgets = format!("/api/organisations/{o}/budgets");
+    let nz = e
+        .root
+        .create(
+            &budgets,
+            json!({"name": "nz-monthly", "scope": "ORG", "amount_nanos": 4_000_000_000i64,
+                   "period": "MONTHLY", "timezone": "Pacific/Auckland", "rollover": true,
+                   "warning_thresholds": [50, 90]}),
+        )
+        .await;
+    let ended = e
+        .root
+        .create(
+            &budgets,
+            json!({"name": "ended", "scope": "ORG", "amount_nanos": 1_000_000_000i64,
+                   "period": "DAILY", "starts_at": "2020-01-01T00:00:00Z",
+                   "ends_at": "2020-02-01T00:00:00Z"}),
+        )
+        .await;
+    let future = e
+        .root
+        .create(
+            &budgets,
+            json!({"name": "future", "scope": "ORG", "amount_nanos": 1_000_000_000i64,
+                   "period": "DAILY", "starts_at": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    let limits = format!("/api/organisations/{o}/usage/limits");
+    let meter = |v: &Value, id: &str| -> Value {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no meter {id} in {v}"))
+            .clone()
+    };
+    let (st, v) = e.root.call("GET", &limits, None).await;
+    assert_eq!(st, 200, "{v}");
+    let m = meter(&v, &id(&nz));
+    let start = m["window"]["start"].as_str().unwrap().to_string();
+    let end = m["window"]["end"].as_str().unwrap().to_string();
+    // The current window, with an amount carried in from the previous one and spend in it.
+    sqlx::query(
+        "INSERT INTO budget_windows (budget_id, window_start, window_end, used_nanos,
+                                     reserved_nanos, rollover_nanos, warned_thresholds)
+         VALUES ($1::uuid, $2::timestamptz, $3::timestamptz, 1500000000, 500000000,
+                 2000000000, '{50}')",
+    )
+    .bind(id(&nz))
+    .bind(&start)
+    .bind(&end)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    let (st, v) = e.root.call("GET", &limits, None).await;
+    assert_eq!(st, 200, "{v}");
+    let m = meter(&v, &id(&nz));
+    assert_eq!(m["limit"], 6_000_000_000i64, "{m}");
+    assert_eq!(m["window"]["start"], start.as_str(), "{m}");
+    assert_eq!(meter(&v, &id(&ended))["active"], false);
+    assert_eq!(meter(&v, &id(&future))["active"], false);
+    // The window starts at local midnight on the first of the month in Auckland, which is
+    // not midnight UTC.
+    let zone = jiff::tz::TimeZone::get("Pacific/Auckland").unwrap();
+    let local = |s: &str| {
+        s.parse::<jiff::Timestamp>()
+            .unwrap()
+            .to_zoned(zone.clone())
+            .strftime("%Y-%m-%d %H:%M")
+            .to_string()
+    };
+    assert!(local(&start).ends_with("-01 00:00"), "{start}");
+    assert!(!start.contains("T00:00:00"), "{start}");
+
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let p = b.page("/alpha/dashboard").await;
+    let at = p
+        .body
+        .find(&format!("data-budget-id=\"{}\"", id(&nz)))
+        .unwrap_or_else(|| panic!("no burn-down of nz-monthly in {}", p.body));
+    let row = &p.body[at..at + p.body[at..].find("</svg>").unwrap()];
+    for want in [
+        "data-limit=\"6000000000\"".to_string(),
+        "data-spent=\"2000000000\"".to_string(),
+        format!("data-window-start=\"{start}\""),
+        format!("data-window-end=\"{end}\""),
+        format!("<time datetime=\"{start}\">{}</time>", local(&start)),
+        format!("<time datetime=\"{end}\">{}</time>", local(&end)),
+        "Pacific/Auckland".to_string(),
+        ": $2.00 ($0.500000 reserved) of $6.00 ($2.00 rolled over) (33%)".to_string(),
+        "1 threshold(s) crossed".to_string(),
+        "aria-label=\"33% of the budget used\"".to_string(),
+        "width=\"33.33\"".to_string(),
+        "x1=\"50\"".to_string(),
+        "x1=\"90\"".to_string(),
+    ] {
+        assert!(row.contains(&want), "{want} not in {row}");
+    }
+    for gone in [id(&ended), id(&future)] {
+        assert!(
+            !p.body.contains(&gone),
+            "inactive budget {gone} shown: {}",
+            p.body
+        );
+    }
 }

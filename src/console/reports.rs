@@ -220,46 +220,132 @@ fn num(n: f64) -> String {
     }
 }
 
-/// First day (UTC) of a budget period's current window.
-fn window_start(period: &str, today: time::Date) -> time::Date {
-    match period {
-        "DAILY" => today,
-        "WEEKLY" => {
-            today - time::Duration::days(i64::from(today.weekday().number_days_from_monday()))
+/// One budget of the dashboard's burn-down: its current window as the admin API computes it
+/// (`GET …/usage/limits`: the period in the budget's time zone, the limit with the amount
+/// rolled over, the settled and reserved spend, the thresholds already warned about).
+struct Burn {
+    id: String,
+    name: String,
+    scope: String,
+    period: String,
+    timezone: String,
+    start: String,
+    /// `None` for a prepaid balance (one window that never ends).
+    end: Option<String>,
+    limit: i64,
+    rollover: i64,
+    used: i64,
+    reserved: i64,
+    /// The budget's configured warning thresholds (percent).
+    thresholds: Vec<i64>,
+    /// The thresholds the gateway has warned about in this window.
+    warned: Vec<i64>,
+}
+
+impl Burn {
+    fn spent(&self) -> i64 {
+        self.used.saturating_add(self.reserved)
+    }
+
+    /// The thresholds crossed in this window: reached by the spend, or already warned about
+    /// by the gateway (a released reservation can take the spend back under one).
+    fn crossed(&self) -> Vec<i64> {
+        let pct = self.pct();
+        let mut c: Vec<i64> = self
+            .thresholds
+            .iter()
+            .chain(&self.warned)
+            .copied()
+            .filter(|t| pct >= *t as f64 || self.warned.contains(t))
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+
+    fn pct(&self) -> f64 {
+        if self.limit > 0 {
+            self.spent() as f64 / self.limit as f64 * 100.0
+        } else if self.spent() > 0 {
+            100.0
+        } else {
+            0.0
         }
-        "QUARTERLY" => {
-            let first = ((today.month() as u8 - 1) / 3) * 3 + 1;
-            time::Month::try_from(first)
-                .ok()
-                .and_then(|m| time::Date::from_calendar_date(today.year(), m, 1).ok())
-                .unwrap_or(today)
-        }
-        _ => today.replace_day(1).unwrap_or(today),
     }
 }
 
-/// A budget's spend in its current window, from the usage rollups of its owner.
-async fn budget_spent(cx: &Cx<'_>, org: Uuid, b: &Value) -> (String, i64) {
-    let today = time::OffsetDateTime::now_utc().date();
-    let from = window_start(b["period"].as_str().unwrap_or("MONTHLY"), today).to_string();
-    let mut q: Vec<(String, String)> = vec![
-        ("period".into(), "custom".into()),
-        ("from".into(), from.clone()),
-        ("to".into(), today.to_string()),
-        ("granularity".into(), "DAY".into()),
-    ];
-    let owner = str_of(b, "scope_id");
-    match b["scope"].as_str() {
-        Some("TEAM") => q.push(("team_id".into(), owner)),
-        Some("USER") => q.push(("user_id".into(), owner)),
-        Some("APIKEY") => q.push(("api_key_id".into(), owner)),
-        _ => {}
-    }
-    let spent = rollups(cx, org, &q)
+/// An RFC 3339 instant as local time in the time zone `tz` (`YYYY-MM-DD HH:MM`).
+fn local_time(s: &str, tz: &str) -> String {
+    let zone = jiff::tz::TimeZone::get(tz).unwrap_or(jiff::tz::TimeZone::UTC);
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.to_zoned(zone).strftime("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|_| s.to_string())
+}
+
+/// The active budgets of the organisation with their current windows (at most 20).
+async fn burn_down(cx: &Cx<'_>, org: Uuid) -> Vec<Burn> {
+    let Ok(limits) = cx
+        .api(
+            Method::GET,
+            &format!("/api/organisations/{org}/usage/limits"),
+            Vec::new(),
+            None,
+        )
         .await
-        .map(|(_, t)| i(&t["cost_nanos"]))
-        .unwrap_or(0);
-    (from, spent)
+    else {
+        return Vec::new();
+    };
+    // The configured thresholds (the markers), by budget.
+    let mut thresholds: HashMap<String, Vec<i64>> = HashMap::new();
+    if let Ok(v) = cx
+        .api(
+            Method::GET,
+            &format!("/api/organisations/{org}/budgets"),
+            vec![("limit".into(), "500".into())],
+            None,
+        )
+        .await
+    {
+        for b in v["data"].as_array().into_iter().flatten() {
+            let t = b["warning_thresholds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(i)
+                .collect();
+            thresholds.insert(str_of(b, "id"), t);
+        }
+    }
+    let ints = |v: &Value| -> Vec<i64> { v.as_array().into_iter().flatten().map(i).collect() };
+    limits["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["kind"] == "budget" && m["active"] == true)
+        .take(20)
+        .map(|m| {
+            let id = str_of(m, "id");
+            Burn {
+                thresholds: thresholds.remove(&id).unwrap_or_default(),
+                id,
+                name: m["name"]
+                    .as_str()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("budget")
+                    .to_string(),
+                scope: str_of(m, "scope"),
+                period: m["period"].as_str().unwrap_or("BALANCE").to_string(),
+                timezone: m["timezone"].as_str().unwrap_or("UTC").to_string(),
+                start: str_of(&m["window"], "start"),
+                end: m["window"]["end"].as_str().map(str::to_string),
+                limit: i(&m["limit"]),
+                rollover: i(&m["rollover"]),
+                used: i(&m["used"]),
+                reserved: i(&m["reserved"]),
+                warned: ints(&m["warned_thresholds"]),
+            }
+        })
+        .collect()
 }
 
 /// `/{org}/dashboard`.
@@ -346,25 +432,11 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
         v.truncate(5);
         v
     };
-    let budgets = if cx.caller().role >= Role::Manager {
-        cx.api(
-            Method::GET,
-            &format!("/api/organisations/{org}/budgets"),
-            vec![("limit".into(), "100".into())],
-            None,
-        )
-        .await
-        .ok()
-        .and_then(|v| v["data"].as_array().cloned())
-        .unwrap_or_default()
+    let burn = if cx.caller().role >= Role::Manager {
+        burn_down(cx, org).await
     } else {
         Vec::new()
     };
-    let mut burn = Vec::new();
-    for b in budgets.iter().take(20) {
-        let (from, spent) = budget_spent(cx, org, b).await;
-        burn.push((b.clone(), from, spent));
-    }
     let action = scope.href("dashboard");
     let usd = |v: f64| view::usd(v as i64);
     let body = html! {
@@ -404,19 +476,34 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
         @if !burn.is_empty() {
             section aria-labelledby="bud-h" {
                 h2 #bud-h { "Budgets" }
-                p.muted { "Spend in each budget's current window (UTC), against its amount; warning thresholds are marked." }
-                @for (b, from, spent) in &burn {
-                    @let amount = i(&b["amount_nanos"]);
-                    @let pct = if amount > 0 { *spent as f64 / amount as f64 * 100.0 } else { 0.0 };
-                    @let crossed = b["warning_thresholds"].as_array().into_iter().flatten().filter(|t| pct >= i(t) as f64).count();
-                    div.budget {
-                        span { strong { (b["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("budget")) } " · " (str_of(b, "scope")) " · " (str_of(b, "period")) " since " (from) ": " (view::usd(*spent)) " of " (view::usd(amount)) " (" (format!("{pct:.0}%")) ")"
-                            @if crossed > 0 { " " span.badge.expired { (crossed) " threshold(s) crossed" } } }
+                p.muted { "Spend (settled and reserved) in each active budget's current window, in the budget's time zone, against its limit (rollover included); warning thresholds are marked." }
+                @for b in &burn {
+                    @let pct = b.pct();
+                    @let crossed = b.crossed();
+                    div.budget data-budget-id=(b.id) data-limit=(b.limit) data-spent=(b.spent()) data-window-start=(b.start) data-window-end=[b.end.as_deref()] {
+                        span {
+                            strong { (b.name) } " · " (b.scope) " · " (b.period) " · "
+                            @match &b.end {
+                                Some(end) => {
+                                    time datetime=(b.start) { (local_time(&b.start, &b.timezone)) }
+                                    " – "
+                                    time datetime=(end) { (local_time(end, &b.timezone)) }
+                                    " " (b.timezone)
+                                }
+                                None => { "prepaid balance" }
+                            }
+                            ": " (view::usd(b.spent()))
+                            @if b.reserved > 0 { " (" (view::usd(b.reserved)) " reserved)" }
+                            " of " (view::usd(b.limit))
+                            @if b.rollover > 0 { " (" (view::usd(b.rollover)) " rolled over)" }
+                            " (" (format!("{pct:.0}%")) ")"
+                            @if !crossed.is_empty() { " " span.badge.expired { (crossed.len()) " threshold(s) crossed" } }
+                        }
                         svg.burn viewBox="0 0 100 8" role="img" aria-label=(format!("{pct:.0}% of the budget used")) preserveAspectRatio="none" {
                             rect x="0" y="0" width="100" height="8" class="track" {}
                             rect x="0" y="0" width=(format!("{:.2}", pct.min(100.0))) height="8" class=(if pct >= 100.0 { "over" } else { "used" }) {}
-                            @for t in b["warning_thresholds"].as_array().into_iter().flatten() {
-                                line x1=(i(t)) x2=(i(t)) y1="0" y2="8" class="threshold" {}
+                            @for t in &b.thresholds {
+                                line x1=(t) x2=(t) y1="0" y2="8" class=(if crossed.contains(t) { "threshold crossed" } else { "threshold" }) {}
                             }
                         }
                     }
