@@ -274,12 +274,18 @@ impl pingora::apps::HttpServerApp for AdminListener {
         if crate::console::streams(&self.app.state, http.req_header()) {
             crate::console::stream(&self.app.state, &mut http).await;
         } else {
+            // HEAD: GET's status and headers (its content-length included), never a body.
+            // Every answer of this listener but the playground stream (a POST) passes here.
+            let head = http.req_header().method == http::Method::HEAD;
             let (parts, body) = self.app.response(&mut http).await.into_parts();
             let header: pingora::http::ResponseHeader = parts.into();
             if http.write_response_header(Box::new(header)).await.is_err() {
                 return None;
             }
-            if !body.is_empty() && http.write_response_body(body.into(), true).await.is_err() {
+            if !head
+                && !body.is_empty()
+                && http.write_response_body(body.into(), true).await.is_err()
+            {
                 return None;
             }
         }

@@ -2148,6 +2148,105 @@ async fn bootstrap_sets_the_console_password() {
     assert_eq!(p.location.as_deref(), Some("/admin/dashboard"));
 }
 
+/// A raw HTTP/1.1 exchange on a fresh connection (`Connection: close`): the status, the
+/// headers (names lower-cased) and every byte after the header block.
+async fn raw_http(
+    gw: &Gw,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = gw.admin_url("").trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut rq = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        rq.push_str(&format!("{k}: {v}\r\n"));
+    }
+    rq.push_str("\r\n");
+    s.write_all(rq.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header block in {:?}", String::from_utf8_lossy(&buf)));
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hs = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, hs, buf[end + 4..].to_vec())
+}
+
+/// HEAD on the admin listener (console pages, the admin API, the listener's own routes):
+/// GET's status and headers, no body bytes on the wire.
+#[tokio::test]
+async fn head_answers_have_no_body() {
+    let e = env().await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let cookie = b.cookie_header();
+    let bearer = format!("Bearer {}", e.root.token);
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("/login", vec![]),
+        ("/admin/dashboard", vec![("cookie", cookie.as_str())]),
+        ("/console/static/app.css", vec![]),
+        (
+            "/api/admin/organisations",
+            vec![("authorization", bearer.as_str())],
+        ),
+        ("/api/status", vec![]),
+        ("/health", vec![]),
+    ];
+    for (path, headers) in cases {
+        let (gst, ghs, gbody) = raw_http(&e.gw, "GET", path, &headers).await;
+        assert_eq!(gst, 200, "GET {path}: {}", String::from_utf8_lossy(&gbody));
+        assert!(!gbody.is_empty(), "GET {path} has a body");
+        let (st, hs, body) = raw_http(&e.gw, "HEAD", path, &headers).await;
+        assert_eq!(st, 200, "HEAD {path}");
+        assert_eq!(
+            body.len(),
+            0,
+            "HEAD {path} sent a body: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            hs.get("content-type"),
+            ghs.get("content-type"),
+            "HEAD {path}"
+        );
+        if let Some(len) = hs.get("content-length") {
+            // The length the GET body has (pages carry per-request tokens: same order).
+            assert!(len.parse::<usize>().unwrap() > 0, "HEAD {path}: {len}");
+        }
+    }
+    // reqwest agrees, and the connection stays usable for the next request.
+    let http = client();
+    for _ in 0..2 {
+        let r = http
+            .head(e.gw.admin_url("/api/admin/organisations"))
+            .bearer_auth(&e.root.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), 0);
+    }
+}
+
 /// The dashboard's budget burn-down shows each active budget's current window as the admin
 /// API computes it (`GET …/usage/limits`): the period in the budget's time zone, the limit
 /// with the amount rolled over, settled plus reserved spend; budgets outside their
