@@ -1416,3 +1416,74 @@ async fn redis_unreachable_budgets_fall_back_to_the_postgres_ledger() {
     .await;
     assert!(used as u64 <= amount);
 }
+
+/// The Postgres ledger's stale-reservation pass runs on its own timer: an idle node still gives
+/// a dead node's expired reservation back.
+#[tokio::test]
+async fn stale_postgres_reservations_expire_on_a_timer_without_traffic() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let (org, key_id, secret) = db_seed(&db, &mock).await;
+    let budget: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO budgets (organisation_id, scope, scope_id, amount_nanos, period)
+         VALUES ($1, 'APIKEY', $2, 1000000000, 'DAILY') RETURNING id",
+    )
+    .bind(org)
+    .bind(key_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let window: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO budget_windows (budget_id, window_start, window_end, reserved_nanos)
+         VALUES ($1, now() - interval '3 days', now() - interval '2 days', 350) RETURNING id",
+    )
+    .bind(budget)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO budget_requests (request_id, expires_at) VALUES ('gone-node', now() - interval '1 minute')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO budget_reservations (request_id, budget_id, window_id, amount_nanos, expires_at)
+         VALUES ('gone-node', $1, $2, 350, now() - interval '1 minute')",
+    )
+    .bind(budget)
+    .bind(window)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let gw = db_gw_with(
+        &mock,
+        &db,
+        None,
+        Some(WithRedis {
+            url: common::db::redis_url(),
+            governance: "stale_reservation_sweep_ms = 200",
+        }),
+    )
+    .await;
+    // One request loads the node's budget list (and starts its timers); then no traffic.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&chat_body("db-chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    poll(Duration::from_secs(10), "the timer's pass", async || {
+        let (state, reserved): (String, i64) = sqlx::query_as(
+            "SELECT r.state::text, w.reserved_nanos FROM budget_reservations r
+               JOIN budget_windows w ON w.id = r.window_id WHERE r.request_id = 'gone-node'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .ok()?;
+        (state == "EXPIRED" && reserved == 0).then_some(())
+    })
+    .await;
+}

@@ -325,6 +325,10 @@ pub struct PgBudgets {
     notifier: Arc<super::webhook::Notifier>,
     meters: ArcSwapOption<(Instant, Vec<Arc<Meter>>)>,
     refreshing: Arc<AtomicBool>,
+    /// How often the stale-reservation pass runs on its own (it also runs with each meter
+    /// refresh while requests flow).
+    sweep_every: Duration,
+    sweeper: std::sync::Once,
 }
 
 impl std::fmt::Debug for PgBudgets {
@@ -369,13 +373,41 @@ impl Drop for PgGrant {
 
 impl PgBudgets {
     /// A store over the data plane's database connection.
-    pub fn new(db: Arc<DbMode>, notifier: Arc<super::webhook::Notifier>) -> Arc<PgBudgets> {
+    pub fn new(
+        db: Arc<DbMode>,
+        notifier: Arc<super::webhook::Notifier>,
+        sweep_every: Duration,
+    ) -> Arc<PgBudgets> {
         Arc::new(PgBudgets {
             db,
             notifier,
             meters: ArcSwapOption::empty(),
             refreshing: Arc::new(AtomicBool::new(false)),
+            sweep_every,
+            sweeper: std::sync::Once::new(),
         })
+    }
+
+    /// Starts the timer of the stale-reservation pass (once, from inside the serving
+    /// runtime): a node left idle still gives a dead node's reservations back.
+    fn start_sweeper(self: &Arc<Self>) {
+        self.sweeper.call_once(|| {
+            let me = Arc::downgrade(self);
+            let every = self.sweep_every;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(store) = me.upgrade() else { return };
+                    let Some(pool) = store.pool() else { continue };
+                    if let Err(e) = settle_stale(&pool).await {
+                        tracing::warn!(error = %e, "budgets: cannot settle stale reservations");
+                    }
+                    if let Err(e) = expire_stale(&pool).await {
+                        tracing::warn!(error = %e, "budgets: cannot expire stale reservations");
+                    }
+                }
+            });
+        });
     }
 
     pub(super) fn pool(&self) -> Option<Arc<PgPool>> {
@@ -479,6 +511,7 @@ impl PgBudgets {
         key: &VirtualKey,
         now: Timestamp,
     ) -> Result<Vec<Arc<Meter>>, GatewayError> {
+        self.start_sweeper();
         let all = self.meters().await?;
         Ok(all
             .1

@@ -54,8 +54,8 @@ pub struct RawGovernance {
     pub concurrency_lease_ttl_seconds: u64,
     /// File mode: where budget and quota windows are kept across restarts.
     pub budget_state_path: Option<String>,
-    /// Database mode with Redis: how often each node looks for budget reservations left
-    /// past their expiry by a node that died (settled from their usage records, or released).
+    /// Database mode: how often each node looks for budget reservations left past their
+    /// expiry by a node that died (settled from their usage records, or released).
     #[serde(default = "default_sweep")]
     pub stale_reservation_sweep_ms: u64,
     /// Where each crossed budget or quota warning threshold is POSTed (JSON), once per
@@ -125,7 +125,7 @@ pub struct GovConfig {
     pub meters: Vec<Arc<budget::Meter>>,
     /// Where the file's budget windows persist (read at start).
     pub budget_state_path: Option<String>,
-    /// How often stale Redis budget reservations are swept (read at start).
+    /// How often stale budget reservations are swept (read at start).
     pub stale_sweep: Duration,
     /// Where warning-threshold crossings are POSTed (read at start).
     pub warning_webhook_url: Option<String>,
@@ -504,7 +504,7 @@ impl Governance {
             g.warning_webhook_timeout,
             secret,
         ));
-        let pg = db.map(|db| budget_pg::PgBudgets::new(db, notifier.clone()));
+        let pg = db.map(|db| budget_pg::PgBudgets::new(db, notifier.clone(), g.stale_sweep));
         let redis_budgets = match (&redis, &pg) {
             (Some(r), Some(p)) => Some(budget_redis::RedisBudgets::new(
                 r.clone(),
