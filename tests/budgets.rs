@@ -1236,6 +1236,40 @@ async fn two_nodes_sharing_redis_and_postgres_hold_rpm_and_budget_exactly() {
     assert_eq!(admitted, 100, "RPM 100 across both nodes");
 }
 
+/// A daily budget of one dollar on key `key_id`.
+async fn daily_budget(db: &TestDb, org: uuid::Uuid, key_id: uuid::Uuid) -> uuid::Uuid {
+    sqlx::query_scalar(
+        "INSERT INTO budgets (organisation_id, scope, scope_id, amount_nanos, period)
+         VALUES ($1, 'APIKEY', $2, 1000000000, 'DAILY') RETURNING id",
+    )
+    .bind(org)
+    .bind(key_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// A database-mode node with Redis whose stale-reservation passes run every 200 ms.
+async fn sweeping_gw(mock: &wharf::mock::MockServer, db: &TestDb) -> Gw {
+    let redis = WithRedis {
+        url: common::db::redis_url(),
+        governance: "stale_reservation_sweep_ms = 200",
+    };
+    db_gw_with(mock, db, None, Some(redis)).await
+}
+
+/// One chat that must succeed.
+async fn chat_ok(gw: &Gw, secret: &str) {
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&chat_body("db-chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 async fn redis() -> fred::clients::Client {
     use fred::prelude::*;
     let c = Builder::from_config(Config::from_url(&common::db::redis_url()).unwrap())
@@ -1254,34 +1288,10 @@ async fn redis_budget_sweep_settles_or_releases_a_dead_nodes_reservations() {
     let mock = mock().await;
     let db = TestDb::migrated().await;
     let (org, key_id, secret) = db_seed(&db, &mock).await;
-    let budget: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO budgets (organisation_id, scope, scope_id, amount_nanos, period)
-         VALUES ($1, 'APIKEY', $2, 1000000000, 'DAILY') RETURNING id",
-    )
-    .bind(org)
-    .bind(key_id)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    let gw = db_gw_with(
-        &mock,
-        &db,
-        None,
-        Some(WithRedis {
-            url: common::db::redis_url(),
-            governance: "stale_reservation_sweep_ms = 200",
-        }),
-    )
-    .await;
+    let budget = daily_budget(&db, org, key_id).await;
+    let gw = sweeping_gw(&mock, &db).await;
     // One request opens the window in Redis.
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&chat_body("db-chat", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    chat_ok(&gw, &secret).await;
     let cost = records_cost(&db, key_id, 1).await;
     let start = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
@@ -1424,15 +1434,7 @@ async fn stale_postgres_reservations_expire_on_a_timer_without_traffic() {
     let mock = mock().await;
     let db = TestDb::migrated().await;
     let (org, key_id, secret) = db_seed(&db, &mock).await;
-    let budget: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO budgets (organisation_id, scope, scope_id, amount_nanos, period)
-         VALUES ($1, 'APIKEY', $2, 1000000000, 'DAILY') RETURNING id",
-    )
-    .bind(org)
-    .bind(key_id)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let budget = daily_budget(&db, org, key_id).await;
     let window: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO budget_windows (budget_id, window_start, window_end, reserved_nanos)
          VALUES ($1, now() - interval '3 days', now() - interval '2 days', 350) RETURNING id",
@@ -1456,25 +1458,9 @@ async fn stale_postgres_reservations_expire_on_a_timer_without_traffic() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let gw = db_gw_with(
-        &mock,
-        &db,
-        None,
-        Some(WithRedis {
-            url: common::db::redis_url(),
-            governance: "stale_reservation_sweep_ms = 200",
-        }),
-    )
-    .await;
+    let gw = sweeping_gw(&mock, &db).await;
     // One request loads the node's budget list (and starts its timers); then no traffic.
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&chat_body("db-chat", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    chat_ok(&gw, &secret).await;
     poll(Duration::from_secs(10), "the timer's pass", async || {
         let (state, reserved): (String, i64) = sqlx::query_as(
             "SELECT r.state::text, w.reserved_nanos FROM budget_reservations r

@@ -1172,6 +1172,15 @@ async fn usage_dashboard_invoice_and_playground() {
     assert!(recs["total"].as_i64().unwrap() >= 1);
     assert_eq!(figure, recs["total"].to_string(), "{}", dash.body);
     assert!(dash.body.contains("chat-x"), "top models");
+    // The last 24 hours are drawn from the hourly rollups: the same requests.
+    let day = b
+        .page(&format!("/{slug}/dashboard?period=last_24_hours"))
+        .await;
+    let at = day.body.find("stat-requests").expect("requests figure");
+    let hourly = &day.body[at..];
+    let hourly = &hourly[hourly.find('>').unwrap() + 1..hourly.find('<').unwrap()];
+    assert_eq!(hourly, figure, "{}", day.body);
+    assert!(day.body.contains("<svg"), "hourly charts");
 
     let inv = b.page(&format!("/{slug}/invoices")).await;
     assert!(inv.body.contains("chat-x") && inv.body.contains("By team"));

@@ -526,6 +526,30 @@ async fn batch_is_stored_with_every_field_and_daily_rollups() {
     let got = rollups(&db.pool).await;
     let want = expected_rollups(&records);
     assert_eq!(got, want);
+    // Hourly rollups: on the hour, and summing to the daily ones.
+    let (off_hour, hours, mismatched): (i64, i64, i64) = sqlx::query_as(
+        "SELECT
+           (SELECT count(*) FROM usage_rollups WHERE granularity = 'HOUR'
+               AND bucket_start <> date_trunc('hour', bucket_start, 'UTC')),
+           (SELECT count(*) FROM usage_rollups WHERE granularity = 'HOUR'),
+           (SELECT count(*) FROM (
+               SELECT date_trunc('day', bucket_start, 'UTC') AS d, dims_key,
+                      sum(requests) AS r, sum(errors) AS e, sum(cost_nanos) AS c,
+                      sum(input_tokens) AS i, sum(output_tokens) AS o
+                 FROM usage_rollups WHERE granularity = 'HOUR' GROUP BY 1, 2) h
+             FULL JOIN (
+               SELECT bucket_start AS d, dims_key, requests::numeric AS r, errors::numeric AS e,
+                      cost_nanos::numeric AS c, input_tokens::numeric AS i,
+                      output_tokens::numeric AS o
+                 FROM usage_rollups WHERE granularity = 'DAY') dd USING (d, dims_key)
+            WHERE (h.r, h.e, h.c, h.i, h.o) IS DISTINCT FROM (dd.r, dd.e, dd.c, dd.i, dd.o))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("hourly rollups");
+    assert_eq!(off_hour, 0, "hourly buckets start on the hour");
+    assert!(hours >= got.len() as i64, "{hours} hourly rows");
+    assert_eq!(mismatched, 0, "hourly rollups sum to the daily ones");
     let day4_a_chat = &got[&(
         "2025-03-04".to_string(),
         Some(Uuid::parse_str(KEY_A).expect("uuid")),

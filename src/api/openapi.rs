@@ -104,7 +104,7 @@ fn params(route: &Route) -> Vec<Value> {
     };
     let period = |out: &mut Vec<Value>| {
         out.push(json!({"name": "period", "in": "query", "required": false,
-            "schema": {"type": "string", "enum": ["this_month", "last_month", "last_30_days", "custom"]}}));
+            "schema": {"type": "string", "enum": ["this_month", "last_month", "last_30_days", "last_24_hours", "custom"]}}));
         out.push(q("from", "RFC 3339 or YYYY-MM-DD (inclusive)"));
         out.push(q(
             "to",

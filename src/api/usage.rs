@@ -2,9 +2,9 @@
 //! team, key, user, model and provider; an invoice is a period's cost broken down by team,
 //! api key, model and MCP server. JSON, or CSV with `?format=csv`.
 //!
-//! Periods: `period=this_month` (the calendar month, UTC), `last_month`, `last_30_days`, or
-//! `custom` with `from` and `to` (RFC 3339, or `YYYY-MM-DD`; a date-only `to` includes that
-//! day). `from`/`to` without `period` mean `custom`. Ranges are `[from, to)`.
+//! Periods: `period=this_month` (the calendar month, UTC), `last_month`, `last_30_days`,
+//! `last_24_hours`, or `custom` with `from` and `to` (RFC 3339, or `YYYY-MM-DD`; a date-only
+//! `to` includes that day). `from`/`to` without `period` mean `custom`. Ranges are `[from, to)`.
 
 use super::csv;
 use super::resources::{page, visibility, Rows};
@@ -86,6 +86,7 @@ pub fn period_at(
             (prev, this_month)
         }
         "last_30_days" => (now - Duration::days(30), now),
+        "last_24_hours" => (now - Duration::hours(24), now),
         "custom" => {
             let f = from
                 .map(|s| parse_time("from", s, false))
@@ -100,7 +101,7 @@ pub fn period_at(
         _ => {
             return Err(ApiError::invalid(
                 "period",
-                "must be one of this_month, last_month, last_30_days, custom",
+                "must be one of this_month, last_month, last_30_days, last_24_hours, custom",
             ))
         }
     };

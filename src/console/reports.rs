@@ -355,8 +355,12 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
         "last_30_days",
         &["team_id", "api_key_id", "model", "provider"],
     );
+    // Hourly points for a day's worth of traffic, daily ones otherwise.
+    let short = q.iter().any(|(k, v)| k == "period" && v == "last_24_hours");
     let gran = match cx.req.q("granularity") {
         Some("HOUR") => "HOUR",
+        Some("DAY") => "DAY",
+        _ if short => "HOUR",
         _ => "DAY",
     };
     q.push(("granularity".into(), gran.into()));
@@ -440,7 +444,7 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
     let action = scope.href("dashboard");
     let usd = |v: f64| view::usd(v as i64);
     let body = html! {
-        (filter_form(cx, org, &action, &["team_id", "api_key_id", "model", "provider"], &["last_30_days", "this_month", "last_month", "custom"]).await)
+        (filter_form(cx, org, &action, &["team_id", "api_key_id", "model", "provider"], &["last_30_days", "last_24_hours", "this_month", "last_month", "custom"]).await)
         div.cards {
             div.stat { span.k { "Requests" } span.v #stat-requests { (num(tot[0])) } }
             div.stat { span.k { "Tokens" } span.v { (num(tot[2])) } }
@@ -578,7 +582,7 @@ pub async fn usage(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp
     let href = scope.href("usage");
     let qs = query_string(&q);
     let body = html! {
-        (filter_form(cx, org, &href, USAGE_DIMS, &["last_30_days", "this_month", "last_month", "custom"]).await)
+        (filter_form(cx, org, &href, USAGE_DIMS, &["last_30_days", "last_24_hours", "this_month", "last_month", "custom"]).await)
         p { a.button href=(format!("{href}/export.csv?{qs}")) download { "Export CSV" } }
         (view::table(&rows, RECORD_COLS, None, &|_, _| None))
         (view::pager(&format!("{href}?{qs}"), offset, limit, total))

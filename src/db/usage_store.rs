@@ -1,9 +1,10 @@
-//! Usage records in Postgres (SPEC §10): batched, idempotent inserts with daily rollups, and a
+//! Usage records in Postgres (SPEC §10): batched, idempotent inserts with hourly and daily
+//! rollups, and a
 //! local spill file that keeps every record while the database is unreachable.
 //!
 //! [`PgUsageStore::write`] stores a batch with one statement: the rows go into `usage_records`
 //! with `ON CONFLICT (request_id) DO NOTHING`, and only the rows that statement actually
-//! inserted are added to the `DAY` rows of `usage_rollups`, so writing the same record twice
+//! inserted are added to the `HOUR` and `DAY` rows of `usage_rollups`, so writing the same record twice
 //! (a retried batch, a replayed spill) never counts it twice. A single statement is atomic:
 //! records and rollups commit together or not at all.
 //!
@@ -941,8 +942,8 @@ impl Columns {
 }
 
 /// Inserts the batch (rows ordered by request_id, rollups by dimensions, so that concurrent
-/// writers lock in the same order) and adds exactly the inserted rows to the `DAY` rollups.
-/// Rollup dimensions: UTC day, organisation, team, user, key, model, provider. Requests whose
+/// writers lock in the same order) and adds exactly the inserted rows to the `HOUR` and `DAY`
+/// rollups. Rollup dimensions: UTC hour or day, organisation, team, user, key, model, provider. Requests whose
 /// outcome is not `success` count as errors. Returns the number of rows inserted.
 ///
 /// Rows are grouped by the same text the table's `dims_key` is made of (model and provider
@@ -989,9 +990,18 @@ inserted AS (
               outcome, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens,
               cost_nanos, latency_ms, ttfb_ms
 ),
+buckets AS (
+    SELECT
+        g.granularity,
+        CASE g.granularity WHEN 'HOUR' THEN date_trunc('hour', created_at, 'UTC')
+                           ELSE date_trunc('day', created_at, 'UTC') END AS bucket_start,
+        i.*
+    FROM inserted i
+    CROSS JOIN (VALUES ('HOUR'::usage_granularity), ('DAY'::usage_granularity)) AS g(granularity)
+),
 daily AS (
     SELECT
-        date_trunc('day', created_at, 'UTC') AS bucket_start,
+        granularity, bucket_start,
         organisation_id, team_id, user_id, api_key_id,
         coalesce(model, '') || '|' || coalesce(provider, '') AS names,
         (array_agg(model ORDER BY model, provider))[1] AS model,
@@ -1005,8 +1015,8 @@ daily AS (
         sum(cost_nanos)::bigint AS cost_nanos,
         sum(latency_ms) AS latency_ms_sum,
         coalesce(sum(ttfb_ms), 0) AS ttfb_ms_sum
-    FROM inserted
-    GROUP BY 1, 2, 3, 4, 5, 6
+    FROM buckets
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
 ),
 rolled AS (
     INSERT INTO usage_rollups (
@@ -1014,11 +1024,11 @@ rolled AS (
         provider, requests, errors, input_tokens, output_tokens, cached_input_tokens,
         reasoning_tokens, cost_nanos, latency_ms_sum, ttfb_ms_sum)
     SELECT
-        'DAY'::usage_granularity, bucket_start, organisation_id, team_id, user_id, api_key_id,
+        granularity, bucket_start, organisation_id, team_id, user_id, api_key_id,
         nullif(model, ''), nullif(provider, ''), requests, errors, input_tokens, output_tokens,
         cached_input_tokens, reasoning_tokens, cost_nanos, latency_ms_sum, ttfb_ms_sum
     FROM daily
-    ORDER BY bucket_start, organisation_id, team_id, user_id, api_key_id, names
+    ORDER BY granularity, bucket_start, organisation_id, team_id, user_id, api_key_id, names
     ON CONFLICT (granularity, bucket_start, dims_key) DO UPDATE SET
         requests = usage_rollups.requests + EXCLUDED.requests,
         errors = usage_rollups.errors + EXCLUDED.errors,
