@@ -1317,17 +1317,8 @@ async fn redis_budget_sweep_settles_or_releases_a_dead_nodes_reservations() {
         format!("dead-1/{}", uuid::Uuid::new_v4().simple()),
         format!("dead-2/{}", uuid::Uuid::new_v4().simple()),
     );
-    let _: () = r
-        .hset(
-            format!("{key}:r"),
-            vec![
-                (settled.as_str(), "5000|1000"),
-                (released.as_str(), "7000|1000"),
-            ],
-        )
-        .await
-        .unwrap();
-    let _: i64 = r.hincrby(&key, "reserved", 12000).await.unwrap();
+    // The dead request's record is written before its reservation appears (a sweep may run
+    // at any moment), and the window's `reserved` grows before the reservations do.
     sqlx::query(
         "INSERT INTO usage_records (request_id, organisation_id, api_key_id, endpoint, status,
                                     outcome, cost_nanos, attempts)
@@ -1339,6 +1330,17 @@ async fn redis_budget_sweep_settles_or_releases_a_dead_nodes_reservations() {
     .execute(&db.pool)
     .await
     .unwrap();
+    let _: i64 = r.hincrby(&key, "reserved", 12000).await.unwrap();
+    let _: () = r
+        .hset(
+            format!("{key}:r"),
+            vec![
+                (settled.as_str(), "5000|1000"),
+                (released.as_str(), "7000|1000"),
+            ],
+        )
+        .await
+        .unwrap();
     poll(Duration::from_secs(10), "the sweep", async || {
         (used(&r).await == (cost + 4321, 0)).then_some(())
     })
