@@ -986,6 +986,48 @@ async fn database_mode_servers_grants_and_mcp_usage_records() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The usage rollups count the key's MCP calls and their cost, hourly and daily alike.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (calls, cost, day, hour): (i64, i64, (i64, i64), (i64, i64)) = (
+            sqlx::query_scalar("SELECT count(*) FROM mcp_usage_records WHERE api_key_id = $1")
+                .bind(key_id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap(),
+            sqlx::query_scalar(
+                "SELECT coalesce(sum(cost_nanos), 0)::bigint FROM mcp_usage_records
+                  WHERE api_key_id = $1",
+            )
+            .bind(key_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+            rollup_mcp(&db, key_id, "DAY").await,
+            rollup_mcp(&db, key_id, "HOUR").await,
+        );
+        if calls > 0 && day == (calls, cost) && hour == day {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollups {day:?} / {hour:?}, records ({calls}, {cost})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The MCP calls and their cost in a key's rollups of one granularity.
+async fn rollup_mcp(db: &common::db::TestDb, key: uuid::Uuid, granularity: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(sum(mcp_calls), 0)::bigint, coalesce(sum(mcp_cost_nanos), 0)::bigint
+           FROM usage_rollups WHERE api_key_id = $1 AND granularity = $2::usage_granularity",
+    )
+    .bind(key)
+    .bind(granularity)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]

@@ -627,6 +627,9 @@ struct Row<'a> {
     client_disconnected: bool,
     request_bytes: u64,
     response_bytes: u64,
+    /// MCP tool calls of the request and their cost (for the rollups).
+    mcp_calls: u64,
+    mcp_cost_nanos: u64,
 }
 
 fn source_name(s: UsageSource) -> &'static str {
@@ -675,6 +678,8 @@ impl<'a> Row<'a> {
             client_disconnected: r.client_disconnected,
             request_bytes: r.request_bytes,
             response_bytes: r.response_bytes,
+            mcp_calls: r.mcp_calls.len() as u64,
+            mcp_cost_nanos: r.mcp_calls.iter().map(|c| c.cost_nanos).sum(),
         }
     }
 
@@ -715,6 +720,12 @@ impl<'a> Row<'a> {
             client_disconnected: r.client_disconnected,
             request_bytes: r.request_bytes,
             response_bytes: r.response_bytes,
+            mcp_calls: r.mcp_calls.len() as u64,
+            mcp_cost_nanos: r
+                .mcp_calls
+                .iter()
+                .filter_map(|c| c["cost_nanos"].as_u64())
+                .sum(),
         }
     }
 }
@@ -830,6 +841,8 @@ struct Columns {
     client_disconnected: Vec<bool>,
     request_bytes: Vec<i64>,
     response_bytes: Vec<i64>,
+    mcp_calls: Vec<i64>,
+    mcp_cost_nanos: Vec<i64>,
 }
 
 impl Columns {
@@ -896,6 +909,8 @@ impl Columns {
         self.client_disconnected.push(r.client_disconnected);
         self.request_bytes.push(big(r.request_bytes));
         self.response_bytes.push(big(r.response_bytes));
+        self.mcp_calls.push(big(r.mcp_calls));
+        self.mcp_cost_nanos.push(big(r.mcp_cost_nanos));
     }
 
     fn bind<'q>(
@@ -938,6 +953,8 @@ impl Columns {
             .bind(self.client_disconnected)
             .bind(self.request_bytes)
             .bind(self.response_bytes)
+            .bind(self.mcp_calls)
+            .bind(self.mcp_cost_nanos)
     }
 }
 
@@ -957,14 +974,16 @@ WITH input AS (
         $18::float8[], $19::float8[], $20::bigint[],
         $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[],
         $26::bigint[], $27::integer[], $28::text[], $29::bigint[], $30::jsonb[], $31::jsonb[],
-        $32::text[], $33::boolean[], $34::boolean[], $35::bigint[], $36::bigint[]
+        $32::text[], $33::boolean[], $34::boolean[], $35::bigint[], $36::bigint[],
+        $37::bigint[], $38::bigint[]
     ) AS t(request_id, created_at, organisation_id, team_id, user_id, api_key_id,
            method, endpoint, provider, provider_type, model, upstream_model,
            stream, status, outcome, error_code, denied_by,
            latency_ms, ttfb_ms, overhead_us,
            input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, total_tokens,
            embedding_tokens, image_count, usage_source, cost_nanos, pricing, attempts,
-           provider_request_id, stream_cut, client_disconnected, request_bytes, response_bytes)
+           provider_request_id, stream_cut, client_disconnected, request_bytes, response_bytes,
+           mcp_calls, mcp_cost_nanos)
 ),
 inserted AS (
     INSERT INTO usage_records (
@@ -986,7 +1005,7 @@ inserted AS (
     FROM input
     ORDER BY request_id
     ON CONFLICT (request_id) DO NOTHING
-    RETURNING created_at, organisation_id, team_id, user_id, api_key_id, model, provider,
+    RETURNING request_id, created_at, organisation_id, team_id, user_id, api_key_id, model, provider,
               outcome, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens,
               cost_nanos, latency_ms, ttfb_ms
 ),
@@ -995,8 +1014,10 @@ buckets AS (
         g.granularity,
         CASE g.granularity WHEN 'HOUR' THEN date_trunc('hour', created_at, 'UTC')
                            ELSE date_trunc('day', created_at, 'UTC') END AS bucket_start,
-        i.*
+        i.*, m.mcp_calls, m.mcp_cost_nanos
     FROM inserted i
+    JOIN (SELECT DISTINCT ON (request_id) request_id, mcp_calls, mcp_cost_nanos FROM input
+           ORDER BY request_id) m ON m.request_id = i.request_id
     CROSS JOIN (VALUES ('HOUR'::usage_granularity), ('DAY'::usage_granularity)) AS g(granularity)
 ),
 daily AS (
@@ -1014,7 +1035,9 @@ daily AS (
         sum(reasoning_tokens)::bigint AS reasoning_tokens,
         sum(cost_nanos)::bigint AS cost_nanos,
         sum(latency_ms) AS latency_ms_sum,
-        coalesce(sum(ttfb_ms), 0) AS ttfb_ms_sum
+        coalesce(sum(ttfb_ms), 0) AS ttfb_ms_sum,
+        sum(mcp_calls)::bigint AS mcp_calls,
+        sum(mcp_cost_nanos)::bigint AS mcp_cost_nanos
     FROM buckets
     GROUP BY 1, 2, 3, 4, 5, 6, 7
 ),
@@ -1022,11 +1045,12 @@ rolled AS (
     INSERT INTO usage_rollups (
         granularity, bucket_start, organisation_id, team_id, user_id, api_key_id, model,
         provider, requests, errors, input_tokens, output_tokens, cached_input_tokens,
-        reasoning_tokens, cost_nanos, latency_ms_sum, ttfb_ms_sum)
+        reasoning_tokens, cost_nanos, latency_ms_sum, ttfb_ms_sum, mcp_calls, mcp_cost_nanos)
     SELECT
         granularity, bucket_start, organisation_id, team_id, user_id, api_key_id,
         nullif(model, ''), nullif(provider, ''), requests, errors, input_tokens, output_tokens,
-        cached_input_tokens, reasoning_tokens, cost_nanos, latency_ms_sum, ttfb_ms_sum
+        cached_input_tokens, reasoning_tokens, cost_nanos, latency_ms_sum, ttfb_ms_sum,
+        mcp_calls, mcp_cost_nanos
     FROM daily
     ORDER BY granularity, bucket_start, organisation_id, team_id, user_id, api_key_id, names
     ON CONFLICT (granularity, bucket_start, dims_key) DO UPDATE SET
@@ -1038,7 +1062,9 @@ rolled AS (
         reasoning_tokens = usage_rollups.reasoning_tokens + EXCLUDED.reasoning_tokens,
         cost_nanos = usage_rollups.cost_nanos + EXCLUDED.cost_nanos,
         latency_ms_sum = usage_rollups.latency_ms_sum + EXCLUDED.latency_ms_sum,
-        ttfb_ms_sum = usage_rollups.ttfb_ms_sum + EXCLUDED.ttfb_ms_sum
+        ttfb_ms_sum = usage_rollups.ttfb_ms_sum + EXCLUDED.ttfb_ms_sum,
+        mcp_calls = usage_rollups.mcp_calls + EXCLUDED.mcp_calls,
+        mcp_cost_nanos = usage_rollups.mcp_cost_nanos + EXCLUDED.mcp_cost_nanos
     RETURNING 1
 )
 SELECT count(*) FROM inserted
