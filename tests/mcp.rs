@@ -1057,8 +1057,23 @@ owner = "APIKEY"
 owner_id = "key_gov"
 amount_nanos = 1500
 period = "DAILY"
+
+[[keys]]
+id = "key_quota"
+hash = "{quota_hash}"
+organisation_id = "org_1"
+mcp_servers = ["priced"]
+
+[[quotas]]
+id = "mcp-quota"
+owner = "APIKEY"
+owner_id = "key_quota"
+metric = "REQUESTS"
+limit = 2
+period = "DAILY"
 "#,
         hash = sha("wharf-test-gov"),
+        quota_hash = sha("wharf-test-quota"),
     );
     let (gw, _m) = gateway(&url, &extra).await;
     let mut statuses = Vec::new();
@@ -1098,6 +1113,27 @@ period = "DAILY"
     assert_eq!(r.status(), 402);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "budget_exceeded");
+
+    // A request quota counts MCP requests like model requests: two a day, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = post(
+            &gw,
+            "wharf-test-quota",
+            "/v1/mcp/priced",
+            initialize(),
+            None,
+        )
+        .await;
+        let s = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        if s == 429 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, vec![200, 200, 429], "the key's request quota");
 }
 
 fn stdio_config(extra: &str) -> String {
