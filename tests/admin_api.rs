@@ -153,23 +153,6 @@ async fn chat(gw: &Gw, key: &str, model: &str) -> (u16, Value) {
     (st, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Polls until `f` holds; returns how long it took.
-async fn within<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let t = Instant::now();
-    while !f().await {
-        assert!(
-            t.elapsed() < limit,
-            "{what} did not happen within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    t.elapsed()
-}
-
 #[tokio::test]
 async fn bootstrap_via_the_real_binary() {
     let mock = mock().await;

@@ -9,7 +9,7 @@ use common::db::TestDb;
 use common::*;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const K1: &str = "budget-key-one";
@@ -78,17 +78,6 @@ fn chat_a_estimate(body: &Value) -> u64 {
         reasoning: 600_000_000,
         image: 0,
     })
-}
-
-async fn poll<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

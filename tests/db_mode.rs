@@ -7,7 +7,7 @@ mod common;
 use common::db::TestDb;
 use common::*;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wharf::config::{KeyType, ModelType, Pricing, ProviderKind};
 use wharf::db::crypto::MasterKeys;
 use wharf::db::load;
@@ -73,23 +73,6 @@ async fn chat(gw: &Gw, key: &str, model: &str) -> (u16, Value) {
         .unwrap();
     let st = r.status().as_u16();
     (st, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Polls until `f` holds; returns how long it took.
-async fn within<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let t = Instant::now();
-    while !f().await {
-        assert!(
-            t.elapsed() < limit,
-            "{what} did not happen within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    t.elapsed()
 }
 
 #[tokio::test]
