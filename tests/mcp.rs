@@ -1751,3 +1751,65 @@ async fn mcp_calls_survive_the_usage_spill_file() {
     .unwrap();
     assert_eq!(rows, vec![(0, Some(server), 1050), (1, Some(server), 1050)]);
 }
+
+/// A STDIO server configured in Postgres takes its session bound and idle timeout from its
+/// row, as the file's servers do.
+#[tokio::test]
+async fn database_mode_stdio_sessions_bounded_and_reaped_as_the_row_says() {
+    use common::db::{seed_catalog, seed_key, TestDb, TEST_MASTER_KEYS};
+    let db = TestDb::migrated().await;
+    let m = mock().await;
+    let cat = seed_catalog(&db, &m, "stdio-org", "chat", "up-chat").await;
+    let server: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO mcp_servers (organisation_id, name, slug, transport, command, max_sessions,
+                                  idle_timeout_ms)
+         VALUES ($1, 'solo', 'solo', 'STDIO', $2, 1, 1000) RETURNING id",
+    )
+    .bind(cat.org)
+    .bind(env!("CARGO_BIN_EXE_wharf-test-mcp-stdio"))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let (key_id, secret) = seed_key(&db, cat.org, "stdio", &[]).await;
+    sqlx::query(
+        "INSERT INTO api_key_mcp_access (organisation_id, api_key_id, mcp_server_id)
+         VALUES ($1, $2, $3)",
+    )
+    .bind(cat.org)
+    .bind(key_id)
+    .bind(server)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let gw = Gw::start_custom(
+        &m,
+        db_config,
+        &[
+            ("WHARF_TEST_DATABASE_URL", db.url()),
+            ("WHARF_MASTER_KEYS", TEST_MASTER_KEYS.to_string()),
+        ],
+    )
+    .await;
+    let r = post(&gw, &secret, "/v1/mcp/solo", initialize(), None).await;
+    assert_eq!(r.status(), 200, "{}", gw.log());
+    messages(r).await;
+    // One session at most: a second is refused while the first lives.
+    let r = post(&gw, &secret, "/v1/mcp/solo", initialize(), None).await;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "mcp_stdio_error", "{v}");
+    // Idle for a second, the first session is reaped and a new one may start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = post(&gw, &secret, "/v1/mcp/solo", initialize(), None).await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle session was not reaped: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

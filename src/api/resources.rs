@@ -735,6 +735,8 @@ pub static MCP_SERVERS: Resource = Resource {
         c("auth_type", Ty::Enum(MCP_AUTH)),
         c("auth_config", Ty::Object),
         c("timeout_ms", Ty::PosInt),
+        c("max_sessions", Ty::PosInt),
+        c("idle_timeout_ms", Ty::PosInt),
         c("allowed_tools", Ty::Strings),
         c("blocked_tools", Ty::Strings),
         c("keywords", Ty::Strings),

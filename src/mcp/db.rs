@@ -29,6 +29,8 @@ struct Row {
     auth_type: String,
     auth_config: Value,
     timeout_ms: i32,
+    max_sessions: i32,
+    idle_timeout_ms: i32,
     allowed_tools: Vec<String>,
     blocked_tools: Vec<String>,
     keywords: Vec<String>,
@@ -117,8 +119,8 @@ fn build(row: Row, keys: &MasterKeys) -> Result<McpServer, Vec<String>> {
         },
         policy,
         enabled: row.enabled,
-        max_sessions: config::default_max_sessions(),
-        idle_timeout_ms: config::default_idle_timeout_ms(),
+        max_sessions: usize::try_from(row.max_sessions).unwrap_or(1).max(1),
+        idle_timeout_ms: u64::try_from(row.idle_timeout_ms).unwrap_or(1).max(1),
     })
 }
 
@@ -131,7 +133,8 @@ pub async fn load(
         "SELECT id, organisation_id, name, slug, transport::text AS transport, url, command,
                 args, env, auth_type::text AS auth_type, auth_config, timeout_ms,
                 allowed_tools, blocked_tools, keywords, price_per_call_nanos,
-                price_per_input_byte_nanos, price_per_output_byte_nanos, policies, enabled
+                price_per_input_byte_nanos, price_per_output_byte_nanos, policies, enabled,
+                max_sessions, idle_timeout_ms
            FROM mcp_servers
           ORDER BY organisation_id, created_at, id",
     )
