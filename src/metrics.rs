@@ -86,6 +86,9 @@ lazy_metric!(FILTER_SCRIPT_RELOADS: IntCounterVec = register_int_counter_vec!(
 lazy_metric!(FILTER_SCRIPT_HEALTHY: IntGaugeVec = register_int_gauge_vec!(
     "wharf_filter_script_healthy", "0 while the script file on disk fails to load (the previous version runs)",
     &["filter"]));
+lazy_metric!(UPSTREAM_HEALTHY: IntGaugeVec = register_int_gauge_vec!(
+    "wharf_upstream_healthy", "Active health check of a provider: 1 passing, 0 failing (out of routing)",
+    &["provider"]));
 
 /// `2xx`, `4xx`, ...
 pub fn status_class(status: u16) -> &'static str {

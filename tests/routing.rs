@@ -683,3 +683,85 @@ chat = { failoverOn = ["sometimes"] }"#,
         assert!(err.contains(want), "{err} should contain {want}");
     }
 }
+
+/// Active health checks: a replica that fails its `GET /health` is left out of routing plans,
+/// so no request spends an attempt on it (passive ejection alone would fail one over first).
+#[tokio::test]
+async fn a_replica_failing_its_health_check_gets_no_attempts() {
+    let mock = mock().await;
+    let m = mock.addr().to_string();
+    let dead = free_port();
+    let extra = format!(
+        r#"
+[[providers]]
+name = "hc-up"
+type = "OPENAI"
+base_url = "http://{m}/v1"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+health_check = {{ path = "/health", interval_ms = 100, timeout_ms = 500 }}
+
+[[providers]]
+name = "hc-down"
+type = "OPENAI"
+base_url = "http://127.0.0.1:{dead}/v1"
+api_key_env = "WHARF_TEST_PROVIDER_KEY"
+health_check = {{ path = "/health", interval_ms = 100, timeout_ms = 500 }}
+
+[[models]]
+name = "hc"
+slug = "up-1"
+provider = "hc-down"
+strategy = "round_robin"
+deployments = [{{ provider = "hc-up", slug = "up-2" }}]
+
+[[keys]]
+id = "key_route"
+hash = "{route}"
+organisation_id = "org_1"
+models = ["*"]
+"#,
+        route = sha(KEY_ROUTE)
+    );
+    let gw = Gw::start_custom(
+        &mock,
+        |port, admin, dir| config_text(&m, port, admin, dir, &extra),
+        &[],
+    )
+    .await;
+    // Both checks have run once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("wharf_upstream_healthy{provider=\"hc-down\"} 0")
+            && metrics.contains("wharf_upstream_healthy{provider=\"hc-up\"} 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no health checks: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..6 {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY_ROUTE)
+            .json(&json!({"model": "hc", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        let (attempts, provider) = (
+            header(&r, "x-wharf-attempts").to_string(),
+            header(&r, "x-wharf-provider").to_string(),
+        );
+        let status = r.status();
+        assert_eq!(status, 200, "request {i}: {}", r.text().await.unwrap());
+        assert_eq!(attempts, "1", "request {i}");
+        assert_eq!(provider, "hc-up", "request {i}");
+    }
+}

@@ -236,6 +236,17 @@ pub struct Provider {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Resolved addresses, refreshed off the request path.
     pub addrs: arc_swap::ArcSwap<Vec<SocketAddr>>,
+    /// Active health checks ([`crate::routing::health`]).
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A provider's active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path on the server root, e.g. `/health`.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 impl Provider {
@@ -849,8 +860,26 @@ fn validate_provider(
             )),
         }
     }
+    let health_check = p.health_check.as_ref().map(|h| {
+        if !h.path.starts_with('/') {
+            errs.push(format!("{at}.health_check.path: must start with `/`"));
+        }
+        if h.interval_ms == 0 || h.timeout_ms == 0 {
+            errs.push(format!(
+                "{at}.health_check: interval_ms and timeout_ms must be at least 1"
+            ));
+        }
+        HealthCheck {
+            path: h.path.clone(),
+            interval: Duration::from_millis(h.interval_ms.max(1)),
+            timeout: Duration::from_millis(h.timeout_ms.max(1)),
+        }
+    });
     match provider::build_provider(&spec, api_keys, p.api_key_env.clone()) {
-        Ok(built) if errs.len() == before => Some(built),
+        Ok(mut built) if errs.len() == before => {
+            built.health_check = health_check;
+            Some(built)
+        }
         Ok(_) => None,
         Err(problems) => {
             errs.extend(problems.into_iter().map(|e| format!("{at}.{e}")));
@@ -1161,6 +1190,31 @@ models = ["m"]
         assert!(s.contains("providers[0].type"), "{s}");
         assert!(s.contains("models[0].provider"), "{s}");
         assert!(s.contains("keys[0].models"), "{s}");
+    }
+
+    #[test]
+    fn health_checks_parse_and_are_checked() {
+        let with = |hc: &str| {
+            MIN.replace(
+                "base_url = \"http://127.0.0.1:1\"",
+                &format!("base_url = \"http://127.0.0.1:1/v1\"\nhealth_check = {hc}"),
+            )
+        };
+        let c = parse(&with("{ interval_ms = 250 }")).expect("valid");
+        let p = &c.models["m"].provider;
+        let h = p.health_check.clone().expect("a check");
+        assert_eq!(h.path, "/health");
+        assert_eq!(h.interval, Duration::from_millis(250));
+        assert_eq!(
+            crate::routing::health::check_url(p, &h),
+            "http://127.0.0.1:1/health",
+            "on the server root, not under /v1"
+        );
+        let s = parse(&with("{ path = \"health\", timeout_ms = 0 }"))
+            .expect_err("invalid")
+            .to_string();
+        assert!(s.contains("providers[0].health_check.path"), "{s}");
+        assert!(s.contains("providers[0].health_check: interval_ms"), "{s}");
     }
 
     #[test]

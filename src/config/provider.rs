@@ -173,5 +173,6 @@ pub fn build_provider(
         enabled: spec.enabled,
         headers,
         addrs: arc_swap::ArcSwap::from_pointee(addrs),
+        health_check: None,
     })
 }

@@ -294,6 +294,32 @@ pub struct RawProvider {
     /// Extra headers sent with every upstream request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Active health checks (e.g. a vLLM replica's `GET /health`).
+    pub health_check: Option<RawHealthCheck>,
+}
+
+/// `[providers.health_check]`: a `GET` of `path` (on the server root, not under the API base
+/// path) every `interval_ms`; an answer other than 2xx within `timeout_ms` takes the provider
+/// out of routing until a check passes again.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_health_interval_ms() -> u64 {
+    5000
+}
+fn default_health_timeout_ms() -> u64 {
+    1000
 }
 
 /// `[[models]]`

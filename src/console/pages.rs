@@ -851,18 +851,23 @@ async fn invite(cx: &Cx<'_>, scope: &Scope) -> Resp {
     }
 }
 
-/// The organisation picker of a platform page for an organisation section.
-async fn org_picker(cx: &Cx<'_>, scope: &Scope, section: &str) -> Resp {
-    let orgs = match cx
+/// The organisations a platform page lists (the first 500).
+async fn organisations(cx: &Cx<'_>) -> Result<Vec<Value>, ApiError> {
+    let v = cx
         .api(
             Method::GET,
             "/api/admin/organisations",
             vec![("limit".into(), "500".into())],
             None,
         )
-        .await
-    {
-        Ok(v) => v["data"].as_array().cloned().unwrap_or_default(),
+        .await?;
+    Ok(v["data"].as_array().cloned().unwrap_or_default())
+}
+
+/// The organisation picker of a platform page for an organisation section.
+async fn org_picker(cx: &Cx<'_>, scope: &Scope, section: &str) -> Resp {
+    let orgs = match organisations(cx).await {
+        Ok(v) => v,
         Err(e) => return api_error_page(cx, &e),
     };
     let title = view::SECTIONS
@@ -925,17 +930,7 @@ async fn platform_list(cx: &Cx<'_>, scope: &Scope, section: &str, tail: &[&str])
         Some(p) => p.cols,
         None => APIKEY_COLS,
     };
-    let orgs = cx
-        .api(
-            Method::GET,
-            "/api/admin/organisations",
-            vec![("limit".into(), "500".into())],
-            None,
-        )
-        .await
-        .ok()
-        .and_then(|v| v["data"].as_array().cloned())
-        .unwrap_or_default();
+    let orgs = organisations(cx).await.unwrap_or_default();
     // Names of the ids the columns show (owners of keys, budgets and quotas; providers).
     let mut names: HashMap<String, String> = HashMap::new();
     let shown: Vec<&str> = cols.iter().map(|c| c.0).collect();
@@ -1027,17 +1022,7 @@ async fn platform_dashboard(cx: &Cx<'_>, scope: &Scope) -> Resp {
     };
     let orgs = count("/api/admin/organisations").await;
     let users = count("/api/admin/users").await;
-    let list = cx
-        .api(
-            Method::GET,
-            "/api/admin/organisations",
-            vec![("limit".into(), "500".into())],
-            None,
-        )
-        .await
-        .ok()
-        .and_then(|v| v["data"].as_array().cloned())
-        .unwrap_or_default();
+    let list = organisations(cx).await.unwrap_or_default();
     // This month's totals of each organisation (the first 50), from their invoices.
     let mut month = Vec::new();
     for o in list.iter().take(50) {

@@ -148,6 +148,22 @@ fn targets_of(m: &Arc<Model>) -> Vec<Arc<Model>> {
     }
 }
 
+/// The targets whose provider fails its active health check (none are held out when all
+/// fail: passive detection and the attempts' errors decide then).
+fn held_out(targets: &[Arc<Model>]) -> Vec<usize> {
+    let down: Vec<usize> = targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| crate::routing::health::is_down(&t.provider.name))
+        .map(|(i, _)| i)
+        .collect();
+    if down.len() == targets.len() {
+        Vec::new()
+    } else {
+        down
+    }
+}
+
 /// Builds the plan for a request for `model` (already resolved and checked) on `route`.
 /// `resolve` checks a candidate exactly as the requested model was checked (grant, family,
 /// type, provider state).
@@ -180,7 +196,9 @@ pub fn plan(
     let Some(d) = &model.deployments else {
         return Plan::single(model.clone());
     };
-    let order = d.router.plan(d.strategy, &key.id, &[], Instant::now());
+    let order = d
+        .router
+        .plan(d.strategy, &key.id, &held_out(&d.targets), Instant::now());
     metrics::ROUTING_DECISIONS
         .with_label_values(&[strategy_name(d.strategy)])
         .inc();
@@ -272,7 +290,7 @@ fn policy_plan(
         }
     }
     let router = registry::router(&sig, &deps, tuning);
-    let order = router.plan(rule.strategy, &key.id, &[], Instant::now());
+    let order = router.plan(rule.strategy, &key.id, &held_out(&targets), Instant::now());
     metrics::ROUTING_DECISIONS
         .with_label_values(&[strategy_name(rule.strategy)])
         .inc();

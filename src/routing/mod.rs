@@ -7,6 +7,7 @@
 //! has failed.
 
 pub mod credentials;
+pub mod health;
 pub mod policy;
 pub mod registry;
 

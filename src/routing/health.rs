@@ -1,0 +1,141 @@
+//! Active health checks (SPEC §5, optional): providers with a `health_check` are probed with a
+//! `GET` of its path on the server root (a vLLM replica's `/health`) every `interval`; one
+//! that does not answer 2xx within `timeout` is left out of routing plans until a check passes
+//! again. Passive outlier detection ([`super::Router`]) still applies on top.
+//!
+//! The state is one set of provider names, read on the request path only when some provider
+//! has a check configured.
+
+use crate::config::{Config, HealthCheck, Provider};
+use crate::state::State;
+use async_trait::async_trait;
+use once_cell::sync::Lazy;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Whether any provider of the current configuration has a check (the request path's fast
+/// path when none has).
+static ANY: AtomicBool = AtomicBool::new(false);
+static DOWN: Lazy<RwLock<HashSet<String>>> = Lazy::new(Default::default);
+
+/// Whether provider `name` failed its last active health check.
+pub fn is_down(name: &str) -> bool {
+    if !ANY.load(Ordering::Relaxed) {
+        return false;
+    }
+    DOWN.read().map(|d| d.contains(name)).unwrap_or(false)
+}
+
+fn set(name: &str, down: bool) {
+    let Ok(mut d) = DOWN.write() else { return };
+    let changed = if down {
+        d.insert(name.to_string())
+    } else {
+        d.remove(name)
+    };
+    if changed {
+        if down {
+            tracing::warn!(
+                provider = name,
+                "health check failed: provider out of routing"
+            );
+        } else {
+            tracing::info!(
+                provider = name,
+                "health check passed: provider back in routing"
+            );
+        }
+    }
+    crate::metrics::UPSTREAM_HEALTHY
+        .with_label_values(&[name])
+        .set(i64::from(!down));
+}
+
+/// The URL a provider's check requests: its scheme and authority, then the check's path.
+pub fn check_url(p: &Provider, h: &HealthCheck) -> String {
+    format!(
+        "{}://{}{}",
+        if p.tls { "https" } else { "http" },
+        p.authority,
+        h.path
+    )
+}
+
+async fn check(client: &reqwest::Client, p: &Provider, h: &HealthCheck) -> bool {
+    let url = check_url(p, h);
+    match tokio::time::timeout(h.timeout, client.get(&url).send()).await {
+        Ok(Ok(r)) => r.status().is_success(),
+        _ => false,
+    }
+}
+
+/// The background service that runs the checks of the current configuration.
+pub struct HealthChecks {
+    pub state: Arc<State>,
+}
+
+fn checked(cfg: &Config) -> Vec<(Arc<Provider>, HealthCheck)> {
+    cfg.providers
+        .iter()
+        .filter(|p| p.enabled)
+        .filter_map(|p| p.health_check.clone().map(|h| (p.clone(), h)))
+        .collect()
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let client = match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "health checks: no HTTP client");
+                return;
+            }
+        };
+        let mut due: HashMap<String, Instant> = HashMap::new();
+        loop {
+            let snap = self.state.current();
+            let providers = checked(&snap.config);
+            ANY.store(!providers.is_empty(), Ordering::Relaxed);
+            // Providers no longer checked are not held out.
+            if let Ok(mut d) = DOWN.write() {
+                d.retain(|n| providers.iter().any(|(p, _)| &p.name == n));
+            }
+            due.retain(|n, _| providers.iter().any(|(p, _)| &p.name == n));
+            let now = Instant::now();
+            let mut round = Vec::new();
+            for (p, h) in &providers {
+                if due.get(&p.name).is_none_or(|t| *t <= now) {
+                    due.insert(p.name.clone(), now + h.interval);
+                    let (client, p, h) = (client.clone(), p.clone(), h.clone());
+                    round.push(tokio::spawn(async move {
+                        let ok = check(&client, &p, &h).await;
+                        set(&p.name, !ok);
+                    }));
+                }
+            }
+            for t in round {
+                let _ = t.await;
+            }
+            let next = due
+                .values()
+                .min()
+                .map_or(Duration::from_secs(1), |t| {
+                    t.saturating_duration_since(Instant::now())
+                })
+                .clamp(Duration::from_millis(10), Duration::from_secs(1));
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
+    }
+}
