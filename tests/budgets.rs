@@ -1464,3 +1464,39 @@ async fn stale_postgres_reservations_expire_on_a_timer_without_traffic() {
     })
     .await;
 }
+
+/// A budget deleted while a node still holds amounts to write for it does not hold back the
+/// other windows' flush to Postgres.
+#[tokio::test]
+async fn a_deleted_budget_does_not_block_the_flush_of_the_others() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let (org, key_id, secret) = db_seed(&db, &mock).await;
+    let gone = daily_budget(&db, org, key_id).await;
+    let kept = daily_budget(&db, org, key_id).await;
+    let gw = sweeping_gw(&mock, &db).await;
+    // The node loads its budget list (kept for a few seconds) and opens both windows.
+    chat_ok(&gw, &secret).await;
+    sqlx::query("DELETE FROM budgets WHERE id = $1")
+        .bind(gone)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Still on the cached list: this request settles on both.
+    chat_ok(&gw, &secret).await;
+    let cost = records_cost(&db, key_id, 2).await;
+    poll(
+        Duration::from_secs(10),
+        "the kept budget's flush",
+        async || {
+            let used: i64 =
+                sqlx::query_scalar("SELECT used_nanos FROM budget_windows WHERE budget_id = $1")
+                    .bind(kept)
+                    .fetch_one(&db.pool)
+                    .await
+                    .ok()?;
+            (used == cost).then_some(())
+        },
+    )
+    .await;
+}

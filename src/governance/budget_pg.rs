@@ -38,6 +38,8 @@ const METERS_TTL: Duration = Duration::from_secs(5);
 pub const RESERVATION_TTL_SECONDS: i64 = 900;
 
 pub(super) struct Tables {
+    /// The meters' own table.
+    pub(super) meters: &'static str,
     pub(super) windows: &'static str,
     reservations: &'static str,
     pub(super) fk: &'static str,
@@ -49,6 +51,7 @@ pub(super) struct Tables {
 }
 
 const BUDGET: Tables = Tables {
+    meters: "budgets",
     windows: "budget_windows",
     reservations: "budget_reservations",
     fk: "budget_id",
@@ -60,6 +63,7 @@ const BUDGET: Tables = Tables {
 };
 
 const QUOTA: Tables = Tables {
+    meters: "quotas",
     windows: "quota_windows",
     reservations: "quota_reservations",
     fk: "quota_id",

@@ -596,12 +596,17 @@ impl RedisBudgets {
             let ends: Vec<time::OffsetDateTime> = part.values().map(|d| at(d.end)).collect();
             let amounts: Vec<i64> = part.values().map(|d| d.amount).collect();
             let r = sqlx::query(&format!(
+                // A meter deleted meanwhile has no windows left to add to (and must not
+                // hold the batch back).
                 "INSERT INTO {w} ({fk}, window_start, window_end, {u})
                  SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])
+                   AS d(id, s, e, a)
+                  WHERE EXISTS (SELECT 1 FROM {m} WHERE {m}.id = d.id)
                  ON CONFLICT ({fk}, window_start) DO UPDATE SET {u} = {w}.{u} + EXCLUDED.{u}",
                 w = t.windows,
                 fk = t.fk,
-                u = t.used
+                u = t.used,
+                m = t.meters
             ))
             .bind(&ids)
             .bind(&starts)
