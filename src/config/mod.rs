@@ -245,6 +245,9 @@ pub struct Provider {
 pub struct HealthCheck {
     /// Path on the server root, e.g. `/health`.
     pub path: String,
+    /// The URL checked (scheme, the provider's authority, the path): what the health state
+    /// is kept by, so two providers on one endpoint share it and names never collide.
+    pub url: String,
     pub interval: Duration,
     pub timeout: Duration,
 }
@@ -869,15 +872,20 @@ fn validate_provider(
                 "{at}.health_check: interval_ms and timeout_ms must be at least 1"
             ));
         }
-        HealthCheck {
-            path: h.path.clone(),
-            interval: Duration::from_millis(h.interval_ms.max(1)),
-            timeout: Duration::from_millis(h.timeout_ms.max(1)),
-        }
+        (
+            h.path.clone(),
+            Duration::from_millis(h.interval_ms.max(1)),
+            Duration::from_millis(h.timeout_ms.max(1)),
+        )
     });
     match provider::build_provider(&spec, api_keys, p.api_key_env.clone()) {
         Ok(mut built) if errs.len() == before => {
-            built.health_check = health_check;
+            built.health_check = health_check.map(|(path, interval, timeout)| HealthCheck {
+                url: crate::routing::health::check_url(&built, &path),
+                path,
+                interval,
+                timeout,
+            });
             Some(built)
         }
         Ok(_) => None,
@@ -1206,8 +1214,7 @@ models = ["m"]
         assert_eq!(h.path, "/health");
         assert_eq!(h.interval, Duration::from_millis(250));
         assert_eq!(
-            crate::routing::health::check_url(p, &h),
-            "http://127.0.0.1:1/health",
+            h.url, "http://127.0.0.1:1/health",
             "on the server root, not under /v1"
         );
         let s = parse(&with("{ path = \"health\", timeout_ms = 0 }"))

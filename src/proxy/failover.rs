@@ -154,7 +154,7 @@ fn held_out(targets: &[Arc<Model>]) -> Vec<usize> {
     let down: Vec<usize> = targets
         .iter()
         .enumerate()
-        .filter(|(_, t)| crate::routing::health::is_down(&t.provider.name))
+        .filter(|(_, t)| crate::routing::health::is_down(&t.provider))
         .map(|(i, _)| i)
         .collect();
     if down.len() == targets.len() {

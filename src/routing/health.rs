@@ -3,8 +3,8 @@
 //! that does not answer 2xx within `timeout` is left out of routing plans until a check passes
 //! again. Passive outlier detection ([`super::Router`]) still applies on top.
 //!
-//! The state is one set of provider names, read on the request path only when some provider
-//! has a check configured.
+//! The state is one set of checked URLs (so providers of different organisations that share a
+//! name never share a state), read on the request path only when some provider has a check.
 
 use crate::config::{Config, HealthCheck, Provider};
 use crate::state::State;
@@ -23,20 +23,23 @@ use tokio::time::Instant;
 static ANY: AtomicBool = AtomicBool::new(false);
 static DOWN: Lazy<RwLock<HashSet<String>>> = Lazy::new(Default::default);
 
-/// Whether provider `name` failed its last active health check.
-pub fn is_down(name: &str) -> bool {
+/// Whether provider `p` failed its last active health check.
+pub fn is_down(p: &Provider) -> bool {
     if !ANY.load(Ordering::Relaxed) {
         return false;
     }
-    DOWN.read().map(|d| d.contains(name)).unwrap_or(false)
+    let Some(h) = &p.health_check else {
+        return false;
+    };
+    DOWN.read().map(|d| d.contains(&h.url)).unwrap_or(false)
 }
 
-fn set(name: &str, down: bool) {
+fn set(name: &str, url: &str, down: bool) {
     let Ok(mut d) = DOWN.write() else { return };
     let changed = if down {
-        d.insert(name.to_string())
+        d.insert(url.to_string())
     } else {
-        d.remove(name)
+        d.remove(url)
     };
     if changed {
         if down {
@@ -57,18 +60,16 @@ fn set(name: &str, down: bool) {
 }
 
 /// The URL a provider's check requests: its scheme and authority, then the check's path.
-pub fn check_url(p: &Provider, h: &HealthCheck) -> String {
+pub fn check_url(p: &Provider, path: &str) -> String {
     format!(
-        "{}://{}{}",
+        "{}://{}{path}",
         if p.tls { "https" } else { "http" },
         p.authority,
-        h.path
     )
 }
 
-async fn check(client: &reqwest::Client, p: &Provider, h: &HealthCheck) -> bool {
-    let url = check_url(p, h);
-    match tokio::time::timeout(h.timeout, client.get(&url).send()).await {
+async fn check(client: &reqwest::Client, h: &HealthCheck) -> bool {
+    match tokio::time::timeout(h.timeout, client.get(&h.url).send()).await {
         Ok(Ok(r)) => r.status().is_success(),
         _ => false,
     }
@@ -105,20 +106,20 @@ impl BackgroundService for HealthChecks {
             let snap = self.state.current();
             let providers = checked(&snap.config);
             ANY.store(!providers.is_empty(), Ordering::Relaxed);
-            // Providers no longer checked are not held out.
+            // Endpoints no longer checked are not held out.
             if let Ok(mut d) = DOWN.write() {
-                d.retain(|n| providers.iter().any(|(p, _)| &p.name == n));
+                d.retain(|u| providers.iter().any(|(_, h)| &h.url == u));
             }
-            due.retain(|n, _| providers.iter().any(|(p, _)| &p.name == n));
+            due.retain(|u, _| providers.iter().any(|(_, h)| &h.url == u));
             let now = Instant::now();
             let mut round = Vec::new();
             for (p, h) in &providers {
-                if due.get(&p.name).is_none_or(|t| *t <= now) {
-                    due.insert(p.name.clone(), now + h.interval);
+                if due.get(&h.url).is_none_or(|t| *t <= now) {
+                    due.insert(h.url.clone(), now + h.interval);
                     let (client, p, h) = (client.clone(), p.clone(), h.clone());
                     round.push(tokio::spawn(async move {
-                        let ok = check(&client, &p, &h).await;
-                        set(&p.name, !ok);
+                        let ok = check(&client, &h).await;
+                        set(&p.name, &h.url, !ok);
                     }));
                 }
             }
