@@ -427,27 +427,7 @@ async fn db_gw_with(
     }
     let gw = Gw::start_custom(
         mock,
-        |port, admin, dir| {
-            format!(
-                r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-threads = 2
-log_level = "warn"
-pid_file = "{dir}/wharf.pid"
-upgrade_sock = "{dir}/upgrade.sock"
-
-[usage]
-path = "{dir}/usage.jsonl"
-spill_path = "{dir}/spill.jsonl"
-
-[database]
-url_env = "WHARF_TEST_DATABASE_URL"
-{hook}"#,
-                dir = dir.display()
-            )
-        },
+        |port, admin, dir| common::db::node_config(port, admin, dir, &hook),
         &[
             ("WHARF_TEST_DATABASE_URL", db.url()),
             ("WHARF_MASTER_KEYS", MASTER.to_string()),

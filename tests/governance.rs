@@ -908,25 +908,7 @@ period = "MONTHLY"
 const MASTER: &str = common::db::TEST_MASTER_KEYS;
 
 fn db_text(port: u16, admin: u16, dir: &std::path::Path) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-threads = 2
-log_level = "warn"
-pid_file = "{dir}/wharf.pid"
-upgrade_sock = "{dir}/upgrade.sock"
-
-[usage]
-path = "{dir}/usage.jsonl"
-spill_path = "{dir}/spill.jsonl"
-
-[database]
-url_env = "WHARF_TEST_DATABASE_URL"
-"#,
-        dir = dir.display()
-    )
+    common::db::node_config(port, admin, dir, "")
 }
 
 async fn db_gw(mock: &wharf::mock::MockServer, db: &common::db::TestDb) -> Gw {
