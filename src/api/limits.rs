@@ -136,6 +136,21 @@ async fn meter_rows(
     Ok(rows)
 }
 
+/// One reservation in flight, as the window views list it.
+fn reservation(
+    request_id: &str,
+    amount: i64,
+    created: OffsetDateTime,
+    expires: OffsetDateTime,
+) -> Value {
+    json!({
+        "request_id": request_id,
+        "amount": amount,
+        "created_at": rfc3339(created),
+        "expires_at": rfc3339(expires),
+    })
+}
+
 /// One meter with its current window.
 async fn with_window(ctx: &Ctx<'_>, kind: Meter, r: Row) -> ApiResult<Value> {
     let t = kind.tables();
@@ -184,12 +199,7 @@ async fn with_window(ctx: &Ctx<'_>, kind: Meter, r: Row) -> ApiResult<Value> {
         reservations = rows
             .into_iter()
             .map(|(request_id, amount, created, expires)| {
-                json!({
-                    "request_id": request_id,
-                    "amount": amount,
-                    "created_at": rfc3339(created),
-                    "expires_at": rfc3339(expires),
-                })
+                reservation(&request_id, amount, created, expires)
             })
             .collect();
     }
@@ -207,34 +217,25 @@ async fn with_window(ctx: &Ctx<'_>, kind: Meter, r: Row) -> ApiResult<Value> {
         }
         _ => None,
     };
-    let (used, reserved, rollover) =
-        match &live {
-            Some(l) => {
-                in_flight += l.in_flight;
-                reservations.extend(l.reservations.iter().map(
-                    |(request_id, amount, expires_ms)| {
-                        let at = |ms: i64| {
-                            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                                .map(rfc3339)
-                                .unwrap_or(Value::Null)
-                        };
-                        let ttl = crate::governance::budget_pg::RESERVATION_TTL_SECONDS * 1000;
-                        json!({
-                            "request_id": request_id,
-                            "amount": amount,
-                            "created_at": at(expires_ms - ttl),
-                            "expires_at": at(*expires_ms),
-                        })
-                    },
-                ));
-                (
-                    l.used.max(used),
-                    reserved + l.reserved,
-                    l.rollover.max(rollover),
-                )
-            }
-            None => (used, reserved, rollover),
-        };
+    let (used, reserved, rollover) = match &live {
+        Some(l) => {
+            in_flight += l.in_flight;
+            let ttl = crate::governance::budget_pg::RESERVATION_TTL_SECONDS * 1000;
+            let at = |ms: i64| {
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            };
+            reservations.extend(l.reservations.iter().map(|(id, amount, expires_ms)| {
+                reservation(id, *amount, at(expires_ms - ttl), at(*expires_ms))
+            }));
+            (
+                l.used.max(used),
+                reserved + l.reserved,
+                l.rollover.max(rollover),
+            )
+        }
+        None => (used, reserved, rollover),
+    };
     let limit = r.limit_value.saturating_add(rollover);
     let active = r.enabled
         && r.starts_at.is_none_or(|s| odt(now) >= s)

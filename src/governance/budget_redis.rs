@@ -211,10 +211,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The Redis key of `m`'s window starting at `start`.
 pub fn window_key(m: &Meter, start: Timestamp) -> String {
+    key_of(m.quota, &m.id, start)
+}
+
+/// The Redis key of the window starting at `start` of budget (or quota) `meter_id`.
+fn key_of(quota: bool, meter_id: &str, start: Timestamp) -> String {
     format!(
-        "wharf:bw:{}:{}:{}",
-        if m.quota { "q" } else { "b" },
-        m.id,
+        "wharf:bw:{}:{meter_id}:{}",
+        if quota { "q" } else { "b" },
         start.as_second()
     )
 }
@@ -504,11 +508,7 @@ impl RedisBudgets {
         start: Timestamp,
         max_reservations: usize,
     ) -> Option<LiveWindow> {
-        let key = format!(
-            "wharf:bw:{}:{meter_id}:{}",
-            if quota { "q" } else { "b" },
-            start.as_second()
-        );
+        let key = key_of(quota, meter_id, start);
         let v: Vec<String> = self
             .redis
             .run(

@@ -151,6 +151,9 @@ fn targets_of(m: &Arc<Model>) -> Vec<Arc<Model>> {
 /// The targets whose provider fails its active health check (none are held out when all
 /// fail: passive detection and the attempts' errors decide then).
 fn held_out(targets: &[Arc<Model>]) -> Vec<usize> {
+    if !crate::routing::health::any() {
+        return Vec::new();
+    }
     let down: Vec<usize> = targets
         .iter()
         .enumerate()

@@ -23,6 +23,11 @@ use tokio::time::Instant;
 static ANY: AtomicBool = AtomicBool::new(false);
 static DOWN: Lazy<RwLock<HashSet<String>>> = Lazy::new(Default::default);
 
+/// Whether any provider of the current configuration is checked (none can be down if not).
+pub fn any() -> bool {
+    ANY.load(Ordering::Relaxed)
+}
+
 /// Whether provider `p` failed its last active health check.
 pub fn is_down(p: &Provider) -> bool {
     if !ANY.load(Ordering::Relaxed) {
