@@ -144,17 +144,37 @@ impl Metric {
     }
 
     pub(crate) fn actual(self, r: &UsageRecord) -> u64 {
-        let t = &r.tokens;
+        self.of(&Actual {
+            cost_nanos: r.cost_nanos,
+            input: r.tokens.input,
+            output: r.tokens.output,
+            error: r.status >= 400 || r.outcome != "success",
+            latency_ms: r.latency_ms,
+        })
+    }
+
+    /// The amount of a finished request this metric counts.
+    pub(crate) fn of(self, a: &Actual) -> u64 {
         match self {
-            Metric::Cost => r.cost_nanos,
+            Metric::Cost => a.cost_nanos,
             Metric::Requests => 1,
-            Metric::Tokens => t.input + t.output,
-            Metric::TokensIn => t.input,
-            Metric::TokensOut => t.output,
-            Metric::Errors => u64::from(r.status >= 400 || r.outcome != "success"),
-            Metric::LatencyMs => r.latency_ms.max(0.0) as u64,
+            Metric::Tokens => a.input + a.output,
+            Metric::TokensIn => a.input,
+            Metric::TokensOut => a.output,
+            Metric::Errors => u64::from(a.error),
+            Metric::LatencyMs => a.latency_ms.max(0.0) as u64,
         }
     }
+}
+
+/// What a finished request's usage record says, for [`Metric::of`].
+pub(crate) struct Actual {
+    pub cost_nanos: u64,
+    pub input: u64,
+    pub output: u64,
+    /// Status 400 or more, or an outcome other than `success`.
+    pub error: bool,
+    pub latency_ms: f64,
 }
 
 /// Whose traffic a meter counts.

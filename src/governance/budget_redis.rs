@@ -765,19 +765,13 @@ struct RecordRow {
 impl RecordRow {
     /// What [`Metric::actual`] gives for the record.
     fn actual(&self, metric: Metric) -> u64 {
-        let (i, o) = (
-            self.input_tokens.max(0) as u64,
-            self.output_tokens.max(0) as u64,
-        );
-        match metric {
-            Metric::Cost => self.cost_nanos.max(0) as u64,
-            Metric::Requests => 1,
-            Metric::Tokens => i + o,
-            Metric::TokensIn => i,
-            Metric::TokensOut => o,
-            Metric::Errors => u64::from(self.status >= 400 || self.outcome != "success"),
-            Metric::LatencyMs => self.latency_ms.max(0.0) as u64,
-        }
+        metric.of(&super::budget::Actual {
+            cost_nanos: self.cost_nanos.max(0) as u64,
+            input: self.input_tokens.max(0) as u64,
+            output: self.output_tokens.max(0) as u64,
+            error: self.status >= 400 || self.outcome != "success",
+            latency_ms: self.latency_ms,
+        })
     }
 }
 
