@@ -173,6 +173,10 @@ pub struct UsageRecord {
     pub pricing: Option<Pricing>,
     pub attempts: Vec<Attempt>,
     pub provider_request_id: Option<String>,
+    /// The `X-Request-Id` the client sent, if any: kept for correlation, never an identity
+    /// (`request_id` is always the gateway's own, unique per request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     /// The upstream stream ended before its normal end.
     pub stream_cut: bool,
     pub client_disconnected: bool,

@@ -119,6 +119,8 @@ fn record(prefix: &str, i: u64) -> UsageRecord {
         stream_cut: error && stream,
         request_bytes: 300 + i,
         response_bytes: if error { 0 } else { 900 + i },
+        // Clients may send one X-Request-Id for many requests: never an identity.
+        client_request_id: Some("client-same".into()),
         ..Default::default()
     }
 }
@@ -388,6 +390,13 @@ async fn batch_is_stored_with_every_field_and_daily_rollups() {
     assert_eq!(out, WriteOutcome::Written(n as u64));
     assert_eq!(count(&db.pool).await, n);
     assert!(!store.spill_path().exists(), "nothing spilled");
+    let same: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM usage_records WHERE client_request_id = 'client-same'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count by client id");
+    assert_eq!(same, 16, "one client id over 16 requests keeps 16 records");
 
     // A streamed success with a failed attempt before it (i = 0) and an upstream error (i = 3).
     let r = sqlx::query("SELECT * FROM usage_records WHERE request_id = 'req-000'")

@@ -30,8 +30,8 @@
 //! `x-mock-ttft-ms`, `x-mock-itl-ms`, `x-mock-tokens`, `x-mock-status`,
 //! `x-mock-retry-after`, `x-mock-fault` (`reset`, `close`, `hang`,
 //! `drop-mid-stream`, `reset-mid-stream`, `stall-mid-stream`,
-//! `error-event`), `x-mock-fault-once`, `x-mock-drop-after`,
-//! `x-mock-tool-call` and `x-mock-echo-headers`.
+//! `error-event`, `end-early`), `x-mock-fault-once`, `x-mock-drop-after`,
+//! `x-mock-tool-call`, `x-mock-echo-headers` and `x-mock-echo-auth`.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -58,7 +58,7 @@ Request-header knobs:
   x-mock-tokens: N                                  completion tokens
   x-mock-status: 4xx|5xx, x-mock-retry-after: S     forced error in the family's shape
   x-mock-fault: reset | close | hang | drop-mid-stream | reset-mid-stream |
-                stall-mid-stream | error-event
+                stall-mid-stream | error-event | end-early
   x-mock-fault-once: TOKEN                          fault only the first request with TOKEN
   x-mock-drop-after: N                              events before a mid-stream fault
   x-mock-tool-call: NAME                            Anthropic/Gemini: call tool NAME

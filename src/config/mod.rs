@@ -140,6 +140,7 @@ pub struct ServerConfig {
     pub log_level: String,
     pub log_json: bool,
     pub metrics_on_proxy: bool,
+    pub retry_on_reused_connection: bool,
     pub config_watch_interval: Duration,
     pub client_body_timeout: Duration,
     pub tls: Option<TlsConfig>,
@@ -224,6 +225,8 @@ pub struct Provider {
     pub api_key: Option<Secret>,
     /// The credential header values, ready to insert (built at load), used in turn.
     pub credentials: Credentials,
+    /// Masks the provider's secrets in what it answers (built at load).
+    pub redactor: Option<crate::routing::redact::Redactor>,
     pub api_key_env: Option<String>,
     /// Header carrying the credential (lower case).
     pub auth_header: HeaderName,
@@ -786,6 +789,7 @@ fn validate_server(s: &raw::RawServer, errs: &mut Vec<String>) -> ServerConfig {
         log_level: s.log_level.clone(),
         log_json: s.log_format == "json",
         metrics_on_proxy: s.metrics_on_proxy,
+        retry_on_reused_connection: s.retry_on_reused_connection,
         config_watch_interval: Duration::from_millis(s.config_watch_interval_ms.max(1)),
         client_body_timeout: Duration::from_millis(s.client_body_timeout_ms.max(1)),
         tls,

@@ -190,6 +190,11 @@ pub struct RawServer {
     pub log_format: String,
     #[serde(default = "default_true")]
     pub metrics_on_proxy: bool,
+    /// Replay a request, to the same provider, when a pooled upstream connection fails before
+    /// the response headers (the provider had closed it). A provider that did process the
+    /// first send then generates twice; `false` answers 502 instead.
+    #[serde(default = "default_true")]
+    pub retry_on_reused_connection: bool,
     #[serde(default = "default_watch_ms")]
     pub config_watch_interval_ms: u64,
     /// Longest wait for a client's request body.
@@ -219,6 +224,7 @@ impl Default for RawServer {
             log_level: default_log_level(),
             log_format: default_log_format(),
             metrics_on_proxy: true,
+            retry_on_reused_connection: true,
             config_watch_interval_ms: default_watch_ms(),
             client_body_timeout_ms: default_body_timeout_ms(),
             tls: None,

@@ -556,6 +556,8 @@ struct SpilledRecord {
     client_disconnected: bool,
     request_bytes: u64,
     response_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mcp_server: Option<String>,
     /// MCP calls, stored into `mcp_usage_records` once the record is replayed.
@@ -627,6 +629,7 @@ struct Row<'a> {
     client_disconnected: bool,
     request_bytes: u64,
     response_bytes: u64,
+    client_request_id: Option<&'a str>,
     /// MCP tool calls of the request and their cost (for the rollups).
     mcp_calls: u64,
     mcp_cost_nanos: u64,
@@ -678,6 +681,7 @@ impl<'a> Row<'a> {
             client_disconnected: r.client_disconnected,
             request_bytes: r.request_bytes,
             response_bytes: r.response_bytes,
+            client_request_id: r.client_request_id.as_deref(),
             mcp_calls: r.mcp_calls.len() as u64,
             mcp_cost_nanos: r.mcp_calls.iter().map(|c| c.cost_nanos).sum(),
         }
@@ -720,6 +724,7 @@ impl<'a> Row<'a> {
             client_disconnected: r.client_disconnected,
             request_bytes: r.request_bytes,
             response_bytes: r.response_bytes,
+            client_request_id: r.client_request_id.as_deref(),
             mcp_calls: r.mcp_calls.len() as u64,
             mcp_cost_nanos: r
                 .mcp_calls
@@ -841,6 +846,7 @@ struct Columns {
     client_disconnected: Vec<bool>,
     request_bytes: Vec<i64>,
     response_bytes: Vec<i64>,
+    client_request_id: Vec<Option<String>>,
     mcp_calls: Vec<i64>,
     mcp_cost_nanos: Vec<i64>,
 }
@@ -909,6 +915,10 @@ impl Columns {
         self.client_disconnected.push(r.client_disconnected);
         self.request_bytes.push(big(r.request_bytes));
         self.response_bytes.push(big(r.response_bytes));
+        self.client_request_id.push(
+            r.client_request_id
+                .map(|c| text(c).chars().take(200).collect()),
+        );
         self.mcp_calls.push(big(r.mcp_calls));
         self.mcp_cost_nanos.push(big(r.mcp_cost_nanos));
     }
@@ -955,6 +965,7 @@ impl Columns {
             .bind(self.response_bytes)
             .bind(self.mcp_calls)
             .bind(self.mcp_cost_nanos)
+            .bind(self.client_request_id)
     }
 }
 
@@ -975,7 +986,7 @@ WITH input AS (
         $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[],
         $26::bigint[], $27::integer[], $28::text[], $29::bigint[], $30::jsonb[], $31::jsonb[],
         $32::text[], $33::boolean[], $34::boolean[], $35::bigint[], $36::bigint[],
-        $37::bigint[], $38::bigint[]
+        $37::bigint[], $38::bigint[], $39::text[]
     ) AS t(request_id, created_at, organisation_id, team_id, user_id, api_key_id,
            method, endpoint, provider, provider_type, model, upstream_model,
            stream, status, outcome, error_code, denied_by,
@@ -983,7 +994,7 @@ WITH input AS (
            input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, total_tokens,
            embedding_tokens, image_count, usage_source, cost_nanos, pricing, attempts,
            provider_request_id, stream_cut, client_disconnected, request_bytes, response_bytes,
-           mcp_calls, mcp_cost_nanos)
+           mcp_calls, mcp_cost_nanos, client_request_id)
 ),
 inserted AS (
     INSERT INTO usage_records (
@@ -993,7 +1004,8 @@ inserted AS (
         latency_ms, ttfb_ms, overhead_us,
         input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, total_tokens,
         embedding_tokens, image_count, usage_source, cost_nanos, pricing, attempts,
-        provider_request_id, stream_cut, client_disconnected, request_bytes, response_bytes)
+        provider_request_id, stream_cut, client_disconnected, request_bytes, response_bytes,
+        client_request_id)
     SELECT
         request_id, created_at, organisation_id, team_id, user_id, api_key_id,
         method, endpoint, provider, provider_type, model, upstream_model,
@@ -1001,7 +1013,8 @@ inserted AS (
         latency_ms, ttfb_ms, overhead_us,
         input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, total_tokens,
         embedding_tokens, image_count, usage_source, cost_nanos, pricing, attempts,
-        provider_request_id, stream_cut, client_disconnected, request_bytes, response_bytes
+        provider_request_id, stream_cut, client_disconnected, request_bytes, response_bytes,
+        client_request_id
     FROM input
     ORDER BY request_id
     ON CONFLICT (request_id) DO NOTHING
@@ -1124,6 +1137,7 @@ mod tests {
                 latency_ms: 1.5,
             }],
             provider_request_id: Some("chatcmpl-1".into()),
+            client_request_id: Some("client-1".into()),
             stream_cut: true,
             client_disconnected: true,
             request_bytes: 100,

@@ -99,6 +99,9 @@ pub(crate) enum Truncation {
     Stall { after: usize },
     /// Send the stream's error event, then end the body properly.
     ErrorEvent { after: usize },
+    /// End the body properly (the terminating chunk; for unary bodies a `Content-Length`
+    /// that matches the half sent), without the stream's normal end.
+    End { after: usize },
 }
 
 impl Truncation {
@@ -107,7 +110,8 @@ impl Truncation {
             Truncation::Close { after }
             | Truncation::Reset { after }
             | Truncation::Stall { after }
-            | Truncation::ErrorEvent { after } => after,
+            | Truncation::ErrorEvent { after }
+            | Truncation::End { after } => after,
         }
     }
 }
@@ -226,6 +230,9 @@ pub(crate) enum Fault {
     ResetMidStream,
     StallMidStream,
     ErrorEvent,
+    /// End the body with valid framing but early: a stream without its terminator, a unary
+    /// JSON body cut in half (and so not JSON) with a matching `Content-Length`.
+    EndEarly,
 }
 
 /// Upper bound for completion tokens per answer.
@@ -242,6 +249,8 @@ pub(crate) struct Knobs {
     pub fault: Option<Fault>,
     pub drop_after: usize,
     pub echo_headers: bool,
+    /// `x-mock-echo-auth`: echo the request's credential (header and error body).
+    pub echo_auth: bool,
     /// `x-mock-tool-call`: answer with a call to this tool.
     pub tool_call: Option<String>,
 }
@@ -270,11 +279,12 @@ impl Knobs {
                 "reset-mid-stream" => Fault::ResetMidStream,
                 "stall-mid-stream" => Fault::StallMidStream,
                 "error-event" => Fault::ErrorEvent,
+                "end-early" => Fault::EndEarly,
                 _ => {
                     return Err(format!(
                         "Invalid value for header 'x-mock-fault': '{v}'. Expected one of \
                          reset, close, hang, drop-mid-stream, reset-mid-stream, \
-                         stall-mid-stream, error-event."
+                         stall-mid-stream, error-event, end-early."
                     ))
                 }
             }),
@@ -310,6 +320,9 @@ impl Knobs {
             drop_after: number(req, "x-mock-drop-after")?.unwrap_or(3),
             echo_headers: req
                 .header("x-mock-echo-headers")
+                .is_some_and(|v| matches!(v, "1" | "true" | "yes" | "on")),
+            echo_auth: req
+                .header("x-mock-echo-auth")
                 .is_some_and(|v| matches!(v, "1" | "true" | "yes" | "on")),
             tool_call: req
                 .header("x-mock-tool-call")

@@ -473,6 +473,20 @@ impl Conn {
             Body::Sse(_) => &[],
         };
         let mut out = Vec::with_capacity(512 + body.len());
+        let half = &body[..body.len() / 2];
+        if let Truncation::End { .. } = truncation {
+            // A well-framed answer whose body is not the JSON it claims to be.
+            write_head(
+                &mut out,
+                reply,
+                Framing::Length(half.len()),
+                req.keep_alive,
+                req.received_at,
+            );
+            out.extend_from_slice(half);
+            self.stream.write_all(&out).await?;
+            return self.stream.flush().await;
+        }
         write_head(
             &mut out,
             reply,
@@ -480,7 +494,7 @@ impl Conn {
             req.keep_alive,
             req.received_at,
         );
-        out.extend_from_slice(&body[..body.len() / 2]);
+        out.extend_from_slice(half);
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
         self.finish_truncation(truncation).await;
@@ -494,6 +508,7 @@ impl Conn {
                 self.wait_for_close_briefly().await;
             }
             Truncation::Reset { .. } => self.reset(),
+            Truncation::End { .. } => {}
             Truncation::Stall { .. } => self.wait_for_close().await,
         }
     }
@@ -556,6 +571,8 @@ impl Conn {
                 self.stream.write_all(&out).await?;
                 self.stream.flush().await?;
             }
+            // A clean end of the body, without the stream's own final event.
+            (Some(Truncation::End { .. }), _) => {}
             (Some(truncation), _) => {
                 self.finish_truncation(truncation).await;
                 return Ok(false);

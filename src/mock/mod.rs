@@ -112,10 +112,12 @@
 //! | `x-mock-fault: reset-mid-stream` | same, but abort with RST |
 //! | `x-mock-fault: stall-mid-stream` | same, but then go silent and keep the socket open |
 //! | `x-mock-fault: error-event` | after `x-mock-drop-after` events send the family's mid-stream error (Anthropic `event: error` with `overloaded_error`, Gemini `UNAVAILABLE`, OpenAI `server_error`) and end the stream cleanly; a unary answer becomes a 529 / 503 / 500 error |
+//! | `x-mock-fault: end-early` | after `x-mock-drop-after` events end the body cleanly (terminating chunk) without the stream's normal end; a unary answer sends half its JSON with a matching `Content-Length` |
 //! | `x-mock-fault-once: TOKEN` | apply `x-mock-fault` only to the first request carrying TOKEN |
 //! | `x-mock-drop-after: N` | events sent before a `*-mid-stream` or `error-event` fault |
 //! | `x-mock-tool-call: NAME` | Anthropic / Gemini: answer with a call to tool NAME |
 //! | `x-mock-echo-headers: 1` | JSON answers get a `mock_echo_headers` list of the request's header names |
+//! | `x-mock-echo-auth: 1` | echo the request's credential in an `x-mock-echo-authorization` header and, for errors, a `mock_echo_authorization` body field (as some proxies do) |
 //!
 //! An invalid knob value is answered with `400` in the family's error shape.
 //!

@@ -83,6 +83,7 @@ pub(crate) fn handle(cfg: &MockConfig, req: &Request) -> Action {
         Some(Fault::ResetMidStream) => Some(Truncation::Reset { after }),
         Some(Fault::StallMidStream) => Some(Truncation::Stall { after }),
         Some(Fault::ErrorEvent) => Some(Truncation::ErrorEvent { after }),
+        Some(Fault::EndEarly) => Some(Truncation::End { after }),
         None => None,
     };
     let mut reply = family.route(cfg, req, &knobs);
@@ -110,6 +111,19 @@ pub(crate) fn handle(cfg: &MockConfig, req: &Request) -> Action {
             let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
             append_field(body, "mock_echo_headers", &names);
         }
+    }
+    if knobs.echo_auth {
+        // As some proxies and self-hosted servers do: the credential the request carried,
+        // echoed in a response header and (for errors) in the body.
+        let auth = ["authorization", "x-api-key", "x-goog-api-key", "api-key"]
+            .iter()
+            .find_map(|h| req.header(h))
+            .unwrap_or_default()
+            .to_owned();
+        if let (Body::Json(body), true) = (&mut reply.body, reply.status >= 400) {
+            append_field(body, "mock_echo_authorization", &auth);
+        }
+        reply.headers.push(("x-mock-echo-authorization", auth));
     }
     Action::Reply(reply)
 }

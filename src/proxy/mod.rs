@@ -74,7 +74,10 @@ pub struct Ctx {
     start: Instant,
     started_at: SystemTime,
     snap: Arc<Snapshot>,
+    /// The gateway's own id of this request: the usage record's identity, sent upstream.
     request_id: String,
+    /// The client's `X-Request-Id`, if it sent a well-formed one (echoed back).
+    client_request_id: Option<String>,
     route: Option<Route>,
     key: Option<Arc<VirtualKey>>,
     model: Option<Arc<Model>>,
@@ -117,6 +120,8 @@ pub struct Ctx {
     filters: Option<Box<crate::filters::RequestFilters>>,
     /// Rate-limit grant (leases, token reservation) and `x-ratelimit-*` values.
     gov: crate::governance::RequestGov,
+    /// Masks the provider's secrets in an error body it sends (some echo the credential).
+    redact: Option<crate::routing::redact::RedactStream>,
     /// MCP requests (`/v1/mcp/...`): the server and its calls.
     mcp: Option<Box<crate::mcp::McpCtx>>,
     _in_flight: InFlight,
@@ -133,6 +138,13 @@ struct Unified {
 }
 
 impl Ctx {
+    /// The id the client sees in `x-request-id`: its own when it sent one, else the gateway's.
+    fn echoed_request_id(&self) -> &str {
+        self.client_request_id
+            .as_deref()
+            .unwrap_or(&self.request_id)
+    }
+
     /// Records a stage that began at `start` and ends now (for the request's trace).
     fn mark(&mut self, stage: &'static str, start: Instant) {
         if self.trace.is_some_and(|t| t.sampled) {
@@ -152,10 +164,11 @@ async fn write_reply(
     reply: Reply,
     extra: &[(&str, String)],
 ) -> Result<bool> {
-    let mut h = ResponseHeader::build(reply.status, Some(4 + extra.len()))?;
+    let mut h = ResponseHeader::build(reply.status, Some(5 + extra.len()))?;
     h.insert_header("content-type", reply.content_type)?;
     h.insert_header("content-length", reply.body.len().to_string())?;
-    h.insert_header("x-request-id", ctx.request_id.as_str())?;
+    h.insert_header("x-request-id", ctx.echoed_request_id())?;
+    h.insert_header("x-wharf-request-id", ctx.request_id.as_str())?;
     for (k, v) in extra {
         h.insert_header(k.to_string(), v.as_str())?;
     }
@@ -209,17 +222,16 @@ async fn write_block(s: &mut Session, ctx: &mut Ctx, b: crate::filters::Block) -
 }
 
 /// A well-formed client request id is kept; anything else is replaced.
-fn request_id_from(h: &RequestHeader) -> String {
-    if let Some(v) = h.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        if !v.is_empty()
-            && v.len() <= 128
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        {
-            return v.to_string();
-        }
-    }
-    next_request_id()
+/// The client's `X-Request-Id`, when well formed: echoed back and kept in the usage record
+/// for correlation. It is never the record's identity (clients reuse ids, and one tenant's
+/// ids must not collide with another's): that is always [`next_request_id`].
+fn client_request_id(h: &RequestHeader) -> Option<String> {
+    let v = h.headers.get("x-request-id")?.to_str().ok()?;
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| v.to_string())
 }
 
 /// A request id: 32 hex characters, time-ordered, unique per process (a random per-process
@@ -283,6 +295,12 @@ async fn read_body(s: &mut Session, max: usize, timeout: Duration) -> Result<Bod
             }
         }
         let chunk = match tokio::time::timeout_at(deadline, s.read_request_body()).await {
+            Ok(Err(e)) if is_framing_error(&e) => {
+                return Ok(BodyRead::Reject(GatewayError::new(
+                    ErrorCode::InvalidRequestBody,
+                    "malformed chunked request body (bad chunk size or terminator)",
+                )))
+            }
             Ok(r) => r?,
             Err(_) => {
                 return Ok(BodyRead::Reject(GatewayError::new(
@@ -311,6 +329,15 @@ async fn read_body(s: &mut Session, max: usize, timeout: Duration) -> Result<Bod
         )));
     }
     Ok(BodyRead::Ok(buf.freeze()))
+}
+
+/// Whether a body read failed on the client's broken framing (a bad chunk size such as `zz`,
+/// an overlong or negative one, a bad terminator): the client's error, answered with 400.
+fn is_framing_error(e: &Error) -> bool {
+    matches!(
+        e.etype().as_str(),
+        "InvalidChunk" | "InvalidTrailerEnd" | "InvalidHTTPHeader"
+    )
 }
 
 fn too_large(max: usize) -> GatewayError {
@@ -874,6 +901,58 @@ impl Gateway {
 
     /// Turns the provider's answer into the unified endpoint's: SSE translated event by event,
     /// unary answers normalized at the end, provider errors wrapped in the gateway's envelope.
+    /// Drops credential and cookie headers from the provider's answer, masks its secrets in
+    /// the other header values, and arms the body mask for an error answer.
+    fn redact_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        use crate::routing::redact::{RedactStream, DENIED_RESPONSE_HEADERS};
+        for h in DENIED_RESPONSE_HEADERS {
+            resp.remove_header(h);
+        }
+        let Some(r) = ctx
+            .model
+            .as_ref()
+            .and_then(|m| m.provider.redactor.as_ref())
+        else {
+            return Ok(());
+        };
+        for (name, value) in r.masked_headers(&resp.headers) {
+            resp.insert_header(name, value)?;
+        }
+        ctx.redact = (resp.status.as_u16() >= 400).then(RedactStream::default);
+        Ok(())
+    }
+
+    /// A stream the provider ended cleanly but before its terminator (`[DONE]`,
+    /// `message_stop`, Gemini's `finishReason`, `response.completed`): the client gets the
+    /// family's final error event, as for a reset, instead of a silently truncated answer.
+    fn end_cut_stream(body: &mut Option<Bytes>, ctx: &mut Ctx) {
+        let tap = &ctx.tap;
+        if !matches!(tap.mode, TapMode::Sse { .. })
+            || tap.done
+            || tap.error_event
+            || ctx.denied_by.is_some()
+        {
+            return;
+        }
+        let e = GatewayError::new(
+            ErrorCode::UpstreamError,
+            "the provider's stream ended before its normal end",
+        );
+        ctx.error_code = Some(e.code.as_str().to_string());
+        let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
+        let event = e.sse_event_for(family);
+        ctx.tap.bytes_out += event.len() as u64;
+        *body = Some(match body.take().filter(|b| !b.is_empty()) {
+            Some(b) => {
+                let mut out = BytesMut::with_capacity(b.len() + event.len());
+                out.extend_from_slice(&b);
+                out.extend_from_slice(&event);
+                out.freeze()
+            }
+            None => event,
+        });
+    }
+
     fn unified_body(&self, body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
         let Some(u) = ctx.unified.as_mut() else {
             return;
@@ -887,6 +966,7 @@ impl Gateway {
                 tr.finish(&mut out);
             }
             ctx.tap.tokens = tr.tokens();
+            ctx.tap.final_usage = tr.final_usage();
             ctx.tap.done = tr.done();
             ctx.tap.content_events = tr.content_events();
             ctx.tap.bytes_out += out.len() as u64;
@@ -920,6 +1000,7 @@ impl Gateway {
             match translate::normalize_unary(u.target, &provider, &model, &raw) {
                 Ok((v, tokens)) => {
                     ctx.tap.tokens = Some(tokens);
+                    ctx.tap.final_usage = true;
                     ctx.tap.done = true;
                     ctx.provider_request_id = ctx
                         .provider_request_id
@@ -1171,6 +1252,38 @@ impl Gateway {
         });
     }
 
+    /// What the provider produced when it reported no final usage (a cut stream, a vanished
+    /// client, a provider that never reports): the input it counted (Anthropic's
+    /// `message_start`, Gemini's running counts), else an estimate from the body; the output
+    /// counted from the content deltas that passed (one token each), or Gemini's running
+    /// count. Never `message_start`'s placeholder output.
+    fn produced(ctx: &Ctx) -> Tokens {
+        let partial = ctx.tap.tokens.unwrap_or_default();
+        let mut t = Tokens {
+            input: partial.input,
+            cached_input: partial.cached_input,
+            ..Tokens::default()
+        };
+        if t.input == 0 {
+            t.input = ctx
+                .body
+                .as_deref()
+                .map(body::estimate_input_tokens)
+                .unwrap_or(0);
+        }
+        let gemini = match &ctx.unified {
+            Some(u) => u.target == translate::Target::Gemini,
+            None => ctx.tap.format == WireFormat::Gemini,
+        };
+        t.output = if gemini {
+            partial.output.max(ctx.tap.content_events)
+        } else {
+            ctx.tap.content_events
+        };
+        t.total = t.input + t.output;
+        t
+    }
+
     /// Builds the usage record (pipeline step 13).
     fn usage_record(&self, s: &Session, e: Option<&Error>, ctx: &mut Ctx) -> UsageRecord {
         let status = ctx
@@ -1190,11 +1303,13 @@ impl Gateway {
         });
         let sse = matches!(ctx.tap.mode, TapMode::Sse { .. });
         let stream_cut = sse && !ctx.tap.done;
+        // A 2xx unary answer that is not JSON: passed on as it came, but a provider failure.
+        let invalid = ctx.tap.invalid_body && ctx.upstream_status.is_some_and(|s| s < 300);
         let outcome = if client_gone {
             "client_disconnected"
         } else if ctx.denied_by.is_some() {
             "denied"
-        } else if e.is_some() || stream_cut {
+        } else if e.is_some() || stream_cut || invalid {
             "upstream_error"
         } else if status >= 400 {
             "error"
@@ -1207,21 +1322,14 @@ impl Gateway {
             ctx.route,
             Some(Route::ImagesGenerations | Route::ImagesEdits | Route::ImagesVariations)
         );
-        if let Some(t) = ctx.tap.tokens {
+        let reported = ctx.tap.tokens.filter(|_| ctx.tap.final_usage || !sse);
+        if let Some(t) = reported {
             tokens = t;
             source = UsageSource::Provider;
         } else if images && ctx.tap.data_items > 0 {
             source = UsageSource::Provider;
         } else if ctx.upstream_status.is_some_and(|s| s < 300) {
-            // The provider produced something but reported no usage (cut stream, vanished
-            // client, a provider that never reports): estimate, and say so.
-            tokens.input = ctx
-                .body
-                .as_deref()
-                .map(body::estimate_input_tokens)
-                .unwrap_or(0);
-            tokens.output = ctx.tap.content_events;
-            tokens.total = tokens.input + tokens.output;
+            tokens = Self::produced(ctx);
             source = UsageSource::Estimated;
         }
         if images {
@@ -1233,7 +1341,7 @@ impl Gateway {
         let model = ctx.model.as_deref();
         let latency = ctx.start.elapsed();
         let error_code = ctx.error_code.clone().or_else(|| {
-            if stream_cut && !client_gone {
+            if (stream_cut || invalid) && !client_gone {
                 Some("upstream_error".to_string())
             } else {
                 None
@@ -1272,6 +1380,7 @@ impl Gateway {
                 .provider_request_id
                 .clone()
                 .or_else(|| ctx.tap.response_id.clone()),
+            client_request_id: ctx.client_request_id.clone(),
             stream_cut,
             client_disconnected: client_gone,
             request_bytes: ctx.request_bytes,
@@ -1294,6 +1403,7 @@ impl ProxyHttp for Gateway {
             started_at: SystemTime::now(),
             snap: self.state.current(),
             request_id: String::new(),
+            client_request_id: None,
             route: None,
             key: None,
             model: None,
@@ -1324,6 +1434,7 @@ impl ProxyHttp for Gateway {
             attempt_starts: Vec::new(),
             filters: None,
             gov: Default::default(),
+            redact: None,
             mcp: None,
             _in_flight: InFlight::new(),
         }
@@ -1331,7 +1442,8 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let t = Instant::now();
-        ctx.request_id = request_id_from(s.req_header());
+        ctx.request_id = next_request_id();
+        ctx.client_request_id = client_request_id(s.req_header());
         if self.state.traces.get().is_some() {
             let tp = s
                 .req_header()
@@ -1508,6 +1620,7 @@ impl ProxyHttp for Gateway {
             ctx.provider_request_id = Some(id.to_string());
         }
         resp.remove_header("x-request-id");
+        Self::redact_headers(resp, ctx)?;
         if let Some(fx) = ctx.filters.as_mut() {
             let ct = resp
                 .headers
@@ -1559,9 +1672,8 @@ impl ProxyHttp for Gateway {
                 .and_then(Route::body_kind)
                 .is_some_and(|k| k.openai_stream_usage())
                 && ctx.insp.as_ref().is_some_and(|i| !i.client_include_usage);
-            if strip {
-                resp.remove_header("content-length");
-            }
+            // Events may be removed (the usage chunk) or added (a final error event).
+            resp.remove_header("content-length");
             TapMode::Sse {
                 strip_usage_chunk: strip,
             }
@@ -1581,7 +1693,8 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.insert_header("x-request-id", ctx.echoed_request_id())?;
+        resp.insert_header("x-wharf-request-id", ctx.request_id.as_str())?;
         if let Some(m) = &ctx.model {
             resp.insert_header("x-wharf-provider", m.provider.name.as_str())?;
             resp.insert_header("x-wharf-model", m.name.as_str())?;
@@ -1604,6 +1717,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         let t = Instant::now();
+        if let Some(rs) = ctx.redact.as_mut() {
+            if let Some(r) = ctx
+                .model
+                .as_ref()
+                .and_then(|m| m.provider.redactor.as_ref())
+            {
+                rs.on_chunk(r, body, end_of_stream);
+            }
+        }
         if let Some(fx) = ctx.filters.as_mut() {
             let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
             if let Some(b) = fx.on_body(body, end_of_stream, family) {
@@ -1615,6 +1737,9 @@ impl ProxyHttp for Gateway {
             self.unified_body(body, end_of_stream, ctx);
         } else {
             ctx.tap.on_chunk(body, end_of_stream);
+            if end_of_stream {
+                Self::end_cut_stream(body, ctx);
+            }
         }
         ctx.overhead += t.elapsed();
         Ok(None)
@@ -1652,8 +1777,11 @@ impl ProxyHttp for Gateway {
         } else if s.response_written().is_some() || ctx.body.is_none() {
             e.set_retry(false);
         } else if matches!(e.retry, RetryType::ReusedOnly) && client_reused {
-            // A pooled connection the provider had closed: replay the kept body, same target.
-            e.retry.decide_reuse(true);
+            // A pooled connection the provider had closed: replay the kept body, same target,
+            // unless the operator turned replays off (a provider that did process the first
+            // send generates twice).
+            e.retry
+                .decide_reuse(ctx.snap.config.server.retry_on_reused_connection);
         } else if let Some(class) = Self::routing_class(&e) {
             // Timed out or died before answering: the next deployment, if the plan allows.
             let over = Self::fail_over(ctx, class, None);
@@ -1699,7 +1827,8 @@ impl ProxyHttp for Gateway {
         let body = ge.body_for(ctx.route.map(Route::family).unwrap_or(Family::OpenAi));
         let _ = h.insert_header("content-type", "application/json");
         let _ = h.insert_header("content-length", body.len().to_string());
-        let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+        let _ = h.insert_header("x-request-id", ctx.echoed_request_id());
+        let _ = h.insert_header("x-wharf-request-id", ctx.request_id.as_str());
         for (k, v) in ctx.gov.header_pairs() {
             let _ = h.insert_header(k, v);
         }

@@ -13,7 +13,26 @@ use once_cell::sync::Lazy;
 
 /// Substring searchers built once (building one per event would dominate the per-event cost).
 static USAGE: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"usage\""));
-static DELTA: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"delta\""));
+/// Keys whose non-empty string value is generated content (one key a searcher).
+static OPENAI_CONTENT: Lazy<[Finder<'static>; 4]> = Lazy::new(|| {
+    [
+        Finder::new(b"\"content\":"),
+        Finder::new(b"\"arguments\":"),
+        Finder::new(b"\"text\":"),
+        Finder::new(b"\"reasoning_content\":"),
+    ]
+});
+static RESPONSES_CONTENT: Lazy<[Finder<'static>; 1]> = Lazy::new(|| [Finder::new(b"\"delta\":")]);
+static ANTHROPIC_CONTENT: Lazy<[Finder<'static>; 3]> = Lazy::new(|| {
+    [
+        Finder::new(b"\"text\":"),
+        Finder::new(b"\"partial_json\":"),
+        Finder::new(b"\"thinking\":"),
+    ]
+});
+static GEMINI_CONTENT: Lazy<[Finder<'static>; 1]> = Lazy::new(|| [Finder::new(b"\"text\":")]);
+static FUNCTION_CALL: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"functionCall\""));
+static RESPONSES_EVENT: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"type\":\"response."));
 static COMPLETED: Lazy<Finder<'static>> =
     Lazy::new(|| Finder::new(b"\"type\":\"response.completed\""));
 static USAGE_NULL: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"usage\":null"));
@@ -53,10 +72,18 @@ pub struct ResponseTap {
     parser: SseParser,
     /// Usage reported by the provider, if any.
     pub tokens: Option<Tokens>,
-    /// Events that carried generated content (an output estimate when usage is missing).
+    /// Events that carried generated content (non-empty text, tool-call arguments or
+    /// reasoning): the output estimate, one token an event, when no final usage arrived.
     pub content_events: u64,
-    /// The stream reached its normal end (`[DONE]`, `response.completed`).
+    /// The stream reached its normal end (`[DONE]`, `response.completed`, `message_stop`,
+    /// Gemini's `finishReason`).
     pub done: bool,
+    /// `tokens` is the provider's final count (OpenAI's usage chunk, `response.completed`,
+    /// Anthropic's `message_delta`, Gemini's last chunk, a unary body). Anthropic's
+    /// `message_start` placeholder and Gemini's running counts are not final.
+    pub final_usage: bool,
+    /// A unary answer with a 2xx status whose body is not valid JSON (or is empty).
+    pub invalid_body: bool,
     /// A provider error event arrived inside the stream.
     pub error_event: bool,
     /// Provider response id (`id` of the first chunk / response).
@@ -151,7 +178,9 @@ impl ResponseTap {
     fn on_anthropic_event(&mut self, raw: &[u8]) {
         let ev = parse_event(raw);
         match ev.event {
-            Some("content_block_delta") => self.content_events += 1,
+            Some("content_block_delta") if has_content(&ev.data, &ANTHROPIC_CONTENT[..]) => {
+                self.content_events += 1;
+            }
             Some("message_stop") => self.done = true,
             Some("error") => self.error_event = true,
             Some("message_start") | Some("message_delta") => {
@@ -175,6 +204,7 @@ impl ResponseTap {
                     }
                     t.total = t.input + t.output;
                     self.tokens = Some(t);
+                    self.final_usage = true;
                 }
             }
             _ => {}
@@ -189,7 +219,9 @@ impl ResponseTap {
             self.error_event = true;
             return;
         }
-        self.content_events += 1;
+        if has_content(data, &GEMINI_CONTENT[..]) || FUNCTION_CALL.find(data).is_some() {
+            self.content_events += 1;
+        }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
             return;
         };
@@ -212,6 +244,7 @@ impl ResponseTap {
             .is_some_and(|c| c.iter().any(|x| x.get("finishReason").is_some()));
         if finished {
             self.done = true;
+            self.final_usage = self.tokens.is_some();
         }
     }
 
@@ -226,7 +259,13 @@ impl ResponseTap {
             self.error_event = true;
         }
         let has_usage = USAGE.find(data).is_some();
-        let is_content = DELTA.find(data).is_some();
+        // Responses API events repeat the whole text in their `*.done` events: only deltas
+        // count there. Chat and legacy completions chunks count when they carry text.
+        let is_content = if RESPONSES_EVENT.find(data).is_some() {
+            has_content(data, &RESPONSES_CONTENT[..])
+        } else {
+            has_content(data, &OPENAI_CONTENT[..])
+        };
         if is_content {
             self.content_events += 1;
         }
@@ -260,14 +299,13 @@ impl ResponseTap {
                 .and_then(Tokens::from_openai_usage)
             {
                 self.tokens = Some(t);
+                self.final_usage = true;
             }
             return false;
         }
         if let Some(t) = v.get("usage").and_then(Tokens::from_openai_usage) {
             self.tokens = Some(t);
-            if is_content {
-                self.content_events -= 1;
-            }
+            self.final_usage = true;
             return v
                 .get("choices")
                 .and_then(|c| c.as_array())
@@ -293,6 +331,7 @@ impl ResponseTap {
 
     fn finish_unary(&mut self) {
         if self.unary.is_empty() {
+            self.invalid_body = true;
             return;
         }
         if !self.unary_overflow {
@@ -317,6 +356,9 @@ impl ResponseTap {
                         self.response_id = v.id;
                         self.data_items = v.data.map(|d| d.len() as u64).unwrap_or(0);
                         self.done = true;
+                        self.final_usage = self.tokens.is_some();
+                    } else {
+                        self.invalid_body = true;
                     }
                 }
                 WireFormat::Gemini => {
@@ -327,6 +369,9 @@ impl ResponseTap {
                             None => self.take_gemini(&v),
                         }
                         self.done = true;
+                        self.final_usage = self.tokens.is_some();
+                    } else {
+                        self.invalid_body = true;
                     }
                 }
             }
@@ -343,10 +388,24 @@ impl ResponseTap {
             if let Some(Ok(v)) = it.next() {
                 self.tokens = Tokens::from_openai_usage(&v);
                 self.done = true;
+                self.final_usage = self.tokens.is_some();
             }
         }
         self.unary = Vec::new();
     }
+}
+
+/// Whether `data` has one of `keys` (each `"key":`) with a non-empty string value.
+fn has_content(data: &[u8], keys: &[Finder<'static>]) -> bool {
+    keys.iter().any(|k| {
+        k.find_iter(data).any(|at| {
+            let mut i = at + k.needle().len();
+            while data.get(i).is_some_and(u8::is_ascii_whitespace) {
+                i += 1;
+            }
+            data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|c| *c != b'"')
+        })
+    })
 }
 
 #[cfg(test)]
@@ -425,6 +484,50 @@ mod tests {
         let chunks: Vec<&[u8]> = body.chunks(16 * 1024).collect();
         let (tap, _) = run(TapMode::Unary, &chunks);
         assert_eq!(tap.tokens.map(|t| t.input), Some(12));
+    }
+
+    #[test]
+    fn content_is_counted_only_where_text_was_generated() {
+        let sse = TapMode::Sse {
+            strip_usage_chunk: false,
+        };
+        // OpenAI chat cut after the role chunk and one token: one, not two.
+        let cut = STREAM
+            .split("\n\n")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("\n\n")
+            + "\n\n";
+        let (tap, _) = run(sse, &[cut.as_bytes()]);
+        assert_eq!(tap.content_events, 1);
+        assert!(tap.tokens.is_none() && !tap.final_usage);
+        // Legacy completions carry `text`, not `delta`.
+        let c = "data: {\"object\":\"text_completion\",\"choices\":[{\"text\":\"Hi\",\"index\":0}]}\n\n\
+                 data: {\"object\":\"text_completion\",\"choices\":[{\"text\":\"\",\"index\":0,\"finish_reason\":\"stop\"}]}\n\n";
+        assert_eq!(run(sse, &[c.as_bytes()]).0.content_events, 1);
+        // Anthropic: message_start's output is a placeholder, not a final count; an empty
+        // partial_json is not content.
+        let a = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\"}}\n\n",
+        );
+        let mut tap = ResponseTap::with_format(sse, WireFormat::Anthropic);
+        tap.on_chunk(&mut Some(Bytes::from_static(a.as_bytes())), false);
+        assert_eq!(tap.content_events, 1);
+        assert_eq!(tap.tokens.map(|t| t.input), Some(12));
+        assert!(!tap.final_usage);
+        let d = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":1}}\n\n";
+        tap.on_chunk(&mut Some(Bytes::from_static(d.as_bytes())), false);
+        assert!(tap.final_usage);
+    }
+
+    #[test]
+    fn a_unary_body_that_is_not_json_is_flagged() {
+        let (tap, out) = run(TapMode::Unary, &[b"{\"id\":\"x\",\"choi"]);
+        assert_eq!(out, b"{\"id\":\"x\",\"choi".to_vec());
+        assert!(tap.invalid_body && tap.tokens.is_none());
+        assert!(!run(TapMode::Unary, &[b"{\"id\":\"x\"}"]).0.invalid_body);
     }
 
     #[test]

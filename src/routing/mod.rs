@@ -9,6 +9,7 @@
 pub mod credentials;
 pub mod health;
 pub mod policy;
+pub mod redact;
 pub mod registry;
 
 use std::collections::{HashMap, VecDeque};

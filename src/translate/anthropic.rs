@@ -535,6 +535,7 @@ pub(crate) fn on_event(st: &mut State, name: Option<&str>, data: &[u8], out: &mu
         "message_delta" => {
             if let Some(u) = ev.usage {
                 merge_usage(st, u);
+                st.anthropic_final = true;
             }
             if let Some(r) = ev.delta.as_ref().and_then(|d| d.stop_reason.as_ref()) {
                 st.emit_finish(out, stop_reason(&r.0));

@@ -48,6 +48,9 @@ pub(crate) struct State {
     pub blocks: Vec<(u64, u32)>,
     /// Anthropic: usage merged from `message_start` and `message_delta`.
     pub anthropic_usage: Option<serde_json::Value>,
+    /// Anthropic: a `message_delta` carried the final output count (until then the output
+    /// in `anthropic_usage` is `message_start`'s placeholder).
+    pub anthropic_final: bool,
     /// Gemini: the last `usageMetadata`, raw (decoded only when asked for).
     pub gemini_usage: String,
     /// OpenAI: usage read from the usage chunk.
@@ -84,6 +87,7 @@ impl StreamTranslator {
                 tool_calls: 0,
                 blocks: Vec::new(),
                 anthropic_usage: None,
+                anthropic_final: false,
                 gemini_usage: String::new(),
                 openai_tokens: None,
             },
@@ -150,6 +154,16 @@ impl StreamTranslator {
     /// Usage reported by the provider so far (input, cumulative output).
     pub fn tokens(&self) -> Option<Tokens> {
         self.state.tokens()
+    }
+
+    /// Whether [`Self::tokens`] is the provider's final count, not a running or placeholder one.
+    pub fn final_usage(&self) -> bool {
+        let st = &self.state;
+        match st.target {
+            Target::OpenAi => st.openai_tokens.is_some(),
+            Target::Anthropic => st.anthropic_final,
+            Target::Gemini => st.done && !st.gemini_usage.is_empty(),
+        }
     }
 
     /// Whether the upstream reached its normal end (`[DONE]`, `message_stop`, a Gemini

@@ -303,7 +303,7 @@ impl Gw {
         std::fs::read_to_string(self.dir.path().join("wharf.log")).unwrap_or_default()
     }
 
-    fn read_usage(&self) -> Vec<Value> {
+    pub fn read_usage(&self) -> Vec<Value> {
         std::fs::read_to_string(self.dir.path().join("usage.jsonl"))
             .unwrap_or_default()
             .lines()
@@ -342,7 +342,7 @@ impl Gw {
             if let Some(r) = self
                 .read_usage()
                 .into_iter()
-                .find(|r| r["request_id"] == request_id)
+                .find(|r| r["request_id"] == request_id || r["client_request_id"] == request_id)
             {
                 return r;
             }
