@@ -1455,15 +1455,31 @@ async fn a_deleted_budget_does_not_block_the_flush_of_the_others() {
     let gone = daily_budget(&db, org, key_id).await;
     let kept = daily_budget(&db, org, key_id).await;
     let gw = sweeping_gw(&mock, &db).await;
-    // The node loads its budget list (kept for a few seconds) and opens both windows.
+    // The node loads its budget list and opens both windows.
     chat_ok(&gw, &secret).await;
+    // A request in flight holds reservations on both when one budget is deleted (the node
+    // drops it from its list at once): it still settles on both.
+    let slow = {
+        let (url, secret) = (gw.url("/v1/chat/completions"), secret.clone());
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .bearer_auth(secret)
+                .header("x-mock-latency-ms", "600")
+                .json(&chat_body("db-chat", false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(250)).await;
     sqlx::query("DELETE FROM budgets WHERE id = $1")
         .bind(gone)
         .execute(&db.pool)
         .await
         .unwrap();
-    // Still on the cached list: this request settles on both.
-    chat_ok(&gw, &secret).await;
+    assert_eq!(slow.await.unwrap(), 200);
     let cost = records_cost(&db, key_id, 2).await;
     poll(
         Duration::from_secs(10),
@@ -1479,4 +1495,105 @@ async fn a_deleted_budget_does_not_block_the_flush_of_the_others() {
         },
     )
     .await;
+}
+
+/// Sends chats with `secret` to `gw` (every 20 ms) until one is answered `want`; fails when
+/// none is within `limit`. Returns how long it took and the answer's error code.
+async fn until_status(
+    gw: &Gw,
+    secret: &str,
+    want: u16,
+    limit: Duration,
+    what: &str,
+) -> (Duration, Value) {
+    let t = std::time::Instant::now();
+    loop {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(secret)
+            .json(&chat_body("db-chat", false))
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if st == want {
+            return (t.elapsed(), v["error"]["code"].clone());
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{what}: still {st} after {limit:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A budget (or quota) created, raised, lowered or deleted through the admin API of one node
+/// counts on the other node within a second: both reload their meter list on the change
+/// notification, as they drop a changed key (the periodic refresh used to take up to 5 s).
+#[tokio::test]
+async fn a_budget_changed_on_one_node_counts_on_the_other_within_a_second() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let (org, key_id, secret) = db_seed(&db, &mock).await;
+    let a = db_gw(&mock, &db, None).await;
+    let b = db_gw(&mock, &db, None).await;
+    let api = Api::root(&a, &db).await;
+    // Both nodes have loaded their (empty) meter list just now.
+    chat_ok(&a, &secret).await;
+    chat_ok(&b, &secret).await;
+    let limit = Duration::from_secs(1);
+    let budgets = format!("/api/organisations/{org}/budgets");
+    let (st, budget) = api
+        .post(
+            &budgets,
+            json!({"scope": "APIKEY", "scope_id": key_id.to_string(), "amount_nanos": 0,
+                   "period": "DAILY"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{budget}");
+    let one = format!("{budgets}/{}", budget["id"].as_str().unwrap());
+    let (took, code) = until_status(&b, &secret, 402, limit, "a new budget").await;
+    assert_eq!(code, "budget_exceeded");
+    eprintln!("new budget counted on the other node after {took:?}");
+
+    let (st, v) = api
+        .call(
+            reqwest::Method::PATCH,
+            &one,
+            Some(json!({"amount_nanos": 1_000_000_000_000i64})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (took, _) = until_status(&b, &secret, 200, limit, "a raised budget").await;
+    eprintln!("raised budget counted after {took:?}");
+
+    let (st, v) = api
+        .call(
+            reqwest::Method::PATCH,
+            &one,
+            Some(json!({"amount_nanos": 0})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (took, code) = until_status(&b, &secret, 402, limit, "a lowered budget").await;
+    assert_eq!(code, "budget_exceeded");
+    eprintln!("lowered budget counted after {took:?}");
+
+    let (st, v) = api.call(reqwest::Method::DELETE, &one, None).await;
+    assert!(st == 204 || st == 200, "{st} {v}");
+    let (took, _) = until_status(&b, &secret, 200, limit, "a deleted budget").await;
+    eprintln!("deleted budget gone after {took:?}");
+
+    let (st, quota) = api
+        .post(
+            &format!("/api/organisations/{org}/quotas"),
+            json!({"scope": "APIKEY", "scope_id": key_id.to_string(), "metric": "REQUESTS",
+                   "limit_value": 0, "period": "DAILY"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{quota}");
+    let (took, code) = until_status(&b, &secret, 429, limit, "a new quota").await;
+    assert_eq!(code, "quota_exceeded");
+    eprintln!("new quota counted after {took:?}");
 }

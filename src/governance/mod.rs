@@ -523,6 +523,14 @@ impl Governance {
         }
     }
 
+    /// Database mode: reloads the budget and quota list now (a `budgets` or `quotas` row
+    /// changed). No-op in file mode.
+    pub async fn reload_db_meters(&self) {
+        if let Some(pg) = &self.pg {
+            pg.reload_meters().await;
+        }
+    }
+
     /// The Redis fast path of the database's budgets and quotas, when configured.
     pub fn redis_budgets(&self) -> Option<&Arc<budget_redis::RedisBudgets>> {
         self.redis_budgets.as_ref()
