@@ -420,8 +420,11 @@ async fn db_gw_with(
         if hook.is_empty() {
             hook.push_str("\n[governance]\n");
         }
+        if !r.governance.contains("redis_timeout_ms") {
+            hook.push_str("redis_timeout_ms = 5000\n");
+        }
         hook.push_str(&format!(
-            "redis_timeout_ms = 5000\n{}\n\n[redis]\nurl_env = \"WHARF_TEST_REDIS\"\n",
+            "{}\n\n[redis]\nurl_env = \"WHARF_TEST_REDIS\"\n",
             r.governance
         ));
     }
@@ -1596,4 +1599,212 @@ async fn a_budget_changed_on_one_node_counts_on_the_other_within_a_second() {
     let (took, code) = until_status(&b, &secret, 429, limit, "a new quota").await;
     assert_eq!(code, "quota_exceeded");
     eprintln!("new quota counted after {took:?}");
+}
+
+/// A throwaway `redis-server` (no persistence: a restart loses every key) on its own port, so a
+/// test can stop, pause and restart it without disturbing the shared Redis.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it answers.
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        for _ in 0..100 {
+            let ping = std::process::Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not answer", self.port);
+    }
+
+    /// Kills the server: every key is gone.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Pauses (`STOP`) or resumes (`CONT`) the server: commands time out, keys stay.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let st = std::process::Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    fn hget(&self, key: &str, field: &str) -> Option<i64> {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "hget", key, field])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// Two nodes on one Postgres and one Redis, under steady load, through a Redis restart (every
+/// key lost) and a Redis pause (scripts time out, then run late): afterwards the Redis window,
+/// the Postgres window and the sum of the usage records' cost agree exactly, and the key,
+/// with most of its budget left, is still admitted.
+#[tokio::test]
+async fn after_redis_outages_the_redis_and_postgres_windows_equal_the_records() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let (org, key_id, secret) = db_seed(&db, &mock).await;
+    let budget = daily_budget(&db, org, key_id).await;
+    let mut redis = OwnRedis::start();
+    let node = |redis: &OwnRedis| WithRedis {
+        url: redis.url(),
+        governance: "redis_timeout_ms = 300",
+    };
+    let a = db_gw_with(&mock, &db, None, Some(node(&redis))).await;
+    let b = db_gw_with(&mock, &db, None, Some(node(&redis))).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let url = if i % 2 == 0 { &a } else { &b }.url("/v1/chat/completions");
+        let (secret, stop) = (secret.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0i64, 0i64);
+            // Bounded: at most 100 s of traffic even if the stop flag were never set.
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let r = client()
+                    .post(&url)
+                    .bearer_auth(&secret)
+                    .header("x-mock-latency-ms", "30")
+                    .json(&chat_body("db-chat", false))
+                    .send()
+                    .await
+                    .unwrap();
+                let st = r.status().as_u16();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                match st {
+                    200 => ok += 1,
+                    // A window Redis lost between the check and its seed.
+                    503 => {
+                        assert_eq!(v["error"]["code"], "dependency_unavailable", "{v}");
+                        unavailable += 1;
+                    }
+                    other => panic!("unexpected {other}: {v}"),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, unavailable)
+        }));
+    }
+    let phase = Duration::from_millis(1500);
+    tokio::time::sleep(phase).await;
+    // Restart: every window, reservation and counter in Redis is lost.
+    redis.kill();
+    tokio::time::sleep(phase).await;
+    redis.restart();
+    tokio::time::sleep(2 * phase).await;
+    // Pause: scripts time out (and run once Redis resumes); the keys stay.
+    redis.signal("STOP");
+    tokio::time::sleep(phase).await;
+    redis.signal("CONT");
+    tokio::time::sleep(2 * phase).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut unavailable) = (0, 0);
+    for c in clients {
+        let (o, u) = c.await.unwrap();
+        ok += o;
+        unavailable += u;
+    }
+    eprintln!("{ok} admitted, {unavailable} answered 503");
+    assert!(ok > 100, "{ok} admitted");
+    assert!(unavailable * 20 <= ok, "{unavailable} of {ok} answered 503");
+
+    let cost = records_cost(&db, key_id, ok).await;
+    let start = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .start_of_day()
+        .unwrap()
+        .timestamp()
+        .as_second();
+    let key = format!("wharf:bw:b:{budget}:{start}");
+    let mut last = (0, 0, 0, 0);
+    let settled = poll_opt(Duration::from_secs(15), async || {
+        let (pg_used, pg_reserved): (i64, i64) = sqlx::query_as(
+            "SELECT used_nanos, reserved_nanos FROM budget_windows
+              WHERE budget_id = $1 AND window_start = to_timestamp($2)",
+        )
+        .bind(budget)
+        .bind(start as f64)
+        .fetch_one(&db.pool)
+        .await
+        .ok()?;
+        let r_used = redis.hget(&key, "used").unwrap_or(-1);
+        let r_reserved = redis.hget(&key, "reserved").unwrap_or(-1);
+        last = (pg_used, pg_reserved, r_used, r_reserved);
+        (pg_used == cost && r_used == cost && pg_reserved == 0 && r_reserved == 0).then_some(())
+    })
+    .await;
+    let (pg_used, pg_reserved, r_used, r_reserved) = last;
+    assert!(
+        settled.is_some(),
+        "records {cost}; Postgres used {pg_used} reserved {pg_reserved}; Redis used {r_used} \
+         reserved {r_reserved}"
+    );
+    // The key has most of its dollar left: both nodes admit it.
+    chat_ok(&a, &secret).await;
+    chat_ok(&b, &secret).await;
+    assert!((cost as u64) < 1_000_000_000 / 2, "{cost}");
+}
+
+/// Polls `f` (every 50 ms) until it gives a value or `within` passes.
+async fn poll_opt<T>(within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -325,6 +325,17 @@ pub async fn expire_stale(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(n)
 }
 
+/// An amount a settle added to a window's used amount in Postgres.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub meter: Arc<Meter>,
+    /// The window's start.
+    pub start: Timestamp,
+    pub amount: u64,
+    /// The window row's `used_version` once the amount was added.
+    pub version: i64,
+}
+
 /// The database-backed budget store.
 pub struct PgBudgets {
     db: Arc<DbMode>,
@@ -738,10 +749,11 @@ impl PgBudgets {
         id: &str,
         held: &[Arc<Meter>],
         rec: Option<&UsageRecord>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Vec<Settled>, sqlx::Error> {
         let Some(pool) = self.pool() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let mut settled = Vec::new();
         let mut tx = pool.begin().await?;
         let state = if rec.is_some() { "SETTLED" } else { "RELEASED" };
         let mut crossed = Vec::new();
@@ -749,7 +761,7 @@ impl PgBudgets {
             let t = tables(m);
             let actual = rec.map(|r| m.metric.actual(r)).unwrap_or(0) as i64;
             let mid = Uuid::parse_str(&m.id).unwrap_or_default();
-            type Row = (Uuid, i64, time::OffsetDateTime, time::OffsetDateTime);
+            type Row = (Uuid, i64, time::OffsetDateTime, time::OffsetDateTime, i64);
             let row: Option<Row> = sqlx::query_as(&format!(
                 "WITH r AS (
                     UPDATE {res} SET state = $3::reservation_state, {ac} = $4
@@ -757,7 +769,7 @@ impl PgBudgets {
                     RETURNING window_id, {a} AS amount)
                  UPDATE {w} SET {r} = GREATEST({w}.{r} - r.amount, 0), {u} = {w}.{u} + $4
                    FROM r WHERE {w}.id = r.window_id
-                 RETURNING {w}.id, {w}.{u}, {w}.window_start, {w}.window_end",
+                 RETURNING {w}.id, {w}.{u}, {w}.window_start, {w}.window_end, {w}.used_version",
                 res = t.reservations,
                 ac = t.actual,
                 fk = t.fk,
@@ -772,7 +784,15 @@ impl PgBudgets {
             .bind(actual)
             .fetch_optional(&mut *tx)
             .await?;
-            if let (Some((wid, used, ws, we)), false) = (row, m.warnings.is_empty()) {
+            if let (Some((_, _, ws, _, version)), true) = (&row, actual > 0) {
+                settled.push(Settled {
+                    meter: m.clone(),
+                    start: to_ts(*ws).unwrap_or_default(),
+                    amount: actual as u64,
+                    version: *version,
+                });
+            }
+            if let (Some((wid, used, ws, we, _)), false) = (row, m.warnings.is_empty()) {
                 let window = (to_ts(ws).unwrap_or_default(), to_ts(we).unwrap_or_default());
                 let before = (used - actual).max(0) as u64;
                 let limit = if m.is_balance() {
@@ -819,17 +839,28 @@ impl PgBudgets {
         for (m, th, used, limit, window) in crossed {
             super::budget::warned(&self.notifier, &m, th, used as u64, limit, window);
         }
-        Ok(())
+        Ok(settled)
     }
 
     /// Post-flight: settles to the record (or releases when nothing reached the provider).
-    pub async fn settle(&self, mut g: PgGrant, rec: &UsageRecord, reached_provider: bool) {
+    /// Returns what was added to each window's used amount (with the row's new
+    /// `used_version`), for the Redis fast path to reconcile after an outage.
+    pub async fn settle(
+        &self,
+        mut g: PgGrant,
+        rec: &UsageRecord,
+        reached_provider: bool,
+    ) -> Vec<Settled> {
         g.done = true;
         let r = self
             .finish(&g.id, &g.held, reached_provider.then_some(rec))
             .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, request_id = %g.id, "budgets: settle failed; the reservation expires");
+        match r {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, request_id = %g.id, "budgets: settle failed; the reservation expires");
+                Vec::new()
+            }
         }
     }
 }
