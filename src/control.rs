@@ -259,6 +259,7 @@ pub async fn apply(state: &State, inv: &Invalidation) {
     }
     if inv.reload {
         let _ = state.reload().await;
+        state.governance.reload_db_meters().await;
     }
 }
 
@@ -356,6 +357,12 @@ impl ControlSync {
             }
             return;
         }
+        // Budgets and quotas (prepaid balances and their top-ups included) are the governance
+        // meter list, not the catalog: reload just that list.
+        if change.table == "budgets" || change.table == "quotas" {
+            self.state.governance.reload_db_meters().await;
+            return;
+        }
         // Grants, memberships, organisations, providers, models: reload the catalog and drop
         // cached key lookups (their grants may have changed).
         db.invalidate_all_keys();
@@ -366,6 +373,7 @@ impl ControlSync {
         if self.state.reload().await.is_ok() {
             db.invalidate_all_keys();
         }
+        self.state.governance.reload_db_meters().await;
     }
 
     async fn redis_listener(state: Arc<State>, url: String) {

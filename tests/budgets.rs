@@ -420,8 +420,11 @@ async fn db_gw_with(
         if hook.is_empty() {
             hook.push_str("\n[governance]\n");
         }
+        if !r.governance.contains("redis_timeout_ms") {
+            hook.push_str("redis_timeout_ms = 5000\n");
+        }
         hook.push_str(&format!(
-            "redis_timeout_ms = 5000\n{}\n\n[redis]\nurl_env = \"WHARF_TEST_REDIS\"\n",
+            "{}\n\n[redis]\nurl_env = \"WHARF_TEST_REDIS\"\n",
             r.governance
         ));
     }
@@ -1462,15 +1465,31 @@ async fn a_deleted_budget_does_not_block_the_flush_of_the_others() {
     let gone = daily_budget(&db, org, key_id).await;
     let kept = daily_budget(&db, org, key_id).await;
     let gw = sweeping_gw(&mock, &db).await;
-    // The node loads its budget list (kept for a few seconds) and opens both windows.
+    // The node loads its budget list and opens both windows.
     chat_ok(&gw, &secret).await;
+    // A request in flight holds reservations on both when one budget is deleted (the node
+    // drops it from its list at once): it still settles on both.
+    let slow = {
+        let (url, secret) = (gw.url("/v1/chat/completions"), secret.clone());
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .bearer_auth(secret)
+                .header("x-mock-latency-ms", "600")
+                .json(&chat_body("db-chat", false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(250)).await;
     sqlx::query("DELETE FROM budgets WHERE id = $1")
         .bind(gone)
         .execute(&db.pool)
         .await
         .unwrap();
-    // Still on the cached list: this request settles on both.
-    chat_ok(&gw, &secret).await;
+    assert_eq!(slow.await.unwrap(), 200);
     let cost = records_cost(&db, key_id, 2).await;
     poll(
         Duration::from_secs(10),
@@ -1486,4 +1505,313 @@ async fn a_deleted_budget_does_not_block_the_flush_of_the_others() {
         },
     )
     .await;
+}
+
+/// Sends chats with `secret` to `gw` (every 20 ms) until one is answered `want`; fails when
+/// none is within `limit`. Returns how long it took and the answer's error code.
+async fn until_status(
+    gw: &Gw,
+    secret: &str,
+    want: u16,
+    limit: Duration,
+    what: &str,
+) -> (Duration, Value) {
+    let t = std::time::Instant::now();
+    loop {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(secret)
+            .json(&chat_body("db-chat", false))
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if st == want {
+            return (t.elapsed(), v["error"]["code"].clone());
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{what}: still {st} after {limit:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A budget (or quota) created, raised, lowered or deleted through the admin API of one node
+/// counts on the other node within a second: both reload their meter list on the change
+/// notification, as they drop a changed key (the periodic refresh used to take up to 5 s).
+#[tokio::test]
+async fn a_budget_changed_on_one_node_counts_on_the_other_within_a_second() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let (org, key_id, secret) = db_seed(&db, &mock).await;
+    let a = db_gw(&mock, &db, None).await;
+    let b = db_gw(&mock, &db, None).await;
+    let api = Api::root(&a, &db).await;
+    // Both nodes have loaded their (empty) meter list just now.
+    chat_ok(&a, &secret).await;
+    chat_ok(&b, &secret).await;
+    let limit = Duration::from_secs(1);
+    let budgets = format!("/api/organisations/{org}/budgets");
+    let (st, budget) = api
+        .post(
+            &budgets,
+            json!({"scope": "APIKEY", "scope_id": key_id.to_string(), "amount_nanos": 0,
+                   "period": "DAILY"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{budget}");
+    let one = format!("{budgets}/{}", budget["id"].as_str().unwrap());
+    let (took, code) = until_status(&b, &secret, 402, limit, "a new budget").await;
+    assert_eq!(code, "budget_exceeded");
+    eprintln!("new budget counted on the other node after {took:?}");
+
+    let (st, v) = api
+        .call(
+            reqwest::Method::PATCH,
+            &one,
+            Some(json!({"amount_nanos": 1_000_000_000_000i64})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (took, _) = until_status(&b, &secret, 200, limit, "a raised budget").await;
+    eprintln!("raised budget counted after {took:?}");
+
+    let (st, v) = api
+        .call(
+            reqwest::Method::PATCH,
+            &one,
+            Some(json!({"amount_nanos": 0})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (took, code) = until_status(&b, &secret, 402, limit, "a lowered budget").await;
+    assert_eq!(code, "budget_exceeded");
+    eprintln!("lowered budget counted after {took:?}");
+
+    let (st, v) = api.call(reqwest::Method::DELETE, &one, None).await;
+    assert!(st == 204 || st == 200, "{st} {v}");
+    let (took, _) = until_status(&b, &secret, 200, limit, "a deleted budget").await;
+    eprintln!("deleted budget gone after {took:?}");
+
+    let (st, quota) = api
+        .post(
+            &format!("/api/organisations/{org}/quotas"),
+            json!({"scope": "APIKEY", "scope_id": key_id.to_string(), "metric": "REQUESTS",
+                   "limit_value": 0, "period": "DAILY"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{quota}");
+    let (took, code) = until_status(&b, &secret, 429, limit, "a new quota").await;
+    assert_eq!(code, "quota_exceeded");
+    eprintln!("new quota counted after {took:?}");
+}
+
+/// A throwaway `redis-server` (no persistence: a restart loses every key) on its own port, so a
+/// test can stop, pause and restart it without disturbing the shared Redis.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it answers.
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        for _ in 0..100 {
+            let ping = std::process::Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not answer", self.port);
+    }
+
+    /// Kills the server: every key is gone.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Pauses (`STOP`) or resumes (`CONT`) the server: commands time out, keys stay.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let st = std::process::Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    fn hget(&self, key: &str, field: &str) -> Option<i64> {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "hget", key, field])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// Two nodes on one Postgres and one Redis, under steady load, through a Redis restart (every
+/// key lost) and a Redis pause (scripts time out, then run late): afterwards the Redis window,
+/// the Postgres window and the sum of the usage records' cost agree exactly, and the key,
+/// with most of its budget left, is still admitted.
+#[tokio::test]
+async fn after_redis_outages_the_redis_and_postgres_windows_equal_the_records() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let (org, key_id, secret) = db_seed(&db, &mock).await;
+    let budget = daily_budget(&db, org, key_id).await;
+    let mut redis = OwnRedis::start();
+    let node = |redis: &OwnRedis| WithRedis {
+        url: redis.url(),
+        governance: "redis_timeout_ms = 300",
+    };
+    let a = db_gw_with(&mock, &db, None, Some(node(&redis))).await;
+    let b = db_gw_with(&mock, &db, None, Some(node(&redis))).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let url = if i % 2 == 0 { &a } else { &b }.url("/v1/chat/completions");
+        let (secret, stop) = (secret.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0i64, 0i64);
+            // Bounded: at most 100 s of traffic even if the stop flag were never set.
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let r = client()
+                    .post(&url)
+                    .bearer_auth(&secret)
+                    .header("x-mock-latency-ms", "30")
+                    .json(&chat_body("db-chat", false))
+                    .send()
+                    .await
+                    .unwrap();
+                let st = r.status().as_u16();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                match st {
+                    200 => ok += 1,
+                    // A window Redis lost between the check and its seed.
+                    503 => {
+                        assert_eq!(v["error"]["code"], "dependency_unavailable", "{v}");
+                        unavailable += 1;
+                    }
+                    other => panic!("unexpected {other}: {v}"),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, unavailable)
+        }));
+    }
+    let phase = Duration::from_millis(1500);
+    tokio::time::sleep(phase).await;
+    // Restart: every window, reservation and counter in Redis is lost.
+    redis.kill();
+    tokio::time::sleep(phase).await;
+    redis.restart();
+    tokio::time::sleep(2 * phase).await;
+    // Pause: scripts time out (and run once Redis resumes); the keys stay.
+    redis.signal("STOP");
+    tokio::time::sleep(phase).await;
+    redis.signal("CONT");
+    tokio::time::sleep(2 * phase).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut unavailable) = (0, 0);
+    for c in clients {
+        let (o, u) = c.await.unwrap();
+        ok += o;
+        unavailable += u;
+    }
+    eprintln!("{ok} admitted, {unavailable} answered 503");
+    assert!(ok > 100, "{ok} admitted");
+    assert!(unavailable * 20 <= ok, "{unavailable} of {ok} answered 503");
+
+    let cost = records_cost(&db, key_id, ok).await;
+    let start = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .start_of_day()
+        .unwrap()
+        .timestamp()
+        .as_second();
+    let key = format!("wharf:bw:b:{budget}:{start}");
+    let mut last = (0, 0, 0, 0);
+    let settled = poll_opt(Duration::from_secs(15), async || {
+        let (pg_used, pg_reserved): (i64, i64) = sqlx::query_as(
+            "SELECT used_nanos, reserved_nanos FROM budget_windows
+              WHERE budget_id = $1 AND window_start = to_timestamp($2)",
+        )
+        .bind(budget)
+        .bind(start as f64)
+        .fetch_one(&db.pool)
+        .await
+        .ok()?;
+        let r_used = redis.hget(&key, "used").unwrap_or(-1);
+        let r_reserved = redis.hget(&key, "reserved").unwrap_or(-1);
+        last = (pg_used, pg_reserved, r_used, r_reserved);
+        (pg_used == cost && r_used == cost && pg_reserved == 0 && r_reserved == 0).then_some(())
+    })
+    .await;
+    let (pg_used, pg_reserved, r_used, r_reserved) = last;
+    assert!(
+        settled.is_some(),
+        "records {cost}; Postgres used {pg_used} reserved {pg_reserved}; Redis used {r_used} \
+         reserved {r_reserved}"
+    );
+    // The key has most of its dollar left: both nodes admit it.
+    chat_ok(&a, &secret).await;
+    chat_ok(&b, &secret).await;
+    assert!((cost as u64) < 1_000_000_000 / 2, "{cost}");
+}
+
+/// Polls `f` (every 50 ms) until it gives a value or `within` passes.
+async fn poll_opt<T>(within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

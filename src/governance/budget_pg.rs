@@ -27,12 +27,14 @@ use arc_swap::ArcSwapOption;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// How long the meter list is served from memory before a background refresh.
+/// How long the meter list is served from memory before a background refresh (the safety
+/// net: a change to `budgets` or `quotas` reloads it at once through the change notification,
+/// see [`PgBudgets::reload_meters`]).
 const METERS_TTL: Duration = Duration::from_secs(5);
 /// A reservation left unsettled this long is stale (crashed node).
 pub const RESERVATION_TTL_SECONDS: i64 = 900;
@@ -323,12 +325,27 @@ pub async fn expire_stale(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(n)
 }
 
+/// An amount a settle added to a window's used amount in Postgres.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub meter: Arc<Meter>,
+    /// The window's start.
+    pub start: Timestamp,
+    pub amount: u64,
+    /// The window row's `used_version` once the amount was added.
+    pub version: i64,
+}
+
 /// The database-backed budget store.
 pub struct PgBudgets {
     db: Arc<DbMode>,
     notifier: Arc<super::webhook::Notifier>,
     meters: ArcSwapOption<(Instant, Vec<Arc<Meter>>)>,
     refreshing: Arc<AtomicBool>,
+    /// Ticket of the latest load started, and of the list stored: a slower, older load never
+    /// replaces the list of a newer one (a change notification racing the periodic refresh).
+    load_tickets: AtomicU64,
+    stored_ticket: Mutex<u64>,
     /// How often the stale-reservation pass runs on its own (it also runs with each meter
     /// refresh while requests flow).
     sweep_every: Duration,
@@ -387,6 +404,8 @@ impl PgBudgets {
             notifier,
             meters: ArcSwapOption::empty(),
             refreshing: Arc::new(AtomicBool::new(false)),
+            load_tickets: AtomicU64::new(0),
+            stored_ticket: Mutex::new(0),
             sweep_every,
             sweeper: std::sync::Once::new(),
         })
@@ -460,8 +479,38 @@ impl PgBudgets {
         });
     }
 
-    /// The meters, from memory (refreshed in the background every few seconds); the very
-    /// first call loads them.
+    /// Loads the meter list and stores it unless a load started later has stored its own
+    /// meanwhile; returns the list now current.
+    async fn load(&self, pool: &PgPool) -> Result<Arc<(Instant, Vec<Arc<Meter>>)>, sqlx::Error> {
+        let ticket = self.load_tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        let v = load_meters(pool).await?;
+        let fresh = Arc::new((Instant::now(), v));
+        let mut stored = self.stored_ticket.lock().unwrap_or_else(|e| e.into_inner());
+        if ticket > *stored {
+            *stored = ticket;
+            self.meters.store(Some(fresh.clone()));
+            return Ok(fresh);
+        }
+        drop(stored);
+        Ok(self.meters.load_full().unwrap_or(fresh))
+    }
+
+    /// Reloads the meter list now: called by the control service when a `budgets` or `quotas`
+    /// row changed (the change notification), so a new, changed or deleted budget counts on
+    /// every node within moments, as a key change does. A node that has not needed its list
+    /// yet keeps loading it on first use.
+    pub async fn reload_meters(&self) {
+        if self.meters.load().is_none() {
+            return;
+        }
+        let Some(pool) = self.pool() else { return };
+        if let Err(e) = self.load(&pool).await {
+            tracing::warn!(error = %e, "budgets: reload after a change failed; keeping the cached list");
+        }
+    }
+
+    /// The meters, from memory (reloaded on every change notification, and refreshed in the
+    /// background every few seconds as a safety net); the very first call loads them.
     async fn meters(self: &Arc<Self>) -> Result<Arc<(Instant, Vec<Arc<Meter>>)>, GatewayError> {
         if let Some(m) = self.meters.load_full() {
             if m.0.elapsed() > METERS_TTL && !self.refreshing.swap(true, Ordering::AcqRel) {
@@ -474,8 +523,8 @@ impl PgBudgets {
                         if let Err(e) = expire_stale(&pool).await {
                             tracing::warn!(error = %e, "budgets: cannot expire stale reservations");
                         }
-                        match load_meters(&pool).await {
-                            Ok(v) => me.meters.store(Some(Arc::new((Instant::now(), v)))),
+                        match me.load(&pool).await {
+                            Ok(_) => {}
                             Err(e) => {
                                 tracing::warn!(error = %e, "budgets: refresh failed; keeping the cached list")
                             }
@@ -491,13 +540,9 @@ impl PgBudgets {
         let Some(pool) = self.pool() else {
             return Ok(Arc::new((Instant::now(), Vec::new())));
         };
-        let loaded = tokio::time::timeout(Duration::from_secs(2), load_meters(&pool)).await;
+        let loaded = tokio::time::timeout(Duration::from_secs(2), self.load(&pool)).await;
         match loaded.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
-            Ok(v) => {
-                let m = Arc::new((Instant::now(), v));
-                self.meters.store(Some(m.clone()));
-                Ok(m)
-            }
+            Ok(m) => Ok(m),
             Err(e) => {
                 // Cached empty: the background refresh retries within METERS_TTL, and requests
                 // do not each wait for an unreachable database meanwhile.
@@ -704,10 +749,11 @@ impl PgBudgets {
         id: &str,
         held: &[Arc<Meter>],
         rec: Option<&UsageRecord>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Vec<Settled>, sqlx::Error> {
         let Some(pool) = self.pool() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let mut settled = Vec::new();
         let mut tx = pool.begin().await?;
         let state = if rec.is_some() { "SETTLED" } else { "RELEASED" };
         let mut crossed = Vec::new();
@@ -715,7 +761,7 @@ impl PgBudgets {
             let t = tables(m);
             let actual = rec.map(|r| m.metric.actual(r)).unwrap_or(0) as i64;
             let mid = Uuid::parse_str(&m.id).unwrap_or_default();
-            type Row = (Uuid, i64, time::OffsetDateTime, time::OffsetDateTime);
+            type Row = (Uuid, i64, time::OffsetDateTime, time::OffsetDateTime, i64);
             let row: Option<Row> = sqlx::query_as(&format!(
                 "WITH r AS (
                     UPDATE {res} SET state = $3::reservation_state, {ac} = $4
@@ -723,7 +769,7 @@ impl PgBudgets {
                     RETURNING window_id, {a} AS amount)
                  UPDATE {w} SET {r} = GREATEST({w}.{r} - r.amount, 0), {u} = {w}.{u} + $4
                    FROM r WHERE {w}.id = r.window_id
-                 RETURNING {w}.id, {w}.{u}, {w}.window_start, {w}.window_end",
+                 RETURNING {w}.id, {w}.{u}, {w}.window_start, {w}.window_end, {w}.used_version",
                 res = t.reservations,
                 ac = t.actual,
                 fk = t.fk,
@@ -738,7 +784,15 @@ impl PgBudgets {
             .bind(actual)
             .fetch_optional(&mut *tx)
             .await?;
-            if let (Some((wid, used, ws, we)), false) = (row, m.warnings.is_empty()) {
+            if let (Some((_, _, ws, _, version)), true) = (&row, actual > 0) {
+                settled.push(Settled {
+                    meter: m.clone(),
+                    start: to_ts(*ws).unwrap_or_default(),
+                    amount: actual as u64,
+                    version: *version,
+                });
+            }
+            if let (Some((wid, used, ws, we, _)), false) = (row, m.warnings.is_empty()) {
                 let window = (to_ts(ws).unwrap_or_default(), to_ts(we).unwrap_or_default());
                 let before = (used - actual).max(0) as u64;
                 let limit = if m.is_balance() {
@@ -785,17 +839,28 @@ impl PgBudgets {
         for (m, th, used, limit, window) in crossed {
             super::budget::warned(&self.notifier, &m, th, used as u64, limit, window);
         }
-        Ok(())
+        Ok(settled)
     }
 
     /// Post-flight: settles to the record (or releases when nothing reached the provider).
-    pub async fn settle(&self, mut g: PgGrant, rec: &UsageRecord, reached_provider: bool) {
+    /// Returns what was added to each window's used amount (with the row's new
+    /// `used_version`), for the Redis fast path to reconcile after an outage.
+    pub async fn settle(
+        &self,
+        mut g: PgGrant,
+        rec: &UsageRecord,
+        reached_provider: bool,
+    ) -> Vec<Settled> {
         g.done = true;
         let r = self
             .finish(&g.id, &g.held, reached_provider.then_some(rec))
             .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, request_id = %g.id, "budgets: settle failed; the reservation expires");
+        match r {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, request_id = %g.id, "budgets: settle failed; the reservation expires");
+                Vec::new()
+            }
         }
     }
 }

@@ -15,11 +15,21 @@
 //! last settle, as in the Postgres-only mode.
 //!
 //! A window missing from Redis (first use, or a Redis restart) is seeded from its Postgres
-//! row (created with its rollover as the Postgres path creates it) plus this node's unflushed
-//! amounts, then the reserve runs again. When Redis cannot answer, the request falls back to
-//! the Postgres ledger ([`super::budget_pg`]); what it settles there is added to the Redis
-//! window once Redis answers again. Prepaid balances always use the Postgres ledger: a top-up
-//! must count the moment it commits.
+//! row (created with its rollover as the Postgres path creates it), then the reserve runs
+//! again. The seed keeps the row's `used_version` (`pgv`, bumped by a trigger on every change
+//! of `used`) and a fresh incarnation id (`inc`). Every amount a node writes to Postgres —
+//! a flushed settle, a settle of the Postgres ledger while Redis could not answer, a settle
+//! that could not reach Redis — is then squared with the Redis window (one batched script,
+//! idempotent by item id): it is added there unless it was counted in that very incarnation or
+//! the seed read a row that already held it (`pgv >= its version`); a window missing from
+//! Redis gets a floor, so its next seed reads a row that holds the amount. So after any
+//! outage — a restart that lost the windows, or a pause whose scripts ran late — Redis,
+//! Postgres and the usage records agree exactly: nothing counted twice, nothing left out. A
+//! settle remembers its reservation id for [`DONE_KEEP_MS`] (`:d`), so a retry of a settle
+//! whose answer was lost changes nothing. When Redis cannot answer, the request falls back to
+//! the Postgres ledger ([`super::budget_pg`]); a reservation its check may have taken in Redis
+//! all the same is taken out once Redis answers. Prepaid balances always use the Postgres
+//! ledger: a top-up must count the moment it commits.
 //!
 //! Stale reservations (a node that died between reserve and settle) expire after
 //! [`super::budget_pg::RESERVATION_TTL_SECONDS`]: a sweep on every node, every
@@ -47,25 +57,46 @@ const INDEX: &str = "wharf:bw:index";
 /// How long a window's hash outlives its window.
 const KEEP_AFTER_END_MS: i64 = 86_400_000;
 
+/// How long a settle (or a reconciled amount) is remembered in the window's `:d` set, so a
+/// retry of a script that ran although its answer was lost (a timeout) changes nothing.
+const DONE_KEEP_MS: i64 = 120_000;
+/// How long a missing window's floor (`:f`) outlives the last amount that set it.
+const FLOOR_KEEP_MS: i64 = 60_000;
+/// Most reconcile items per script call.
+const RECONCILE_BATCH: usize = 256;
+
+/// Seeds a window from its Postgres row: `used`, `rollover`, the row's `used_version` (`pgv`)
+/// and a fresh incarnation id (`inc`). -1: the row read is older than an amount already
+/// written to Postgres and counted as "in the next seed" (the floor `:f`): read it again.
 const SEED: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'used', ARGV[1], 'reserved', 0, 'rollover', ARGV[2])
+local floor = tonumber(redis.call('GET', KEYS[1] .. ':f') or '0')
+if floor > tonumber(ARGV[5]) then return -1 end
+redis.call('HSET', KEYS[1], 'used', ARGV[1], 'reserved', 0, 'rollover', ARGV[2], 'pgv', ARGV[5], 'inc', ARGV[6])
 for th in string.gmatch(ARGV[4], '%d+') do redis.call('HSET', KEYS[1], 'w' .. th, 1) end
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('DEL', KEYS[1] .. ':f')
 return 1
 "#;
 
-/// Per window: `{state, used, crossed}`; state 1 settled its reservation, 2 the sweep had
-/// settled it already (nothing to do), 3 the reservation had expired (its amount was given
-/// back; the actual amount still counts), 4 the window is not in Redis (Postgres only).
+/// Per window: `{state, used, crossed, inc}`; state 1 took the reservation out (and, for a
+/// settle, added the actual amount in incarnation `inc`), 2 the sweep had settled it already
+/// (nothing to do), 3 the reservation is not there (expired and given back by the sweep, or
+/// lost with a Redis restart: the amount is not counted here; the flush reconciles it), 4 the
+/// window is not in Redis (Postgres only), 5 an earlier try of this settle counted it already
+/// (its answer was lost) in incarnation `inc`.
 const SETTLE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
 local settle = ARGV[2] == '1'
+local keep = tonumber(ARGV[3])
 local out = {}
 for i = 1, #KEYS do
   local k = KEYS[i]
-  local actual = ARGV[2 + (i - 1) * 3 + 1]
-  local state, used, mask = 4, 0, 0
+  local b = 3 + (i - 1) * 3
+  local actual = ARGV[b + 1]
+  local state, used, mask, inc = 4, 0, 0, ''
   if redis.call('EXISTS', k) == 1 then
     local v = redis.call('HGET', k .. ':r', id)
     if v then
@@ -73,28 +104,86 @@ for i = 1, #KEYS do
       local amount = tonumber(string.match(v, '^(%d+)'))
       if redis.call('HINCRBY', k, 'reserved', -amount) < 0 then redis.call('HSET', k, 'reserved', 0) end
       state = 1
+    elseif redis.call('ZSCORE', k .. ':d', id) then
+      state = 5
     elseif redis.call('HEXISTS', k .. ':s', id) == 1 then
       state = 2
     else
       state = 3
     end
-    if settle and state ~= 2 then
+    if settle and state == 1 then
+      inc = redis.call('HGET', k, 'inc') or ''
       used = redis.call('HINCRBY', k, 'used', actual)
-      local limit = tonumber(ARGV[2 + (i - 1) * 3 + 2])
+      local limit = tonumber(ARGV[b + 2])
       local before = used - tonumber(actual)
       local bit = 1
-      for th in string.gmatch(ARGV[2 + (i - 1) * 3 + 3], '%d+') do
+      for th in string.gmatch(ARGV[b + 3], '%d+') do
         local at = math.floor(limit * tonumber(th) / 100)
         if before < at and used >= at and redis.call('HSETNX', k, 'w' .. th, 1) == 1 then
           mask = mask + bit
         end
         bit = bit * 2
       end
+      redis.call('ZREMRANGEBYSCORE', k .. ':d', '-inf', now - keep)
+      redis.call('ZADD', k .. ':d', now, id)
+      redis.call('PEXPIRE', k .. ':d', keep)
+    elseif state == 5 then
+      inc = redis.call('HGET', k, 'inc') or ''
     end
   end
-  out[#out + 1] = state
-  out[#out + 1] = used
-  out[#out + 1] = mask
+  out[#out + 1] = tostring(state)
+  out[#out + 1] = tostring(used)
+  out[#out + 1] = tostring(mask)
+  out[#out + 1] = inc
+end
+return out
+"#;
+
+/// Reconciles amounts written to Postgres with the Redis windows, per item `{mode, tag, item
+/// id, version, amount}`: mode `c` was counted in incarnation `tag`, `n` was not counted in
+/// Redis, `d` is a settle that could not reach Redis (reservation `tag` may still be held),
+/// `r` a release that could not (nothing to add). An amount not counted in the window is
+/// added when the window's seed read an older row (`pgv < version`); a missing window gets
+/// the floor `:f`, so its next seed reads a row that holds the amount. Idempotent by item id.
+const RECONCILE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep, floor_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local b = 2 + (i - 1) * 5
+  local mode, tag, item, v, amount = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4]), ARGV[b + 5]
+  local r = 0
+  if redis.call('EXISTS', k) == 0 then
+    if v > 0 then
+      local f = tonumber(redis.call('GET', k .. ':f') or '0')
+      if f < v then f = v end
+      redis.call('SET', k .. ':f', tostring(f), 'PX', floor_ms)
+    end
+  else
+    local counted = redis.call('ZSCORE', k .. ':d', item) ~= false
+    if mode == 'c' then
+      counted = counted or (redis.call('HGET', k, 'inc') or '') == tag
+    elseif mode == 'd' or mode == 'r' then
+      local res = redis.call('HGET', k .. ':r', tag)
+      if res then
+        redis.call('HDEL', k .. ':r', tag)
+        local a = tonumber(string.match(res, '^(%d+)'))
+        if redis.call('HINCRBY', k, 'reserved', -a) < 0 then redis.call('HSET', k, 'reserved', 0) end
+      elseif redis.call('ZSCORE', k .. ':d', tag) or redis.call('HEXISTS', k .. ':s', tag) == 1 then
+        counted = true
+      end
+    end
+    if mode ~= 'r' and not counted and tonumber(redis.call('HGET', k, 'pgv') or '0') < v then
+      redis.call('HINCRBY', k, 'used', amount)
+      redis.call('ZREMRANGEBYSCORE', k .. ':d', '-inf', now - keep)
+      redis.call('ZADD', k .. ':d', now, item)
+      redis.call('PEXPIRE', k .. ':d', keep)
+      r = 1
+    end
+  end
+  out[#out + 1] = r
 end
 return out
 "#;
@@ -115,9 +204,11 @@ end
 return out
 "#;
 
+/// `{done, inc}`: whether the reservation was there, and the incarnation it was settled in.
 const SWEEP_ONE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'0', ''} end
 local v = redis.call('HGET', KEYS[1] .. ':r', ARGV[1])
-if not v then return 0 end
+if not v then return {'0', ''} end
 redis.call('HDEL', KEYS[1] .. ':r', ARGV[1])
 local amount = tonumber(string.match(v, '^(%d+)'))
 if redis.call('HINCRBY', KEYS[1], 'reserved', -amount) < 0 then redis.call('HSET', KEYS[1], 'reserved', 0) end
@@ -126,7 +217,7 @@ if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1] .. ':s', ARGV[1], 1)
   redis.call('PEXPIREAT', KEYS[1] .. ':s', ARGV[4])
 end
-return 1
+return {'1', redis.call('HGET', KEYS[1], 'inc') or ''}
 "#;
 
 const LIVE: &str = r#"
@@ -143,12 +234,6 @@ return out
 
 const MEMBERS: &str = "return redis.call('SMEMBERS', KEYS[1])";
 
-const CATCH_UP: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'used', ARGV[1])
-return 1
-"#;
-
 /// One meter window, as Postgres keys it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct WindowRef {
@@ -157,11 +242,55 @@ struct WindowRef {
     start: i64,
 }
 
-/// Amounts to add to a window's `used` column.
+/// How an amount bound for Postgres stands with the Redis window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Tag {
+    /// Counted in the Redis window of incarnation `.0` (its `inc`).
+    Counted(String),
+    /// Not counted in Redis (the window or the reservation was not there).
+    NotCounted,
+    /// The settle could not reach Redis: reservation `.0` may still be held there.
+    Deferred(String),
+}
+
+/// Amounts to add to a window's `used` column, by how each stands with Redis.
 #[derive(Debug, Default)]
 struct Delta {
     end: i64,
     amount: i64,
+    parts: HashMap<Tag, i64>,
+}
+
+/// An amount written to Postgres (or a release) still to be squared with its Redis window.
+#[derive(Debug, Clone)]
+struct Item {
+    key: String,
+    tag: Tag,
+    /// A release that could not reach Redis: reservation `.0` to take out.
+    release: Option<String>,
+    /// Unique: a retried item is not added twice.
+    id: String,
+    /// The window row's `used_version` once the amount was in (0: a release).
+    version: i64,
+    amount: i64,
+}
+
+impl Item {
+    fn args(&self) -> [String; 5] {
+        let (mode, tag) = match (&self.release, &self.tag) {
+            (Some(r), _) => ("r", r.as_str()),
+            (None, Tag::Counted(inc)) => ("c", inc.as_str()),
+            (None, Tag::NotCounted) => ("n", ""),
+            (None, Tag::Deferred(id)) => ("d", id.as_str()),
+        };
+        [
+            mode.to_string(),
+            tag.to_string(),
+            self.id.clone(),
+            self.version.to_string(),
+            self.amount.to_string(),
+        ]
+    }
 }
 
 #[derive(Default)]
@@ -170,7 +299,7 @@ struct Scripts {
     settle: OnceCell<String>,
     sweep_list: OnceCell<String>,
     sweep_one: OnceCell<String>,
-    catch_up: OnceCell<String>,
+    reconcile: OnceCell<String>,
     members: OnceCell<String>,
     live: OnceCell<String>,
 }
@@ -193,8 +322,8 @@ pub struct RedisBudgets {
     scripts: Scripts,
     /// Settled amounts not yet in Postgres.
     pending: Mutex<HashMap<WindowRef, Delta>>,
-    /// Amounts the Postgres ledger settled while Redis could not answer: (window key, amount).
-    catch_up: Mutex<Vec<(String, u64)>>,
+    /// Amounts written to Postgres (and releases) still to be squared with Redis.
+    reconcile: Mutex<Vec<Item>>,
     started: std::sync::Once,
     sweep_every: Duration,
 }
@@ -233,6 +362,20 @@ fn thresholds(m: &Meter) -> String {
         .map(u8::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+impl Item {
+    /// A release of reservation `id` in window `key` that could not reach Redis.
+    fn release(key: String, id: &str) -> Item {
+        Item {
+            key,
+            tag: Tag::NotCounted,
+            release: Some(id.to_string()),
+            id: Uuid::new_v4().simple().to_string(),
+            version: 0,
+            amount: 0,
+        }
+    }
 }
 
 /// A request's budget reservation, ready for the check.
@@ -302,7 +445,7 @@ impl RedisBudgets {
             pg,
             scripts: Scripts::default(),
             pending: Mutex::new(HashMap::new()),
-            catch_up: Mutex::new(Vec::new()),
+            reconcile: Mutex::new(Vec::new()),
             started: std::sync::Once::new(),
             sweep_every,
         })
@@ -377,8 +520,9 @@ impl RedisBudgets {
         }
     }
 
-    /// Puts a window into Redis from its Postgres row (created when missing) and this node's
-    /// amounts not yet flushed.
+    /// Puts a window into Redis from its Postgres row (created when missing), with the row's
+    /// `used_version` and a new incarnation id. Amounts not in that row yet (another node's, or
+    /// this node's, on their way to Postgres) are added by their reconcile once they are in.
     async fn seed(
         &self,
         m: &Meter,
@@ -400,45 +544,51 @@ impl RedisBudgets {
             .execute(&*pool)
             .await
             .map_err(budget_pg::unavailable)?;
-        let (used, rollover, warned): (i64, i64, Vec<i32>) = sqlx::query_as(&format!(
-            "SELECT {u}, {ro}, warned_thresholds FROM {w} WHERE {fk} = $1 AND window_start = $2",
-            u = t.used,
-            ro = t.rollover,
-            w = t.windows,
-            fk = t.fk
+        // A row read before an amount that a reconcile already left to this seed: read again.
+        for _ in 0..5 {
+            let (used, rollover, warned, version): (i64, i64, Vec<i32>, i64) =
+                sqlx::query_as(&format!(
+                    "SELECT {u}, {ro}, warned_thresholds, used_version FROM {w}
+                      WHERE {fk} = $1 AND window_start = $2",
+                    u = t.used,
+                    ro = t.rollover,
+                    w = t.windows,
+                    fk = t.fk
+                ))
+                .bind(mid)
+                .bind(budget_pg::to_odt(start))
+                .fetch_one(&*pool)
+                .await
+                .map_err(budget_pg::unavailable)?;
+            let warned = warned
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let seeded = self
+                .redis
+                .run::<i64>(
+                    SEED,
+                    &self.scripts.seed,
+                    vec![key.to_string()],
+                    vec![
+                        used.max(0).to_string(),
+                        rollover.max(0).to_string(),
+                        expire_at_ms(end).to_string(),
+                        warned,
+                        version.to_string(),
+                        Uuid::new_v4().simple().to_string(),
+                    ],
+                )
+                .await
+                .map_err(|e| budget_pg::unavailable(e.0))?;
+            if seeded >= 0 {
+                return Ok(());
+            }
+        }
+        Err(budget_pg::unavailable(
+            "budget window seed kept reading an older row",
         ))
-        .bind(mid)
-        .bind(budget_pg::to_odt(start))
-        .fetch_one(&*pool)
-        .await
-        .map_err(budget_pg::unavailable)?;
-        let unflushed = lock(&self.pending)
-            .get(&WindowRef {
-                quota: m.quota,
-                meter: mid,
-                start: start.as_second(),
-            })
-            .map_or(0, |d| d.amount);
-        let warned = warned
-            .iter()
-            .map(i32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        self.redis
-            .run::<i64>(
-                SEED,
-                &self.scripts.seed,
-                vec![key.to_string()],
-                vec![
-                    (used.max(0) + unflushed).to_string(),
-                    rollover.max(0).to_string(),
-                    expire_at_ms(end).to_string(),
-                    warned,
-                ],
-            )
-            .await
-            .map_err(|e| budget_pg::unavailable(e.0))?;
-        Ok(())
     }
 
     /// Post-flight: settles to the record (or releases when nothing reached the provider).
@@ -457,14 +607,18 @@ impl RedisBudgets {
         rec: Option<&UsageRecord>,
     ) {
         let keys: Vec<String> = held.iter().map(|(m, w)| window_key(m, w.0)).collect();
-        let mut args = vec![id.to_string(), u8::from(rec.is_some()).to_string()];
+        let mut args = vec![
+            id.to_string(),
+            u8::from(rec.is_some()).to_string(),
+            DONE_KEEP_MS.to_string(),
+        ];
         for (m, _) in held {
             args.push(rec.map_or(0, |r| m.metric.actual(r)).to_string());
             args.push(m.limit.to_string());
             args.push(thresholds(m));
         }
         let mut tries = 0;
-        let v: Vec<i64> = loop {
+        let v: Vec<String> = loop {
             match self
                 .redis
                 .run(SETTLE, &self.scripts.settle, keys.clone(), args.clone())
@@ -472,7 +626,18 @@ impl RedisBudgets {
             {
                 Ok(v) => break v,
                 Err(e) if tries >= 3 => {
-                    tracing::warn!(error = %e.0, request_id = %id, "budgets: settle failed in Redis; the sweep settles it from the usage record");
+                    // Postgres gets the amount now (the fallback ledger checks against it);
+                    // Redis once it answers again (the reservation is then taken out, and the
+                    // amount added unless that window's seed already holds it).
+                    tracing::warn!(error = %e.0, request_id = %id, "budgets: settle failed in Redis; it is reconciled when Redis answers");
+                    for ((m, window), key) in held.iter().zip(keys) {
+                        let actual = rec.map_or(0, |r| m.metric.actual(r));
+                        if actual > 0 {
+                            self.add_pending(m, *window, actual, Tag::Deferred(id.to_string()));
+                        } else {
+                            lock(&self.reconcile).push(Item::release(key, id));
+                        }
+                    }
                     return;
                 }
                 Err(_) => {
@@ -483,12 +648,18 @@ impl RedisBudgets {
         };
         let Some(rec) = rec else { return };
         for (i, (m, window)) in held.iter().enumerate() {
-            let at = |j: usize| v.get(i * 3 + j).copied().unwrap_or(0);
-            if at(0) == 2 {
-                continue;
-            }
+            let at = |j: usize| {
+                v.get(i * 4 + j)
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
+            let tag = match at(0) {
+                2 => continue,
+                1 | 5 => Tag::Counted(v.get(i * 4 + 3).cloned().unwrap_or_default()),
+                _ => Tag::NotCounted,
+            };
             let actual = m.metric.actual(rec);
-            self.add_pending(m, *window, actual);
+            self.add_pending(m, *window, actual, tag);
             let (used, crossed) = (at(1).max(0) as u64, at(2));
             for (bit, th) in m.warnings.iter().enumerate() {
                 if crossed & (1 << bit) != 0 {
@@ -541,7 +712,7 @@ impl RedisBudgets {
         })
     }
 
-    fn add_pending(&self, m: &Meter, (start, end): (Timestamp, Timestamp), amount: u64) {
+    fn add_pending(&self, m: &Meter, (start, end): (Timestamp, Timestamp), amount: u64, tag: Tag) {
         let Ok(meter) = Uuid::parse_str(&m.id) else {
             return;
         };
@@ -558,17 +729,34 @@ impl RedisBudgets {
             .or_default();
         d.end = end.as_second();
         d.amount = d.amount.saturating_add(amount as i64);
+        let part = d.parts.entry(tag).or_default();
+        *part = part.saturating_add(amount as i64);
     }
 
     /// What the Postgres ledger settled for a request admitted while Redis could not answer:
-    /// added to the Redis windows once Redis answers again.
-    pub fn caught_up_later(&self, held: &[Arc<Meter>], rec: &UsageRecord, now: Timestamp) {
-        let mut c = lock(&self.catch_up);
-        for m in held.iter().filter(|m| !m.is_balance()) {
-            let actual = m.metric.actual(rec);
-            if actual > 0 {
-                c.push((window_key(m, m.window(now).0), actual));
-            }
+    /// squared with the Redis windows once Redis answers again (added to each window whose
+    /// seed read an older row; a window not in Redis gets it from its next seed).
+    pub fn settled_in_postgres(&self, settled: &[budget_pg::Settled]) {
+        let mut c = lock(&self.reconcile);
+        for s in settled.iter().filter(|s| !s.meter.is_balance()) {
+            c.push(Item {
+                key: window_key(&s.meter, s.start),
+                tag: Tag::NotCounted,
+                release: None,
+                id: Uuid::new_v4().simple().to_string(),
+                version: s.version,
+                amount: s.amount as i64,
+            });
+        }
+    }
+
+    /// The check of `p` could not get an answer from Redis, so its request reserves in
+    /// Postgres: should the check have run in Redis after all, its reservation is taken out
+    /// there once Redis answers again.
+    pub fn release_later(&self, p: &Prepared) {
+        let mut c = lock(&self.reconcile);
+        for key in &p.keys {
+            c.push(Item::release(key.clone(), &p.id));
         }
     }
 
@@ -595,14 +783,15 @@ impl RedisBudgets {
             let starts: Vec<time::OffsetDateTime> = part.keys().map(|w| at(w.start)).collect();
             let ends: Vec<time::OffsetDateTime> = part.values().map(|d| at(d.end)).collect();
             let amounts: Vec<i64> = part.values().map(|d| d.amount).collect();
-            let r = sqlx::query(&format!(
+            let r: Result<Vec<(Uuid, time::OffsetDateTime, i64)>, _> = sqlx::query_as(&format!(
                 // A meter deleted meanwhile has no windows left to add to (and must not
                 // hold the batch back).
                 "INSERT INTO {w} ({fk}, window_start, window_end, {u})
                  SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])
                    AS d(id, s, e, a)
                   WHERE EXISTS (SELECT 1 FROM {m} WHERE {m}.id = d.id)
-                 ON CONFLICT ({fk}, window_start) DO UPDATE SET {u} = {w}.{u} + EXCLUDED.{u}",
+                 ON CONFLICT ({fk}, window_start) DO UPDATE SET {u} = {w}.{u} + EXCLUDED.{u}
+                 RETURNING {w}.{fk}, {w}.window_start, {w}.used_version",
                 w = t.windows,
                 fk = t.fk,
                 u = t.used,
@@ -612,11 +801,40 @@ impl RedisBudgets {
             .bind(&starts)
             .bind(&ends)
             .bind(&amounts)
-            .execute(&*pool)
+            .fetch_all(&*pool)
             .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "budgets: cannot write settled amounts to Postgres yet");
-                self.restore(part);
+            match r {
+                Ok(rows) => {
+                    let versions: HashMap<(Uuid, i64), i64> = rows
+                        .into_iter()
+                        .map(|(id, s, v)| ((id, s.unix_timestamp()), v))
+                        .collect();
+                    let mut c = lock(&self.reconcile);
+                    for (w, d) in part {
+                        // A window of a deleted meter: nothing to square.
+                        let Some(version) = versions.get(&(w.meter, w.start)) else {
+                            continue;
+                        };
+                        let Ok(start) = Timestamp::from_second(w.start) else {
+                            continue;
+                        };
+                        let key = key_of(w.quota, &w.meter.to_string(), start);
+                        for (tag, amount) in d.parts {
+                            c.push(Item {
+                                key: key.clone(),
+                                tag,
+                                release: None,
+                                id: Uuid::new_v4().simple().to_string(),
+                                version: *version,
+                                amount,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "budgets: cannot write settled amounts to Postgres yet");
+                    self.restore(part);
+                }
             }
         }
     }
@@ -627,28 +845,54 @@ impl RedisBudgets {
             let e = p.entry(w).or_default();
             e.end = d.end;
             e.amount = e.amount.saturating_add(d.amount);
+            for (tag, amount) in d.parts {
+                let part = e.parts.entry(tag).or_default();
+                *part = part.saturating_add(amount);
+            }
         }
     }
 
-    /// Adds what the Postgres ledger settled during a Redis outage to the Redis windows.
-    async fn apply_catch_up(&self) {
-        let todo = std::mem::take(&mut *lock(&self.catch_up));
-        let mut left = Vec::new();
-        for (key, amount) in todo {
+    /// Squares the amounts written to Postgres (and the releases that could not reach Redis)
+    /// with the Redis windows, in batches; what Redis cannot take now waits for the next pass.
+    async fn reconcile(&self) {
+        loop {
+            let batch: Vec<Item> = {
+                let mut q = lock(&self.reconcile);
+                let n = q.len().min(RECONCILE_BATCH);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let keys = batch.iter().map(|i| i.key.clone()).collect();
+            let mut args = vec![DONE_KEEP_MS.to_string(), FLOOR_KEEP_MS.to_string()];
+            for i in &batch {
+                args.extend(i.args());
+            }
             let r = self
                 .redis
-                .run::<i64>(
-                    CATCH_UP,
-                    &self.scripts.catch_up,
-                    vec![key.clone()],
-                    vec![amount.to_string()],
-                )
+                .run::<Vec<i64>>(RECONCILE, &self.scripts.reconcile, keys, args)
                 .await;
-            if r.is_err() {
-                left.push((key, amount));
+            match r {
+                Ok(added) => {
+                    let n = added.iter().filter(|a| **a == 1).count();
+                    if n > 0 {
+                        tracing::info!(
+                            amounts = n,
+                            "budgets: amounts settled in Postgres added to re-seeded or outdated Redis windows"
+                        );
+                    }
+                }
+                Err(_) => {
+                    // Retried (idempotently) on the next pass, before anything newer.
+                    let mut q = lock(&self.reconcile);
+                    let newer = std::mem::take(&mut *q);
+                    q.extend(batch);
+                    q.extend(newer);
+                    return;
+                }
             }
         }
-        lock(&self.catch_up).extend(left);
     }
 
     /// Settles or releases the reservations past their expiry (see the module docs).
@@ -699,7 +943,7 @@ impl RedisBudgets {
                     .and_then(|s| Timestamp::from_second(s).ok())
                     .zip(meter.as_ref())
                     .map_or(i64::MAX / 2, |(s, m)| expire_at_ms(m.window(s).1));
-                let done: i64 = self
+                let done: Vec<String> = self
                     .redis
                     .run(
                         SWEEP_ONE,
@@ -714,12 +958,14 @@ impl RedisBudgets {
                     )
                     .await
                     .map_err(|e| e.0)?;
-                if let (1, Some(m), Some(actual), Some(s)) = (done, &meter, actual, start) {
+                let swept = done.first().is_some_and(|d| d == "1");
+                if let (true, Some(m), Some(actual), Some(s)) = (swept, &meter, actual, start) {
                     if let Ok(s) = Timestamp::from_second(s) {
-                        self.add_pending(m, m.window(s), actual);
+                        let inc = done.get(1).cloned().unwrap_or_default();
+                        self.add_pending(m, m.window(s), actual, Tag::Counted(inc));
                     }
                 }
-                n += u64::from(done == 1);
+                n += u64::from(swept);
             }
         }
         Ok(n)
@@ -783,8 +1029,8 @@ async fn background(me: Weak<RedisBudgets>) {
         tokio::time::sleep(FLUSH_EVERY).await;
         let Some(store) = me.upgrade() else { return };
         store.flush().await;
-        if !lock(&store.catch_up).is_empty() && store.redis.is_connected() {
-            store.apply_catch_up().await;
+        if !lock(&store.reconcile).is_empty() && store.redis.is_connected() {
+            store.reconcile().await;
         }
         if last_sweep.elapsed() >= store.sweep_every {
             last_sweep = tokio::time::Instant::now();

@@ -523,6 +523,14 @@ impl Governance {
         }
     }
 
+    /// Database mode: reloads the budget and quota list now (a `budgets` or `quotas` row
+    /// changed). No-op in file mode.
+    pub async fn reload_db_meters(&self) {
+        if let Some(pg) = &self.pg {
+            pg.reload_meters().await;
+        }
+    }
+
     /// The Redis fast path of the database's budgets and quotas, when configured.
     pub fn redis_budgets(&self) -> Option<&Arc<budget_redis::RedisBudgets>> {
         self.redis_budgets.as_ref()
@@ -753,9 +761,14 @@ impl Governance {
                     g.headers = headers;
                     match (part.take(), &self.redis_budgets) {
                         (Some(p), Some(rb)) if budget_held => g.redis_budget = Some(rb.grant(p)),
-                        (Some(p), _) => {
-                            // Redis could not answer: the Postgres ledger holds these too.
+                        (Some(p), rb) => {
+                            // Redis could not answer: the Postgres ledger holds these too (and
+                            // should the check have run in Redis all the same, its
+                            // reservation there is taken out once Redis answers).
                             fallback = true;
+                            if let Some(rb) = rb {
+                                rb.release_later(&p);
+                            }
                             for_pg.extend(p.into_meters());
                         }
                         (None, _) => {}
@@ -921,10 +934,11 @@ impl Governance {
             rb.settle(b, rec, reached).await;
         }
         if let (Some(b), Some(pg)) = (g.pg_budget.take(), &self.pg) {
-            if let (true, true, Some(rb)) = (g.pg_fallback, reached, &self.redis_budgets) {
-                rb.caught_up_later(b.meters(), rec, jiff::Timestamp::now());
+            let settled = pg.settle(b, rec, reached).await;
+            if let (true, Some(rb)) = (g.pg_fallback, &self.redis_budgets) {
+                // Admitted while Redis could not answer: squared with the Redis windows later.
+                rb.settled_in_postgres(&settled);
             }
-            pg.settle(b, rec, reached).await;
         }
         let t = &rec.tokens;
         let actual_tokens = t.total.max(t.input + t.output);
