@@ -518,3 +518,59 @@ async fn provider_credentials_echoed_upstream_never_reach_the_client() {
         }
     }
 }
+
+/// A request written as raw HTTP/1.1 with a JSON body.
+fn raw_chat(key: &str) -> String {
+    let body = chat_body("chat-a", false).to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The status lines and `connection` headers of the answers in `out`, in order.
+fn answers(out: &str) -> Vec<(String, Option<String>)> {
+    out.split("HTTP/1.1 ")
+        .skip(1)
+        .map(|a| {
+            let status = a[..3].to_string();
+            let conn = a.lines().take_while(|l| !l.is_empty()).find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("connection: ")
+                    .map(str::to_string)
+            });
+            (status, conn)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let mock = mock().await;
+    let gw = Gw::start(&mock).await;
+    let three = raw_chat(KEY_GOOD).repeat(3);
+    let close =
+        "POST /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+    let out = raw(gw.port, format!("{three}{close}").as_bytes()).await;
+    let got = answers(&out);
+    let statuses: Vec<&str> = got.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(statuses, ["200", "200", "200", "405"], "{out}");
+
+    // A denial before the body was read ends the connection, and says so first.
+    let mixed = format!(
+        "{}{}{}",
+        raw_chat(KEY_GOOD),
+        raw_chat("wharf-no-such-key"),
+        raw_chat(KEY_GOOD)
+    );
+    let out = raw(gw.port, mixed.as_bytes()).await;
+    let got = answers(&out);
+    assert_eq!(got.len(), 2, "{out}");
+    assert_eq!(got[0].0, "200", "{out}");
+    assert_eq!(
+        got[1],
+        ("401".to_string(), Some("close".to_string())),
+        "{out}"
+    );
+}

@@ -1442,6 +1442,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let t = Instant::now();
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): a request sent before the previous answer is
+        // served after it, in order, instead of being dropped with the connection.
+        s.as_downstream_mut().set_pipelining_enabled(true);
         ctx.request_id = next_request_id();
         ctx.client_request_id = client_request_id(s.req_header());
         if self.state.traces.get().is_some() {
