@@ -329,10 +329,11 @@ async fn a_complete_stream_still_bills_the_providers_final_usage() {
 async fn a_malformed_unary_answer_is_passed_on_but_recorded_as_an_upstream_error() {
     let mock = mock().await;
     let gw = Gw::start(&mock).await;
-    for case in [STREAMS[0], STREAMS[4], STREAMS[5], STREAMS[1]] {
+    for case in [STREAMS[0], STREAMS[4], STREAMS[5], STREAMS[1], STREAMS[6]] {
         let path = case
             .path
             .replace(":streamGenerateContent?alt=sse", ":generateContent");
+        let unified = case.path == "/v1/llm/chat";
         let r = client()
             .post(gw.url(&path))
             .bearer_auth(KEY_GOOD)
@@ -344,11 +345,17 @@ async fn a_malformed_unary_answer_is_passed_on_but_recorded_as_an_upstream_error
         assert_eq!(r.status(), 200, "{}", case.name);
         let id = id_of(&r);
         let body = r.bytes().await.unwrap();
-        assert!(
-            serde_json::from_slice::<Value>(&body).is_err(),
-            "{}: the provider's bytes are passed on as they came",
-            case.name
-        );
+        if unified {
+            // The unified route translates, so it answers the gateway's error instead.
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert!(v["error"]["code"].is_string(), "{}: {v}", case.name);
+        } else {
+            assert!(
+                serde_json::from_slice::<Value>(&body).is_err(),
+                "{}: the provider's bytes are passed on as they came",
+                case.name
+            );
+        }
         let rec = gw.usage_of(&id).await;
         assert_eq!(rec["outcome"], "upstream_error", "{}: {rec}", case.name);
         assert_eq!(rec["error_code"], "upstream_error", "{}: {rec}", case.name);
@@ -425,6 +432,17 @@ async fn broken_chunked_framing_is_a_client_error() {
         assert_eq!(rec["outcome"], "denied", "{rec}");
         assert_eq!(rec["denied_by"], "body", "{rec}");
     }
+    // In the caller's family envelope.
+    let req = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {KEY_GOOD}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"
+    );
+    let out = raw(gw.port, req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let v: Value = serde_json::from_str(body.trim()).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(v["type"], "error", "{out}");
+    assert_eq!(v["error"]["code"], "invalid_request_body", "{out}");
     // Still up.
     let r = client()
         .post(gw.url("/v1/chat/completions"))

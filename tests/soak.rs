@@ -1,8 +1,10 @@
 //! Soak: a bounded mixed workload through a real gateway — unary, streaming, failover, gateway
-//! denials, rate limits, clients that vanish mid-stream, and MCP tool calls (allowed and refused
-//! by a guardrail) — reporting throughput, p99 latency, RSS over time and usage-record
-//! completeness. Memory must stay flat and every answered request must leave
-//! exactly one usage record.
+//! denials, rate limits, clients that vanish mid-stream, MCP tool calls (allowed and refused
+//! by a guardrail), and the provider faults (a stream cut, ended early, or ended by an error
+//! event; an Anthropic stream cut before its final usage) once per cycle — reporting
+//! throughput, p99 latency, RSS over time and usage-record completeness. Memory must stay flat,
+//! every answered request must leave exactly one usage record, and each faulted request must be
+//! billed exactly the output tokens that passed before the fault.
 //!
 //! `SOAK_SECONDS` sets the duration (default 12: the short run of `make test`); `make soak` runs
 //! it for longer in release mode and prints the report.
@@ -12,7 +14,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +27,8 @@ struct Stats {
     ids: HashSet<String>,
     latencies_us: Vec<u64>,
     unexpected: Vec<String>,
+    /// Request id → the output tokens its record must bill (streams, faulted or not).
+    expected_output: HashMap<String, u64>,
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -97,6 +101,8 @@ struct UsageSummary {
     mcp: usize,
     /// Request ids of MCP records without exactly one MCP call (the first few).
     mcp_bad: Vec<String>,
+    /// Request id → billed output tokens.
+    output: HashMap<String, u64>,
 }
 
 fn usage_summary(path: &std::path::Path) -> UsageSummary {
@@ -122,9 +128,29 @@ fn usage_summary(path: &std::path::Path) -> UsageSummary {
                 s.mcp_bad.push(id.clone());
             }
         }
+        s.output
+            .insert(id.clone(), r["tokens"]["output"].as_u64().unwrap_or(0));
         s.ids.insert(id);
     }
     s
+}
+
+/// The provider faults of one cycle on the streaming chat worker (with `x-mock-drop-after: 5`
+/// the stream carries the role chunk and 4 tokens before the fault).
+const FAULTS: [Option<&str>; 4] = [
+    None,
+    Some("drop-mid-stream"),
+    Some("end-early"),
+    Some("error-event"),
+];
+
+/// A body to its end, keeping what arrived before a transport error.
+async fn read_to_end(mut r: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(c)) = r.chunk().await {
+        body.extend_from_slice(&c);
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 async fn worker(n: usize, gw_url: String, stop: Arc<AtomicBool>, stats: Arc<Mutex<Stats>>) {
@@ -141,9 +167,41 @@ async fn worker(n: usize, gw_url: String, stop: Arc<AtomicBool>, stats: Arc<Mute
             6 => ("chat-a", false), // a rate-limited key: 200 or 429
             _ => ("chat-a", true),  // the client vanishes after the first chunk
         };
+        let cycle = (i / 9) % 4;
+        let fault = if kind == 2 { FAULTS[cycle] } else { None };
+        // Every other unary chat request of worker 1 is an Anthropic stream cut after its
+        // third content delta, before `message_delta` (3 tokens passed).
+        let anthropic_cut = kind == 1 && cycle % 2 == 1;
+        let expected = match (kind, fault) {
+            (2, Some(_)) => Some(4),
+            (2, None) => Some(12),
+            _ if anthropic_cut => Some(3),
+            _ => None,
+        };
+        // Pingora closes the client's connection after an upstream failure mid-stream (the
+        // answer itself ends cleanly with the error event): faulted requests get a connection
+        // of their own so that the close cannot race the worker's next request.
+        let own = reqwest::Client::new();
+        let c = if fault.is_some_and(|f| f != "end-early" && f != "error-event") || anthropic_cut {
+            &own
+        } else {
+            &c
+        };
         let t = Instant::now();
-        let r = if kind >= 7 {
-            mcp_call(&c, &gw_url, if kind == 7 { "echo" } else { "rm" }, i).await
+        let r = if anthropic_cut {
+            c.post(format!("{gw_url}/v1/messages"))
+                .bearer_auth(KEY_SOAK)
+                .header("x-mock-tokens", "12")
+                .header("x-mock-fault", "drop-mid-stream")
+                .header("x-mock-drop-after", "6")
+                .json(
+                    &json!({"model": "claude", "stream": true, "max_tokens": 100,
+                          "messages": [{"role": "user", "content": format!("soak {i}")}]}),
+                )
+                .send()
+                .await
+        } else if kind >= 7 {
+            mcp_call(c, &gw_url, if kind == 7 { "echo" } else { "rm" }, i).await
         } else {
             c.post(format!("{gw_url}/v1/chat/completions"))
                 .bearer_auth(if kind == 6 {
@@ -153,6 +211,8 @@ async fn worker(n: usize, gw_url: String, stop: Arc<AtomicBool>, stats: Arc<Mute
                 })
                 .header("x-mock-tokens", "12")
                 .header("x-mock-itl-ms", if kind == 5 { "30" } else { "1" })
+                .header("x-mock-fault", fault.unwrap_or("none"))
+                .header("x-mock-drop-after", "5")
                 .json(&json!({"model": model, "stream": stream,
                           "messages": [{"role": "user", "content": format!("soak {i}")}]}))
                 .send()
@@ -181,10 +241,16 @@ async fn worker(n: usize, gw_url: String, stop: Arc<AtomicBool>, stats: Arc<Mute
             // Read one chunk, then drop the connection.
             let mut r = r;
             r.chunk().await.is_ok()
+        } else if fault.is_some() || anthropic_cut {
+            // A faulted stream ends with the family's error event, whatever the fault.
+            read_to_end(r).await.contains("\"error\"")
         } else {
             r.bytes().await.is_ok()
         };
         let mut s = stats.lock().unwrap();
+        if let Some(n) = expected {
+            s.expected_output.insert(id.clone(), n);
+        }
         if status != want || !ok || id.is_empty() {
             s.unexpected.push(format!(
                 "kind {kind} ({model} stream={stream}): status {status}, body ok {ok}"
@@ -277,9 +343,14 @@ policies = {{ ratelimit = {{ requests = {{ per_second = 20 }} }} }}
         t.await.unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let (ids, mut lat, unexpected) = {
+    let (ids, mut lat, unexpected, expected_output) = {
         let s = stats.lock().unwrap();
-        (s.ids.clone(), s.latencies_us.clone(), s.unexpected.clone())
+        (
+            s.ids.clone(),
+            s.latencies_us.clone(),
+            s.unexpected.clone(),
+            s.expected_output.clone(),
+        )
     };
     lat.sort_unstable();
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
@@ -324,6 +395,19 @@ policies = {{ ratelimit = {{ requests = {{ per_second = 20 }} }} }}
         recorded.len(),
         ids.len()
     );
+    // Streams, faulted or not, bill exactly the output tokens that passed.
+    let misbilled: Vec<String> = expected_output
+        .iter()
+        .filter(|(id, n)| summary.output.get(*id) != Some(n))
+        .take(5)
+        .map(|(id, n)| format!("{id}: billed {:?}, produced {n}", summary.output.get(id)))
+        .collect();
+    assert!(
+        expected_output.len() >= 8,
+        "too few streams checked: {}",
+        expected_output.len()
+    );
+    assert!(misbilled.is_empty(), "misbilled streams: {misbilled:?}");
     // Every MCP request (one tools/call each) carries exactly one MCP call record.
     assert!(summary.mcp > 0, "no MCP traffic recorded");
     assert!(

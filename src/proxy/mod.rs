@@ -1009,7 +1009,9 @@ impl Gateway {
                     Bytes::from(v.to_string())
                 }
                 Err(e) => {
+                    // A 2xx the provider's format cannot be read from: a provider failure.
                     ctx.error_code = Some(e.code.as_str().to_string());
+                    ctx.tap.invalid_body = true;
                     e.body()
                 }
             }
