@@ -93,8 +93,81 @@ pub fn metrics_reply() -> Reply {
     }
 }
 
-/// `GET /api/status`: what a status page polls.
-pub fn status(state: &State) -> Reply {
+/// How much `GET /api/status` shows, by who asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusView {
+    /// No credential: gateway-wide health only, nothing of any organisation.
+    Public,
+    /// The operator token or a SUPER_ADMIN: every provider.
+    Gateway,
+    /// An organisation's ORG_ADMIN or MANAGER token: that organisation's providers only.
+    Organisation(String),
+}
+
+/// The bearer token of `Authorization`, if any.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `given` is `secret`, compared in constant time (digests of both, so the length
+/// does not show either).
+pub fn secret_matches(given: &[u8], secret: &crate::config::Secret) -> bool {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    let a = sha2::Sha256::digest(given);
+    let b = sha2::Sha256::digest(secret.expose().as_bytes());
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+/// Whether the request carries the operator token (`server.operator_token_env`).
+pub fn is_operator(snap: &Snapshot, headers: &http::HeaderMap) -> bool {
+    match (&snap.config.server.operator_token, bearer(headers)) {
+        (Some(secret), Some(given)) => secret_matches(given.as_bytes(), secret),
+        _ => false,
+    }
+}
+
+/// Who asks for `/api/status`: nobody (public), the operator, or an admin API token's user
+/// (SUPER_ADMIN: the gateway; others: their organisation). A credential that is none of these
+/// is refused with 401, so that a typo does not look like an empty organisation.
+pub async fn status_view(state: &State, headers: &http::HeaderMap) -> Result<StatusView, Reply> {
+    let Some(token) = bearer(headers) else {
+        return Ok(StatusView::Public);
+    };
+    let snap = state.current();
+    if is_operator(&snap, headers) {
+        return Ok(StatusView::Gateway);
+    }
+    let refused = || {
+        error_reply(&GatewayError::new(
+            ErrorCode::Unauthorized,
+            "invalid token: send the operator token or an admin API token",
+        ))
+    };
+    let Ok(pool) = crate::api::pool(state) else {
+        return Err(refused());
+    };
+    match crate::api::bootstrap::authenticate(&pool, token).await {
+        Ok(Some(c)) if c.role == crate::api::Role::SuperAdmin => Ok(StatusView::Gateway),
+        // A USER reads only its own keys and usage: nothing of the providers.
+        Ok(Some(c)) if c.role == crate::api::Role::User => Ok(StatusView::Public),
+        Ok(Some(c)) => match c.organisation_id {
+            Some(o) => Ok(StatusView::Organisation(o.to_string())),
+            None => Err(refused()),
+        },
+        Ok(None) => Err(refused()),
+        Err(e) => Err(e.reply()),
+    }
+}
+
+/// `GET /api/status`: what a status page polls. Gateway-wide health for everyone; the
+/// providers' reachability only for the views that may see them.
+pub fn status(state: &State, view: &StatusView) -> Reply {
     let snap = state.current();
     let reach = state
         .reachability
@@ -102,14 +175,17 @@ pub fn status(state: &State) -> Reply {
         .ok()
         .map(|g| g.clone())
         .unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
     let providers: Vec<serde_json::Value> = snap
         .config
         .providers
         .iter()
+        .filter(|p| seen.insert(p.status_key()))
         .map(|p| {
-            let r = reach.get(&p.name);
+            let r = reach.get(&p.status_key());
             json!({
                 "name": p.name,
+                "organisation_id": p.organisation_id,
                 "type": p.kind.as_str(),
                 "enabled": p.enabled,
                 "credential_configured": p.api_key.is_some(),
@@ -123,17 +199,27 @@ pub fn status(state: &State) -> Reply {
     let all_up = providers
         .iter()
         .all(|p| p["reachable"].as_bool().unwrap_or(true) || p["enabled"] == false);
-    Reply::json(
-        200,
-        json!({
-            "status": if all_up { "ok" } else { "degraded" },
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at": rfc3339(state.started_at),
-            "uptime_seconds": state.started.elapsed().as_secs(),
-            "config_version": snap.version,
-            "providers": providers,
-        }),
-    )
+    let mut v = json!({
+        "status": if all_up { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": rfc3339(state.started_at),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "config_version": snap.version,
+    });
+    let shown: Option<Vec<serde_json::Value>> = match view {
+        StatusView::Public => None,
+        StatusView::Gateway => Some(providers),
+        StatusView::Organisation(org) => Some(
+            providers
+                .into_iter()
+                .filter(|p| p["organisation_id"].as_str() == Some(org.as_str()))
+                .collect(),
+        ),
+    };
+    if let Some(ps) = shown {
+        v["providers"] = serde_json::Value::Array(ps);
+    }
+    Reply::json(200, v)
 }
 
 /// `GET /v1/models`: the models this key may call, in OpenAI's list shape (only those of
@@ -230,8 +316,26 @@ impl ServeHttp for AdminApp {
         let reply = match path.as_str() {
             "/v1/health" | "/health" if get => health(),
             "/v1/healthz" | "/healthz" if get => healthz(&self.state),
-            "/metrics" if get => metrics_reply(),
-            "/api/status" if get => status(&self.state),
+            // With an operator token configured, the metrics need it here too (the console
+            // shares this listener); without one they stay open, as an internal listener's.
+            "/metrics" if get => {
+                let snap = self.state.current();
+                let h = &http.req_header().headers;
+                if snap.config.server.operator_token.is_none() || is_operator(&snap, h) {
+                    metrics_reply()
+                } else {
+                    error_reply(&GatewayError::new(
+                        ErrorCode::Unauthorized,
+                        "send the operator token: Authorization: Bearer <token>",
+                    ))
+                }
+            }
+            "/api/status" if get => {
+                match status_view(&self.state, &http.req_header().headers).await {
+                    Ok(view) => status(&self.state, &view),
+                    Err(r) => r,
+                }
+            }
             "/v1/health" | "/health" | "/v1/healthz" | "/healthz" | "/metrics" | "/api/status" => {
                 error_reply(&GatewayError::new(ErrorCode::MethodNotAllowed, "use GET"))
             }

@@ -151,7 +151,7 @@ impl ProviderMonitor {
                 },
             };
             results.push((
-                p.name.clone(),
+                p.status_key(),
                 Reachability {
                     reachable: r.is_ok(),
                     latency_ms: r.is_ok().then(|| t.elapsed().as_secs_f64() * 1000.0),

@@ -2014,3 +2014,96 @@ async fn platform_lists_span_every_organisation() {
     let (st, _) = Api::new(&gw, "").get("/api/admin/models").await;
     assert_eq!(st, 401);
 }
+
+/// `/api/status` (either listener): without a credential nothing of any organisation; with an
+/// organisation's admin token only its providers (even where another organisation reuses a
+/// provider name); the super admin sees every one; any other token is refused.
+#[tokio::test]
+async fn status_shows_providers_only_to_their_own_organisation() {
+    let mock = mock().await;
+    let db = TestDb::migrated().await;
+    let gw = start(&mock, &db).await;
+    let root = Api::new(&gw, &root_token(&db).await);
+    let a = id(&root
+        .create(
+            "/api/admin/organisations",
+            json!({"name": "SA", "slug": "sa"}),
+        )
+        .await);
+    let b = id(&root
+        .create(
+            "/api/admin/organisations",
+            json!({"name": "SB", "slug": "sb"}),
+        )
+        .await);
+    let url = format!("http://{}/v1", mock.addr());
+    for (org, name, kind) in [
+        (&a, "same-name", "OPENAI"),
+        (&b, "same-name", "OPENAI"),
+        (&b, "only-b", "ANTHROPIC"),
+    ] {
+        root.create(
+            &org_path(org, "/providers"),
+            json!({"name": name, "provider_type": kind, "base_url": url}),
+        )
+        .await;
+    }
+    let (_, a_admin) = user_with_token(&root, Some(&a), "admin@sa.test", "ORG_ADMIN").await;
+    let (_, b_admin) = user_with_token(&root, Some(&b), "admin@sb.test", "ORG_ADMIN").await;
+    let (_, b_user) = user_with_token(&root, Some(&b), "user@sb.test", "USER").await;
+    let status = |base: String, token: Option<String>| async move {
+        let mut rb = client().get(format!("{base}/api/status"));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let r = rb.send().await.unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<Value>().await.unwrap())
+    };
+    let names = |v: &Value| -> Vec<(String, String)> {
+        let mut n: Vec<(String, String)> = v["providers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no providers in {v}"))
+            .iter()
+            .map(|p| {
+                (
+                    p["organisation_id"].as_str().unwrap_or("").to_string(),
+                    p["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    // The catalog reaches the node on its change notification.
+    poll(Duration::from_secs(10), "three providers", async || {
+        let (_, v) = status(gw.admin_url(""), Some(root.token.clone())).await;
+        (v["providers"].as_array().map(Vec::len) == Some(3)).then_some(())
+    })
+    .await;
+    for base in [gw.admin_url(""), gw.url("")] {
+        let base = base.trim_end_matches('/').to_string();
+        let (st, v) = status(base.clone(), None).await;
+        assert_eq!(st, 200);
+        assert!(
+            v.get("providers").is_none(),
+            "public status shows no provider: {v}"
+        );
+        assert!(v["version"].is_string(), "{v}");
+        let (_, v) = status(base.clone(), Some(a_admin.token.clone())).await;
+        assert_eq!(names(&v), vec![(a.clone(), "same-name".to_string())], "{v}");
+        let (_, v) = status(base.clone(), Some(b_user.token.clone())).await;
+        assert!(v.get("providers").is_none(), "a USER sees no provider: {v}");
+        let (_, v) = status(base.clone(), Some(b_admin.token.clone())).await;
+        let mut want = vec![
+            (b.clone(), "only-b".to_string()),
+            (b.clone(), "same-name".to_string()),
+        ];
+        want.sort();
+        assert_eq!(names(&v), want, "{v}");
+        let (_, v) = status(base.clone(), Some(root.token.clone())).await;
+        assert_eq!(names(&v).len(), 3, "{v}");
+        let (st, v) = status(base.clone(), Some("wharf_adm_not-a-token".into())).await;
+        assert_eq!(st, 401, "{v}");
+    }
+}

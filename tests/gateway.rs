@@ -757,9 +757,53 @@ async fn exactly_one_usage_record_per_request() {
 }
 
 #[tokio::test]
+async fn metrics_on_the_proxy_listener_need_the_operator_token() {
+    let mock = mock().await;
+    let gw = Gw::start_custom(
+        &mock,
+        |port, admin, dir| {
+            config_text(&mock.addr().to_string(), port, admin, dir, "").replace(
+                "client_body_timeout_ms = 2000",
+                "client_body_timeout_ms = 2000\nmetrics_on_proxy = true\noperator_token_env = \"WHARF_TEST_OPERATOR_TOKEN\"",
+            )
+        },
+        &[("WHARF_TEST_OPERATOR_TOKEN", "op-secret-token".to_string())],
+    )
+    .await;
+    let c = client();
+    let r = c.get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(gw.url("/metrics"))
+        .bearer_auth(KEY_GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a virtual key is not the operator");
+    let r = c
+        .get(gw.url("/metrics"))
+        .bearer_auth("op-secret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("wharf_requests_total"));
+}
+
+#[tokio::test]
 async fn health_status_and_metrics() {
     let mock = mock().await;
-    let gw = Gw::start(&mock).await;
+    let gw = Gw::start_custom(
+        &mock,
+        |port, admin, dir| {
+            config_text(&mock.addr().to_string(), port, admin, dir, "").replace(
+                "client_body_timeout_ms = 2000",
+                "client_body_timeout_ms = 2000\noperator_token_env = \"WHARF_TEST_OPERATOR_TOKEN\"",
+            )
+        },
+        &[("WHARF_TEST_OPERATOR_TOKEN", "op-secret-token".to_string())],
+    )
+    .await;
     let c = client();
     for url in [gw.url("/v1/health"), gw.admin_url("/v1/health")] {
         let v: Value = c.get(url).send().await.unwrap().json().await.unwrap();
@@ -782,8 +826,12 @@ async fn health_status_and_metrics() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // With an operator token configured, the metrics need it on the admin listener too.
+    let r = c.get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
     let m = c
         .get(gw.admin_url("/metrics"))
+        .bearer_auth("op-secret-token")
         .send()
         .await
         .unwrap()
@@ -803,11 +851,28 @@ async fn health_status_and_metrics() {
         assert!(m.contains(name), "{name} missing");
     }
     assert!(m.contains(r#"wharf_requests_total{provider="mock",route="/v1/chat/completions",status_class="2xx"} 1"#), "{m}");
-    // Reachability probes run at start.
+    // Not on the proxy listener unless turned on.
+    let r = c.get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // Without a credential, status is gateway-wide only: nothing of any provider.
+    for url in [gw.url("/api/status"), gw.admin_url("/api/status")] {
+        let v: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+        assert!(v.get("providers").is_none(), "{v}");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    }
+    let r = c
+        .get(gw.url("/api/status"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Reachability probes run at start; the operator sees every provider.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let v: Value = c
             .get(gw.url("/api/status"))
+            .bearer_auth("op-secret-token")
             .send()
             .await
             .unwrap()

@@ -140,6 +140,9 @@ pub struct ServerConfig {
     pub log_level: String,
     pub log_json: bool,
     pub metrics_on_proxy: bool,
+    /// Bearer token of the operator views: `/metrics` on the proxy listener (and on the admin
+    /// listener once set), every provider in `/api/status`.
+    pub operator_token: Option<Secret>,
     pub retry_on_reused_connection: bool,
     pub config_watch_interval: Duration,
     pub client_body_timeout: Duration,
@@ -241,6 +244,8 @@ pub struct Provider {
     pub addrs: arc_swap::ArcSwap<Vec<SocketAddr>>,
     /// Active health checks ([`crate::routing::health`]).
     pub health_check: Option<HealthCheck>,
+    /// Database mode: the organisation that owns the provider (`None`: the file's, shared).
+    pub organisation_id: Option<String>,
 }
 
 /// A provider's active health check.
@@ -256,6 +261,15 @@ pub struct HealthCheck {
 }
 
 impl Provider {
+    /// The provider's key in the reachability table: organisations may reuse a name.
+    pub fn status_key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.organisation_id.as_deref().unwrap_or(""),
+            self.name
+        )
+    }
+
     /// Whether `host` is an IP literal (no DNS needed).
     pub fn host_is_ip(&self) -> bool {
         self.host
@@ -517,7 +531,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut errs = Vec::new();
     let mut warnings = Vec::new();
-    let server = validate_server(&raw.server, &mut errs);
+    let mut server = validate_server(&raw.server, &mut errs);
     if raw.usage.queue_capacity == 0 {
         errs.push("usage.queue_capacity: must be at least 1".into());
     }
@@ -666,6 +680,21 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         v.map(|s| s.expose().to_string())
     });
+    server.operator_token = raw.server.operator_token_env.as_ref().and_then(|var| {
+        let v = env_secret("server.operator_token_env", var, &mut errs);
+        if v.is_none() && !var.is_empty() {
+            warnings.push(format!(
+                "server.operator_token_env: environment variable `{var}` is not set; operator views (metrics on the proxy listener, every provider in /api/status) answer 401"
+            ));
+        }
+        v
+    });
+    if server.metrics_on_proxy && raw.server.operator_token_env.is_none() {
+        warnings.push(
+            "server.metrics_on_proxy: the proxy listener's /metrics needs server.operator_token_env and answers 401 without it"
+                .into(),
+        );
+    }
     let invalidation_secret = raw
         .control
         .invalidation_secret_env
@@ -789,6 +818,7 @@ fn validate_server(s: &raw::RawServer, errs: &mut Vec<String>) -> ServerConfig {
         log_level: s.log_level.clone(),
         log_json: s.log_format == "json",
         metrics_on_proxy: s.metrics_on_proxy,
+        operator_token: None,
         retry_on_reused_connection: s.retry_on_reused_connection,
         config_watch_interval: Duration::from_millis(s.config_watch_interval_ms.max(1)),
         client_body_timeout: Duration::from_millis(s.client_body_timeout_ms.max(1)),

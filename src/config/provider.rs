@@ -176,5 +176,6 @@ pub fn build_provider(
         headers,
         addrs: arc_swap::ArcSwap::from_pointee(addrs),
         health_check: None,
+        organisation_id: None,
     })
 }

@@ -188,8 +188,12 @@ pub struct RawServer {
     pub log_level: String,
     #[serde(default = "default_log_format")]
     pub log_format: String,
-    #[serde(default = "default_true")]
+    /// Also serve `/metrics` on the proxy listener (with the operator token only).
+    #[serde(default)]
     pub metrics_on_proxy: bool,
+    /// Environment variable holding the operator's bearer token: `/metrics` on the proxy
+    /// listener, and every provider's reachability in `/api/status`.
+    pub operator_token_env: Option<String>,
     /// Replay a request, to the same provider, when a pooled upstream connection fails before
     /// the response headers (the provider had closed it). A provider that did process the
     /// first send then generates twice; `false` answers 502 instead.
@@ -223,7 +227,8 @@ impl Default for RawServer {
             upstream_keepalive_pool_size: default_keepalive_pool(),
             log_level: default_log_level(),
             log_format: default_log_format(),
-            metrics_on_proxy: true,
+            metrics_on_proxy: false,
+            operator_token_env: None,
             retry_on_reused_connection: true,
             config_watch_interval_ms: default_watch_ms(),
             client_body_timeout_ms: default_body_timeout_ms(),

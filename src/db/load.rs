@@ -552,9 +552,10 @@ fn assemble(
             })
             .unwrap_or_default();
         match build_provider(&spec, secrets, None) {
-            Ok(p) => {
-                let p = Arc::new(p);
+            Ok(mut p) => {
                 let org = row.organisation_id.to_string();
+                p.organisation_id = Some(org.clone());
+                let p = Arc::new(p);
                 cat.providers.push(p.clone());
                 cat.providers_by_id.insert(row.id, p.clone());
                 cat.providers_by_name
@@ -646,7 +647,8 @@ fn assemble(
                         }
                     };
                     match build_provider(&bp.spec, secret.into_iter().collect(), None) {
-                        Ok(p) => {
+                        Ok(mut p) => {
+                            p.organisation_id = Some(bp.row.organisation_id.to_string());
                             let p = Arc::new(p);
                             cat.providers.push(p.clone());
                             bp.pinned.insert(kid, p.clone());

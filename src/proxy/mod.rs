@@ -40,7 +40,6 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType, RetryType};
 use routes::{Family, Route};
-use sha2::Digest;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tap::{ResponseTap, TapMode, WireFormat};
@@ -545,9 +544,26 @@ impl Gateway {
         match route {
             Route::Health => return write_reply(s, ctx, admin::health(), &[]).await,
             Route::Healthz => return write_reply(s, ctx, admin::healthz(&self.state), &[]).await,
-            Route::Status => return write_reply(s, ctx, admin::status(&self.state), &[]).await,
-            Route::Metrics if snap.config.server.metrics_on_proxy => {
+            Route::Status => {
+                let reply = match admin::status_view(&self.state, &s.req_header().headers).await {
+                    Ok(view) => admin::status(&self.state, &view),
+                    Err(r) => r,
+                };
+                return write_reply(s, ctx, reply, &[]).await;
+            }
+            // Per-model cost totals of every tenant: the operator's, never public.
+            Route::Metrics
+                if snap.config.server.metrics_on_proxy
+                    && admin::is_operator(&snap, &s.req_header().headers) =>
+            {
                 return write_reply(s, ctx, admin::metrics_reply(), &[]).await
+            }
+            Route::Metrics if snap.config.server.metrics_on_proxy => {
+                let e = GatewayError::new(
+                    ErrorCode::Unauthorized,
+                    "send the operator token: Authorization: Bearer <token>",
+                );
+                return write_error(s, ctx, e, "auth").await;
             }
             Route::Metrics => {
                 let e = GatewayError::new(ErrorCode::NotFound, "metrics are on the admin listener");
@@ -839,7 +855,6 @@ impl Gateway {
     /// `POST /v1/internal/cache/invalidate`: shared secret (constant-time check), then the
     /// invalidation applies here and is published to the other nodes.
     async fn invalidate(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        use subtle::ConstantTimeEq;
         let snap = ctx.snap.clone();
         let Some(secret) = &snap.config.invalidation_secret else {
             let e = GatewayError::new(
@@ -854,9 +869,7 @@ impl Gateway {
             .get("x-wharf-invalidation-secret")
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default();
-        let a = sha2::Sha256::digest(&given);
-        let b = sha2::Sha256::digest(secret.expose().as_bytes());
-        if !bool::from(a.as_slice().ct_eq(b.as_slice())) {
+        if !admin::secret_matches(&given, secret) {
             let e = GatewayError::new(ErrorCode::Unauthorized, "invalid invalidation secret");
             return write_error(s, ctx, e, "auth").await;
         }

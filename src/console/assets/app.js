@@ -34,8 +34,8 @@
   var st = document.querySelector("[data-status-url]");
   if (st) {
     fetch(st.getAttribute("data-status-url")).then(function (r) { return r.json(); }).then(function (s) {
-      var up = (s.providers || []).filter(function (p) { return p.reachable; }).length;
-      st.textContent = s.status + " · version " + s.version + " · up " + Math.round(s.uptime_seconds / 60) + " min · " + up + "/" + (s.providers || []).length + " providers reachable";
+      // Public status is gateway-wide: it names no provider of any organisation.
+      st.textContent = s.status + " · version " + s.version + " · up " + Math.round(s.uptime_seconds / 60) + " min";
     }).catch(function () { st.textContent = "unreachable"; });
   }
 
