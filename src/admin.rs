@@ -13,22 +13,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A complete answer: status, content type, body.
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Bytes,
-}
-
-impl Reply {
-    fn json(status: u16, v: serde_json::Value) -> Reply {
-        Reply {
-            status,
-            content_type: "application/json",
-            body: Bytes::from(v.to_string()),
-        }
-    }
-}
+pub use crate::respond::{error as error_reply, error_for as error_reply_for, Reply};
 
 /// RFC 3339 of a system time.
 pub fn rfc3339(t: SystemTime) -> String {
@@ -398,19 +383,5 @@ impl pingora::apps::HttpServerApp for AdminListener {
             Ok(c) => c.map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings)),
             Err(_) => None,
         }
-    }
-}
-
-/// A gateway error as a reply.
-pub fn error_reply(e: &GatewayError) -> Reply {
-    error_reply_for(e, crate::proxy::routes::Family::OpenAi)
-}
-
-/// A gateway error as a reply in the family's error shape.
-pub fn error_reply_for(e: &GatewayError, family: crate::proxy::routes::Family) -> Reply {
-    Reply {
-        status: e.status(),
-        content_type: "application/json",
-        body: e.body_for(family),
     }
 }

@@ -4,7 +4,7 @@
 //! code, status and OpenAI-style `type` are properties of the variant, so the mapping is
 //! exhaustive and checked by the compiler.
 
-use crate::proxy::routes::Family;
+use crate::types::Family;
 use bytes::Bytes;
 use serde_json::json;
 

@@ -13,9 +13,9 @@
 
 use super::resources::{fetch, ADMIN_USERS, USERS};
 use super::{json_reply, ApiError, ApiResult, Ctx};
-use crate::admin::Reply;
 use crate::error::ErrorCode;
 use crate::keys::KeyHash;
+use crate::respond::Reply;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use serde_json::{json, Value};

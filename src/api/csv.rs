@@ -1,6 +1,6 @@
 //! CSV output (RFC 4180) for usage and invoice exports.
 
-use crate::admin::Reply;
+use crate::respond::Reply;
 use bytes::Bytes;
 use serde_json::Value;
 

@@ -4,9 +4,9 @@
 
 use super::resources::{self, fetch, insert_row, strip, validate, API_KEYS};
 use super::{json_reply, ApiError, ApiResult, Ctx, Role};
-use crate::admin::Reply;
 use crate::control::{apply, publish, Invalidation};
 use crate::db::load::DISPLAY_PREFIX_LEN;
+use crate::respond::Reply;
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 use std::time::Duration;

@@ -15,8 +15,8 @@
 
 use super::resources::page;
 use super::{json_reply, ApiError, ApiResult, Ctx};
-use crate::admin::Reply;
 use crate::governance::budget::{meter_window, Period, BALANCE_START};
+use crate::respond::Reply;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -57,8 +57,8 @@ pub mod routes;
 pub mod sql;
 pub mod usage;
 
-use crate::admin::Reply;
 use crate::error::{ErrorCode, GatewayError};
+use crate::respond::Reply;
 use crate::state::State;
 use bytes::Bytes;
 use pingora::protocols::http::ServerSession;
@@ -169,11 +169,7 @@ impl ApiError {
         if let Some(f) = &self.field {
             e.extra.push(("field", json!(f)));
         }
-        Reply {
-            status: e.status(),
-            content_type: "application/json",
-            body: e.body(),
-        }
+        crate::respond::error(&e)
     }
 }
 

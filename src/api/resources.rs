@@ -4,7 +4,7 @@
 
 use super::sql::{ident, Sql};
 use super::{json_reply, ApiError, ApiResult, Ctx, Role};
-use crate::admin::Reply;
+use crate::respond::Reply;
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -10,7 +10,7 @@ use super::csv;
 use super::resources::{page, visibility, Rows};
 use super::sql::Sql;
 use super::{json_reply, ApiError, ApiResult, Ctx};
-use crate::admin::Reply;
+use crate::respond::Reply;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Duration, Month, OffsetDateTime};

@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::types::{KeyType, ModelType, Pricing, ProviderKind, Secret};
+
 /// Problems found in a configuration file, each with its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub Vec<String>);
@@ -35,27 +37,6 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// A provider credential: never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(s: String) -> Self {
-        Secret(s)
-    }
-    /// The secret, for injecting into an upstream request only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// The whole validated configuration.
 #[derive(Debug)]
@@ -168,51 +149,6 @@ pub struct UsageConfig {
     pub queue_capacity: usize,
 }
 
-/// Provider families (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderKind {
-    OpenAi,
-    Anthropic,
-    Google,
-    AzureOpenAi,
-    Vllm,
-    Custom,
-}
-
-impl ProviderKind {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "OPENAI" => ProviderKind::OpenAi,
-            "ANTHROPIC" => ProviderKind::Anthropic,
-            "GOOGLE" => ProviderKind::Google,
-            "AZURE_OPENAI" => ProviderKind::AzureOpenAi,
-            "VLLM" => ProviderKind::Vllm,
-            "CUSTOM" => ProviderKind::Custom,
-            _ => return None,
-        })
-    }
-
-    /// The configuration spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::OpenAi => "OPENAI",
-            ProviderKind::Anthropic => "ANTHROPIC",
-            ProviderKind::Google => "GOOGLE",
-            ProviderKind::AzureOpenAi => "AZURE_OPENAI",
-            ProviderKind::Vllm => "VLLM",
-            ProviderKind::Custom => "CUSTOM",
-        }
-    }
-
-    /// Whether native OpenAI routes (`/v1/chat/completions`, ...) may reach this family.
-    pub fn is_openai_family(self) -> bool {
-        matches!(
-            self,
-            ProviderKind::OpenAi | ProviderKind::AzureOpenAi | ProviderKind::Custom
-        )
-    }
-}
-
 /// An upstream provider.
 #[derive(Debug)]
 pub struct Provider {
@@ -278,60 +214,6 @@ impl Provider {
             .parse::<std::net::IpAddr>()
             .is_ok()
     }
-}
-
-/// Model types (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ModelType {
-    Chat,
-    Reasoning,
-    Image,
-    Embeddings,
-    Audio,
-    Moderation,
-    Transcription,
-    Tts,
-}
-
-impl ModelType {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "chat" => ModelType::Chat,
-            "reasoning" => ModelType::Reasoning,
-            "image" => ModelType::Image,
-            "embeddings" | "embedding" => ModelType::Embeddings,
-            "audio" => ModelType::Audio,
-            "moderation" => ModelType::Moderation,
-            "transcription" => ModelType::Transcription,
-            "tts" => ModelType::Tts,
-            _ => return None,
-        })
-    }
-
-    /// The configuration spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelType::Chat => "chat",
-            ModelType::Reasoning => "reasoning",
-            ModelType::Image => "image",
-            ModelType::Embeddings => "embeddings",
-            ModelType::Audio => "audio",
-            ModelType::Moderation => "moderation",
-            ModelType::Transcription => "transcription",
-            ModelType::Tts => "tts",
-        }
-    }
-}
-
-/// Prices in nanos-USD per 1M tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Pricing {
-    pub input: u64,
-    pub output: u64,
-    pub cached: u64,
-    pub reasoning: u64,
-    /// nanos-USD per generated image.
-    pub image: u64,
 }
 
 /// A client-facing model.
@@ -440,26 +322,6 @@ impl Model {
             max_retries,
         }));
         model
-    }
-}
-
-/// Key types (SPEC §1.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KeyType {
-    #[default]
-    Organisation,
-    Team,
-    User,
-}
-
-impl KeyType {
-    /// The configuration spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyType::Organisation => "ORGANISATION",
-            KeyType::Team => "TEAM",
-            KeyType::User => "USER",
-        }
     }
 }
 

@@ -389,7 +389,7 @@ impl Cx<'_> {
         &self,
         path: &str,
         query: Vec<(String, String)>,
-    ) -> Result<crate::admin::Reply, ApiError> {
+    ) -> Result<crate::respond::Reply, ApiError> {
         crate::api::call(self.state, self.caller(), Method::GET, path, query, None).await
     }
 }

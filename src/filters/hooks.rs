@@ -314,7 +314,7 @@ impl RequestFilters {
                     }
                     Err(b) => {
                         // The status line is already on its way: the body says what happened.
-                        *body = Some(b.to_error().body_for(family));
+                        *body = Some(crate::respond::error_for(&b.to_error(), family).body);
                         self.resp = RespMode::Blocked;
                         self.response_block = Some(b.clone());
                         Some(b)
@@ -342,7 +342,7 @@ impl RequestFilters {
                     });
                 }
                 if let Some(b) = blocked {
-                    out.extend_from_slice(&b.to_error().sse_event_for(family));
+                    out.extend_from_slice(&crate::respond::sse_error(&b.to_error(), family));
                     self.resp = RespMode::Blocked;
                     self.response_block = Some(b.clone());
                     *body = Some(out.freeze());

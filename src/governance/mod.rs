@@ -727,7 +727,7 @@ impl Governance {
                 input_tokens: input,
                 output_tokens: output,
                 cost_nanos: match cost {
-                    Cost::Priced(pricing) => crate::usage::Tokens {
+                    Cost::Priced(pricing) => crate::types::Tokens {
                         input,
                         output,
                         total: input + output,

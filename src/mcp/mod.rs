@@ -376,14 +376,15 @@ pub(crate) async fn write_error(
 ) -> pingora::Result<()> {
     m.error_code = Some(e.code.as_str().to_string());
     m.fail_pending(e.code.as_str());
+    let reply = crate::respond::error(e);
     write_full(
         s,
         m,
-        e.status(),
-        Some("application/json"),
+        reply.status,
+        Some(reply.content_type),
         &[],
         request_id,
-        e.body(),
+        reply.body,
     )
     .await
 }

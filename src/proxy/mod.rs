@@ -23,11 +23,12 @@ pub mod mcp;
 pub mod routes;
 pub mod tap;
 
-use crate::admin::{self, Reply};
+use crate::admin;
 use crate::config::{Model, ModelType, ProviderKind, VirtualKey};
 use crate::error::{ErrorCode, GatewayError};
 use crate::keys::{self, KeyHash};
 use crate::metrics;
+use crate::respond::{self, Reply};
 use crate::routing::ErrorClass;
 use crate::state::{Snapshot, State};
 use crate::translate;
@@ -156,14 +157,10 @@ impl Ctx {
     }
 }
 
-/// Writes a complete JSON (or text) answer from the gateway itself.
-async fn write_reply(
-    s: &mut Session,
-    ctx: &mut Ctx,
-    reply: Reply,
-    extra: &[(&str, String)],
-) -> Result<bool> {
-    let mut h = ResponseHeader::build(reply.status, Some(5 + extra.len()))?;
+/// The head of an answer the gateway writes itself (a reply, an error, `fail_to_proxy`'s):
+/// content type and length, the echoed and the gateway's own request id, then `extra`.
+fn reply_head(ctx: &Ctx, reply: &Reply, extra: &[(&str, String)]) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(reply.status, Some(4 + extra.len()))?;
     h.insert_header("content-type", reply.content_type)?;
     h.insert_header("content-length", reply.body.len().to_string())?;
     h.insert_header("x-request-id", ctx.echoed_request_id())?;
@@ -171,6 +168,17 @@ async fn write_reply(
     for (k, v) in extra {
         h.insert_header(k.to_string(), v.as_str())?;
     }
+    Ok(h)
+}
+
+/// Writes a complete JSON (or text) answer from the gateway itself.
+async fn write_reply(
+    s: &mut Session,
+    ctx: &mut Ctx,
+    reply: Reply,
+    extra: &[(&str, String)],
+) -> Result<bool> {
+    let h = reply_head(ctx, &reply, extra)?;
     // An unread request body would have to be drained before the connection could be reused.
     if !s.as_mut().is_body_done() {
         s.set_keepalive(None);
@@ -207,7 +215,7 @@ async fn write_error(
     }
     extra.extend(ctx.gov.header_pairs());
     let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
-    write_reply(s, ctx, admin::error_reply_for(&e, family), &extra).await
+    write_reply(s, ctx, respond::error_for(&e, family), &extra).await
 }
 
 /// Answers with a filter's block: the family's error shape, the filter's status and code.
@@ -215,7 +223,7 @@ async fn write_block(s: &mut Session, ctx: &mut Ctx, b: crate::filters::Block) -
     ctx.error_code = Some(b.code.clone());
     ctx.denied_by = Some("filter");
     let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
-    let mut reply = admin::error_reply_for(&b.to_error(), family);
+    let mut reply = respond::error_for(&b.to_error(), family);
     reply.status = b.status;
     write_reply(s, ctx, reply, &[]).await
 }
@@ -953,7 +961,7 @@ impl Gateway {
         );
         ctx.error_code = Some(e.code.as_str().to_string());
         let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
-        let event = e.sse_event_for(family);
+        let event = respond::sse_error(&e, family);
         ctx.tap.bytes_out += event.len() as u64;
         *body = Some(match body.take().filter(|b| !b.is_empty()) {
             Some(b) => {
@@ -1025,7 +1033,7 @@ impl Gateway {
                     // A 2xx the provider's format cannot be read from: a provider failure.
                     ctx.error_code = Some(e.code.as_str().to_string());
                     ctx.tap.invalid_body = true;
-                    e.body()
+                    respond::error(&e).body
                 }
             }
         } else {
@@ -1043,7 +1051,7 @@ impl Gateway {
             e.extra
                 .push(("provider_status", serde_json::json!(u.upstream_status)));
             e.extra.push(("provider_error", provider_error));
-            e.body()
+            respond::error(&e).body
         };
         ctx.tap.bytes_out += out.len() as u64;
         *body = Some(out);
@@ -1824,7 +1832,7 @@ impl ProxyHttp for Gateway {
             if matches!(ctx.tap.mode, TapMode::Sse { .. }) {
                 let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
                 let _ = s
-                    .write_response_body(Some(ge.sse_event_for(family)), true)
+                    .write_response_body(Some(respond::sse_error(&ge, family)), true)
                     .await;
             }
             return FailToProxy {
@@ -1833,30 +1841,18 @@ impl ProxyHttp for Gateway {
             };
         }
         ctx.status = Some(ge.status());
-        let mut h = match ResponseHeader::build(ge.status(), Some(4)) {
-            Ok(h) => h,
-            Err(_) => {
-                return FailToProxy {
-                    error_code: ge.status(),
-                    can_reuse_downstream: false,
-                }
-            }
-        };
-        let body = ge.body_for(ctx.route.map(Route::family).unwrap_or(Family::OpenAi));
-        let _ = h.insert_header("content-type", "application/json");
-        let _ = h.insert_header("content-length", body.len().to_string());
-        let _ = h.insert_header("x-request-id", ctx.echoed_request_id());
-        let _ = h.insert_header("x-wharf-request-id", ctx.request_id.as_str());
-        for (k, v) in ctx.gov.header_pairs() {
-            let _ = h.insert_header(k, v);
-        }
+        let family = ctx.route.map(Route::family).unwrap_or(Family::OpenAi);
+        let reply = respond::error_for(&ge, family);
+        let mut extra = ctx.gov.header_pairs();
         if let Some(m) = &ctx.model {
-            let _ = h.insert_header("x-wharf-provider", m.provider.name.as_str());
-            let _ = h.insert_header("x-wharf-attempts", ctx.attempts.len().max(1).to_string());
+            extra.push(("x-wharf-provider", m.provider.name.clone()));
+            extra.push(("x-wharf-attempts", ctx.attempts.len().max(1).to_string()));
         }
         s.set_keepalive(None);
-        if s.write_response_header(Box::new(h), false).await.is_ok() {
-            let _ = s.write_response_body(Some(body), true).await;
+        if let Ok(h) = reply_head(ctx, &reply, &extra) {
+            if s.write_response_header(Box::new(h), false).await.is_ok() {
+                let _ = s.write_response_body(Some(reply.body), true).await;
+            }
         }
         FailToProxy {
             error_code: ge.status(),

@@ -1,8 +1,8 @@
 //! The data-plane route table (SPEC §1.1, the routes of the gateway core).
 
 use super::body::BodyKind;
-use crate::config::ProviderKind;
 use crate::error::{ErrorCode, GatewayError};
+pub use crate::types::Family;
 use http::Method;
 
 /// A matched route.
@@ -116,41 +116,6 @@ impl VllmOp {
             VllmOp::Detokenize => (false, "/detokenize"),
             VllmOp::Pooling => (false, "/pooling"),
             VllmOp::Classify => (false, "/classify"),
-        }
-    }
-}
-
-/// The provider family a native route is pinned to (SPEC §1.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    OpenAi,
-    Anthropic,
-    Gemini,
-    Vllm,
-    /// The unified endpoint: any family, OpenAI shapes towards the client.
-    Unified,
-}
-
-impl Family {
-    /// Whether a provider of `kind` belongs to this family.
-    pub fn admits(self, kind: ProviderKind) -> bool {
-        match self {
-            Family::OpenAi => kind.is_openai_family(),
-            Family::Anthropic => kind == ProviderKind::Anthropic,
-            Family::Gemini => kind == ProviderKind::Google,
-            Family::Vllm => kind == ProviderKind::Vllm,
-            Family::Unified => true,
-        }
-    }
-
-    /// Human name for messages.
-    pub fn label(self) -> &'static str {
-        match self {
-            Family::OpenAi => "OpenAI-compatible",
-            Family::Anthropic => "Anthropic",
-            Family::Gemini => "Gemini",
-            Family::Vllm => "vLLM",
-            Family::Unified => "any",
         }
     }
 }

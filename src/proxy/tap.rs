@@ -6,7 +6,7 @@
 //! are kept (bounded) and parsed once at the end.
 
 use crate::sse::{parse_event, SseParser};
-use crate::usage::Tokens;
+use crate::types::Tokens;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
 use once_cell::sync::Lazy;

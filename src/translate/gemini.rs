@@ -8,7 +8,7 @@ use super::request::{
 use super::stream::State;
 use super::{upstream_error, Normalized};
 use crate::error::GatewayError;
-use crate::usage::Tokens;
+use crate::types::Tokens;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -23,7 +23,7 @@ mod stream;
 pub use stream::StreamTranslator;
 
 use crate::error::{ErrorCode, GatewayError};
-use crate::usage::Tokens;
+use crate::types::Tokens;
 use bytes::Bytes;
 use serde_json::{json, Value};
 

@@ -6,7 +6,7 @@ use super::request::Unified;
 use super::stream::State;
 use super::{upstream_error, Normalized};
 use crate::error::GatewayError;
-use crate::usage::Tokens;
+use crate::types::Tokens;
 use bytes::{BufMut, Bytes, BytesMut};
 use memchr::memmem::Finder;
 use serde_json::Value;

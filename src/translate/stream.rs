@@ -9,7 +9,7 @@
 use super::json::write_str;
 use super::{anthropic, gemini, openai, Target};
 use crate::sse::{parse_event, SseParser};
-use crate::usage::Tokens;
+use crate::types::Tokens;
 use bytes::{BufMut, BytesMut};
 
 /// Translates one upstream stream into OpenAI chat-completion chunks.

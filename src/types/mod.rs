@@ -1,0 +1,18 @@
+//! The domain types every layer shares: provider kinds and API families, model types and
+//! prices, token counts, key types, secrets.
+//!
+//! A leaf: nothing here imports another module of the crate, so that configuration, the
+//! database layer, the error writer and the domains can all depend on it without a cycle
+//! (`tests/layers.rs` checks it).
+
+pub mod family;
+pub mod key;
+pub mod pricing;
+pub mod secret;
+pub mod tokens;
+
+pub use family::{Family, ProviderKind};
+pub use key::KeyType;
+pub use pricing::{ModelType, Pricing};
+pub use secret::Secret;
+pub use tokens::Tokens;
