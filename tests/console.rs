@@ -2372,3 +2372,123 @@ async fn budget_burn_down_uses_the_api_windows() {
         );
     }
 }
+
+/// Suspension and password changes end the user's console sessions: reactivating a user does
+/// not bring an old session back, and a new password signs out every other session (through
+/// the API and the console alike); the session changing its own password stays signed in.
+#[tokio::test]
+async fn suspension_and_password_change_end_sessions() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let uid = org_user(&e, &a, "user@alpha.test", "USER", "alpha-user-pw").await;
+    let sessions = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM console_sessions WHERE user_id = $1::uuid",
+        )
+        .bind(&uid)
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap()
+    };
+    let user_path = format!("/api/organisations/{a}/users/{uid}");
+
+    // Suspended through the API, then reactivated: the old session stays ended.
+    let mut b1 = Browser::new(&e.gw);
+    assert_eq!(
+        b1.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    b1.page("/alpha/dashboard").await;
+    let (st, v) = e
+        .root
+        .call("PATCH", &user_path, Some(json!({"status": "SUSPENDED"})))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(sessions().await, 0, "suspension deletes the sessions");
+    let (st, _) = e
+        .root
+        .call("PATCH", &user_path, Some(json!({"status": "ACTIVE"})))
+        .await;
+    assert_eq!(st, 200);
+    let p = b1.get("/alpha/dashboard").await;
+    assert_eq!(
+        p.status, 303,
+        "reactivation must not revive the old session"
+    );
+
+    // Suspended on the console's user page by the super admin: the same.
+    assert_eq!(
+        b1.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    let mut root = Browser::new(&e.gw);
+    assert_eq!(root.login(ROOT, ROOT_PW).await.status, 303);
+    let p = root
+        .submit(
+            &format!("/alpha/users/{uid}"),
+            &format!("/alpha/users/{uid}"),
+            &[("status", "SUSPENDED")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(sessions().await, 0);
+    e.root
+        .call("PATCH", &user_path, Some(json!({"status": "ACTIVE"})))
+        .await;
+    assert_eq!(b1.get("/alpha/dashboard").await.status, 303);
+
+    // A password set by an admin through the API ends the user's sessions.
+    assert_eq!(
+        b1.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    let (st, _) = e
+        .root
+        .call(
+            "PUT",
+            &format!("{user_path}/password"),
+            Some(json!({"password": "second-password"})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert_eq!(b1.get("/alpha/dashboard").await.status, 303);
+    // …and on the console's user page.
+    assert_eq!(
+        b1.login("user@alpha.test", "second-password").await.status,
+        303
+    );
+    let p = root
+        .submit(
+            &format!("/alpha/users/{uid}"),
+            &format!("/alpha/users/{uid}/password"),
+            &[("password", "third-password")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(b1.get("/alpha/dashboard").await.status, 303);
+
+    // Changing one's own password on the settings page keeps that session, ends the others.
+    let mut b2 = Browser::new(&e.gw);
+    assert_eq!(
+        b1.login("user@alpha.test", "third-password").await.status,
+        303
+    );
+    assert_eq!(
+        b2.login("user@alpha.test", "third-password").await.status,
+        303
+    );
+    let p = b1
+        .submit(
+            "/alpha/settings",
+            "/alpha/settings/password",
+            &[
+                ("current", "third-password"),
+                ("password", "fourth-password"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    b1.page("/alpha/dashboard").await;
+    assert_eq!(b2.get("/alpha/dashboard").await.status, 303);
+    assert_eq!(sessions().await, 1);
+}

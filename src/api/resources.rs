@@ -1448,6 +1448,14 @@ pub async fn update(ctx: &Ctx<'_>, res: &Resource, id: Uuid) -> ApiResult<Reply>
     prepare(ctx, res, &mut fields, false, &mut tx).await?;
     let row = update_row(ctx, res, id, fields, &mut tx).await?;
     check_row(res, &row)?;
+    // A user that is no longer ACTIVE loses its console sessions, so that reactivating it
+    // does not bring an old session back.
+    if res.kind == Kind::Users && row.get("status").and_then(Value::as_str) != Some("ACTIVE") {
+        sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     after_change(ctx, res, &row).await;
     Ok(json_reply(200, &strip(res, row)))

@@ -3,7 +3,8 @@
 //! * A session is a random 256-bit token in the `wharf_session` cookie (`HttpOnly`,
 //!   `SameSite=Lax`, `Secure` over TLS, 12 hours, ended after 2 idle hours); `console_sessions` stores its SHA-256, its
 //!   user and its CSRF token. The session acts as its user: role, organisation and status are
-//!   read from `users` on every request, so a suspended user is signed out at once.
+//!   read from `users` on every request, so a suspended user is signed out at once; suspension
+//!   and password changes delete the user's sessions ([`crate::api::auth::set_password`]).
 //! * Every form carries the session's CSRF token (`_csrf`), compared in constant time; a POST
 //!   without it, or from another origin, is refused with 403. The sign-in form, which has no
 //!   session yet, uses a double-submit cookie instead.
