@@ -508,14 +508,14 @@ async fn roles_are_enforced_as_in_the_api() {
         .await;
     assert_eq!(p.status, 303, "{}", p.body);
 
-    // USER: reads the catalog, cannot change it; budgets and invoices are forbidden.
+    // USER: neither reads nor changes the catalog; budgets and invoices are forbidden.
     let mut usr = Browser::new(&e.gw);
     assert_eq!(
         usr.login("user@alpha.test", "alpha-user-pw").await.status,
         303
     );
-    usr.page("/alpha/providers").await;
-    let csrf = usr.page("/alpha/providers").await.csrf();
+    assert_eq!(usr.get("/alpha/providers").await.status, 403);
+    let csrf = usr.page("/alpha/dashboard").await.csrf();
     let p = usr
         .post(
             "/alpha/providers",
@@ -2491,4 +2491,163 @@ async fn suspension_and_password_change_end_sessions() {
     b1.page("/alpha/dashboard").await;
     assert_eq!(b2.get("/alpha/dashboard").await.status, 303);
     assert_eq!(sessions().await, 1);
+}
+
+/// A USER reads only its own user row, keys and usage: providers (base URLs, extra headers),
+/// models, MCP servers, filters, teams and other users answer 403/404, through the admin API
+/// and the console pages alike. A MANAGER still reads the catalog.
+#[tokio::test]
+async fn a_user_reads_only_its_own_keys_and_usage() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let admin_id = org_user(&e, &a, "admin@alpha.test", "ORG_ADMIN", "alpha-admin-pw").await;
+    let uid = org_user(&e, &a, "user@alpha.test", "USER", "alpha-user-pw").await;
+    org_user(&e, &a, "manager@alpha.test", "MANAGER", "alpha-mgr-pw1").await;
+    let o = format!("/api/organisations/{a}");
+    let p = id(&e
+        .root
+        .create(
+            &format!("{o}/providers"),
+            json!({"name": "upstream", "provider_type": "OPENAI",
+                   "base_url": "http://10.9.8.7/v1", "extra_headers": {"x-org-secret": "hdr-7731"}}),
+        )
+        .await);
+    let m = id(&e
+        .root
+        .create(
+            &format!("{o}/models"),
+            json!({"name": "chat-granted", "slug": "up-chat", "model_type": "chat", "provider_id": p}),
+        )
+        .await);
+    let t = id(&e
+        .root
+        .create(&format!("{o}/teams"), json!({"name": "core"}))
+        .await);
+    let mcp = id(&e
+        .root
+        .create(
+            &format!("{o}/mcp-servers"),
+            json!({"name": "docs", "slug": "docs", "transport": "STREAMABLE_HTTP",
+                   "url": "http://10.9.8.7/mcp"}),
+        )
+        .await);
+    let k = id(&e
+        .root
+        .create(
+            &format!("{o}/api-keys"),
+            json!({"name": "mine", "key_type": "USER", "user_id": uid, "models": [m]}),
+        )
+        .await);
+    let token = e
+        .root
+        .create(&format!("{o}/users/{uid}/tokens"), json!({"name": "cli"}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let user = Api {
+        base: e.root.base.clone(),
+        token,
+    };
+
+    // The admin API.
+    for path in [
+        "/providers".to_string(),
+        format!("/providers/{p}"),
+        "/models".into(),
+        format!("/models/{m}"),
+        format!("/models/{m}/deployments"),
+        "/mcp-servers".into(),
+        format!("/mcp-servers/{mcp}"),
+        "/filters".into(),
+        "/teams".into(),
+        format!("/teams/{t}"),
+    ] {
+        let (st, v) = user.call("GET", &format!("{o}{path}"), None).await;
+        assert_eq!(st, 403, "GET {path}: {v}");
+        assert!(!v.to_string().contains("10.9.8.7"), "{path}: {v}");
+    }
+    let (st, v) = user.call("GET", &format!("{o}/users"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["data"][0]["id"], uid.as_str());
+    assert!(!v.to_string().contains("admin@alpha.test"));
+    let (st, _) = user
+        .call("GET", &format!("{o}/users/{admin_id}"), None)
+        .await;
+    assert_eq!(st, 404);
+    let (st, v) = user.call("GET", &format!("{o}/api-keys"), None).await;
+    assert_eq!((st, v["total"].clone()), (200, json!(1)), "{v}");
+    let (st, v) = user
+        .call("GET", &format!("{o}/api-keys/{k}/models"), None)
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["data"][0]["name"], "chat-granted");
+    let (st, _) = user.call("GET", &format!("{o}/usage/records"), None).await;
+    assert_eq!(st, 200);
+    let (st, v) = user.call("GET", &o, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["slug"], "alpha");
+    assert!(
+        v.get("settings").is_none() && v.get("policies").is_none(),
+        "{v}"
+    );
+
+    // The console.
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(
+        b.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    for path in [
+        "/alpha/providers".to_string(),
+        format!("/alpha/providers/{p}"),
+        "/alpha/models".into(),
+        format!("/alpha/models/{m}"),
+        "/alpha/mcp-servers".into(),
+        "/alpha/teams".into(),
+    ] {
+        let pg = b.get(&path).await;
+        assert_eq!(pg.status, 403, "{path}: {}", pg.body);
+        assert!(
+            !pg.body.contains("10.9.8.7") && !pg.body.contains("hdr-7731"),
+            "{path}: {}",
+            pg.body
+        );
+    }
+    let users = b.page("/alpha/users").await;
+    assert!(users.body.contains("user@alpha.test"));
+    assert!(!users.body.contains("admin@alpha.test"), "{}", users.body);
+    assert_eq!(b.get(&format!("/alpha/users/{admin_id}")).await.status, 404);
+    let dash = b.page("/alpha/dashboard").await;
+    for hidden in [
+        "/alpha/providers",
+        "/alpha/models",
+        "/alpha/teams",
+        "/alpha/mcp-servers",
+    ] {
+        assert!(
+            !dash.body.contains(&format!("href=\"{hidden}\"")),
+            "{hidden} in the navigation"
+        );
+    }
+    // Its own key, with the models granted to it, and the playground offering them.
+    let key = b.page(&format!("/alpha/apikeys/{k}")).await;
+    assert!(key.body.contains("chat-granted"), "{}", key.body);
+    let pg = b.page("/alpha/playground").await;
+    assert!(pg.body.contains("chat-granted"), "{}", pg.body);
+    b.page("/alpha/usage").await;
+    b.page("/alpha/docs").await;
+
+    // A MANAGER still reads the catalog.
+    let mut mgr = Browser::new(&e.gw);
+    assert_eq!(
+        mgr.login("manager@alpha.test", "alpha-mgr-pw1")
+            .await
+            .status,
+        303
+    );
+    let pg = mgr.page("/alpha/providers").await;
+    assert!(pg.body.contains("10.9.8.7"));
+    mgr.page("/alpha/models").await;
 }

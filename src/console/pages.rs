@@ -1329,26 +1329,30 @@ async fn apikey_page(
         Ok(k) => k,
         Err(e) => return api_error_page(cx, &e),
     };
-    let granted = |v: Result<Value, ApiError>| -> Vec<String> {
+    let rows = |v: Result<Value, ApiError>| -> Vec<Value> {
         v.ok()
             .and_then(|v| v["data"].as_array().cloned())
             .unwrap_or_default()
-            .iter()
-            .map(|g| str_of(g, "id"))
-            .collect()
     };
-    let gm = granted(cx.get(&format!("{base}/models")).await);
-    let gs = granted(cx.get(&format!("{base}/mcp-servers")).await);
+    let ids = |rows: &[Value]| -> Vec<String> { rows.iter().map(|g| str_of(g, "id")).collect() };
+    // The granted rows name themselves: a USER, who may not list the catalog, sees them too.
+    let gm_rows = rows(cx.get(&format!("{base}/models")).await);
+    let gm = ids(&gm_rows);
+    let gs = ids(&rows(cx.get(&format!("{base}/mcp-servers")).await));
     let history = cx
         .get(&format!("{base}/history"))
         .await
         .ok()
         .and_then(|v| v["data"].as_array().cloned())
         .unwrap_or_default();
-    let (models, mcps) = grant_choices(cx, org).await;
+    let may = cx.caller().role >= Role::Manager;
+    let (models, mcps) = if may {
+        grant_choices(cx, org).await
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let href = format!("{}/{id}", scope.href("apikeys"));
     let state = key_state(&key);
-    let may = cx.caller().role >= Role::Manager;
     let edit_cols: Vec<&Col> = API_KEYS
         .columns
         .iter()
@@ -1397,7 +1401,10 @@ async fn apikey_page(
             }
         } @else {
             h2 { "Models" }
-            ul.plain { @for m in models.iter().filter(|m| gm.contains(&str_of(m, "id"))) { li { (str_of(m, "name")) } } }
+            ul.plain {
+                @if gm_rows.is_empty() { li.muted { "None granted." } }
+                @for m in &gm_rows { li { (str_of(m, "name")) } }
+            }
         }
         section aria-labelledby="hist-h" {
             h2 #hist-h { "Rotations" }
