@@ -172,6 +172,14 @@ impl Browser {
         .await
     }
 
+    /// Follows the 303 of a form that made a secret to its one-time page (200).
+    async fn follow(&mut self, p: Page) -> Page {
+        assert_eq!(p.status, 303, "{}", p.body);
+        let at = p.location.expect("a redirect");
+        assert!(at.contains("/once/"), "{at}");
+        self.page(&at).await
+    }
+
     /// GET, expecting 200; returns the page.
     async fn page(&mut self, path: &str) -> Page {
         let p = self.get(path).await;
@@ -595,7 +603,7 @@ async fn roles_are_enforced_as_in_the_api() {
             ],
         )
         .await;
-    assert_eq!(p.status, 201, "{}", p.body);
+    assert_eq!(p.status, 303, "{}", p.body);
     // Budgets: readable, not writable.
     let p = m
         .submit(
@@ -694,7 +702,7 @@ async fn api_key_secret_is_shown_once_and_lifecycle_works() {
             ],
         )
         .await;
-    assert_eq!(p.status, 201, "{}", p.body);
+    let p = b.follow(p).await;
     assert!(p.body.contains("data-copy=\"#secret\""), "copy button");
     let at = p.body.find("value=\"wharf_").expect("secret on the page");
     let rest = &p.body[at + 7..];
@@ -769,7 +777,7 @@ async fn api_key_secret_is_shown_once_and_lifecycle_works() {
     let p = b
         .submit(&key_page, &format!("{key_page}/rotate"), &[])
         .await;
-    assert_eq!(p.status, 200, "{}", p.body);
+    let p = b.follow(p).await;
     let at = p.body.find("value=\"wharf_").expect("new secret");
     let rest = &p.body[at + 7..];
     let rotated = rest[..rest.find('"').unwrap()].to_string();
@@ -840,7 +848,7 @@ async fn invitation_link_creates_a_signed_in_user() {
             ],
         )
         .await;
-    assert_eq!(p.status, 201, "{}", p.body);
+    let p = adm.follow(p).await;
     let at = p.body.find("/invite/").expect("invite link");
     let rest = &p.body[at..];
     let link = rest[..rest.find('"').unwrap()].to_string();
@@ -2650,4 +2658,128 @@ async fn a_user_reads_only_its_own_keys_and_usage() {
     let pg = mgr.page("/alpha/providers").await;
     assert!(pg.body.contains("10.9.8.7"));
     mgr.page("/alpha/models").await;
+}
+
+/// Secrets made by a form (API key created or rotated, invitation link) follow
+/// post/redirect/get: the POST answers 303 to a one-time page of this session, which shows
+/// the secret once; a reload of that page neither shows it again nor creates a second key.
+#[tokio::test]
+async fn secrets_are_shown_once_after_a_redirect() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    org_user(&e, &a, "admin@alpha.test", "ORG_ADMIN", "alpha-admin-pw").await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(
+        b.login("admin@alpha.test", "alpha-admin-pw").await.status,
+        303
+    );
+    let keys = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_keys")
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap()
+    };
+    let secret_of = |body: &str| {
+        let at = body.find("value=\"wharf_").expect("secret on the page");
+        let rest = &body[at + 7..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+
+    let p = b
+        .submit(
+            "/alpha/apikeys",
+            "/alpha/apikeys",
+            &[("name", "ci"), ("key_type", "ORGANISATION")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert!(
+        !p.body.contains("wharf_"),
+        "the POST answer carries no secret"
+    );
+    let once = p.location.clone().unwrap();
+    assert!(once.starts_with("/alpha/once/"), "{once}");
+    assert_eq!(keys().await, 1);
+    // Stored encrypted, never in plain text.
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT envelope::text FROM console_one_time_views")
+            .fetch_all(&e.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains("wharf_"), "{}", stored[0]);
+    // Another session cannot open it.
+    let mut other = Browser::new(&e.gw);
+    assert_eq!(
+        other
+            .login("admin@alpha.test", "alpha-admin-pw")
+            .await
+            .status,
+        303
+    );
+    let p = other.get(&once).await;
+    assert_eq!(p.status, 410, "{}", p.body);
+    // Shown once to its session…
+    let shown = b.page(&once).await;
+    let secret = secret_of(&shown.body);
+    assert!(shown.body.contains("API key created"));
+    // …and never again: a reload shows neither the secret nor makes a second key.
+    let again = b.get(&once).await;
+    assert_eq!(again.status, 410, "{}", again.body);
+    assert!(!again.body.contains(&secret) && !again.body.contains("value=\"wharf_"));
+    assert_eq!(keys().await, 1);
+
+    // Rotation: the same.
+    let (_, list) = e
+        .root
+        .call("GET", &format!("/api/organisations/{a}/api-keys"), None)
+        .await;
+    let key_page = format!("/alpha/apikeys/{}", id(&list["data"][0]));
+    let p = b
+        .submit(&key_page, &format!("{key_page}/rotate"), &[])
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let once = p.location.clone().unwrap();
+    let rotated = secret_of(&b.page(&once).await.body);
+    assert_ne!(rotated, secret);
+    let again = b.get(&once).await;
+    assert_eq!(again.status, 410);
+    assert!(!again.body.contains(&rotated));
+
+    // An invitation link: the same.
+    let p = b
+        .submit(
+            "/alpha/users",
+            "/alpha/users/invite",
+            &[("email", "new@alpha.test"), ("role", "USER")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let once = p.location.clone().unwrap();
+    let shown = b.page(&once).await;
+    let at = shown.body.find("/invite/wharf_inv_").expect("invite link");
+    let link = shown.body[at..at + 20].to_string();
+    let again = b.get(&once).await;
+    assert_eq!(again.status, 410);
+    assert!(!again.body.contains(&link));
+    let invitations: i64 = sqlx::query_scalar("SELECT count(*) FROM organisation_invitations")
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(invitations, 1);
+
+    // A view nobody opened in time is gone.
+    let p = b
+        .submit(
+            "/alpha/apikeys",
+            "/alpha/apikeys",
+            &[("name", "late"), ("key_type", "ORGANISATION")],
+        )
+        .await;
+    let once = p.location.clone().unwrap();
+    sqlx::query("UPDATE console_one_time_views SET created_at = now() - interval '1 hour', expires_at = now() - interval '1 minute'")
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(b.get(&once).await.status, 410);
 }

@@ -15,6 +15,7 @@
 //! is HTML-escaped. No external resource is loaded (the console works offline) and the
 //! Content-Security-Policy allows only the console's own script and style.
 
+mod once;
 mod pages;
 mod reports;
 mod session;
