@@ -2783,3 +2783,99 @@ async fn secrets_are_shown_once_after_a_redirect() {
         .unwrap();
     assert_eq!(b.get(&once).await.status, 410);
 }
+
+/// One sign-in through a fresh form.
+async fn attempt(b: &mut Browser, email: &str, pw: &str) -> Page {
+    let csrf = b.get("/login").await.csrf();
+    b.post(
+        "/login",
+        &[("_csrf", &csrf), ("email", email), ("password", pw)],
+    )
+    .await
+}
+
+/// Sign-in throttling: per client address (the peer, or X-Forwarded-For behind a trusted
+/// proxy) and per client and e-mail, with a growing 429 + Retry-After; a stranger failing with
+/// the super admin's e-mail does not lock it out for another client. Unknown and known
+/// e-mails get the same answer.
+#[tokio::test]
+async fn sign_in_is_throttled_per_client_not_per_account() {
+    let e = env().await;
+    // Without trusted proxies the peer is the client: a changing X-Forwarded-For does not
+    // make one client many. 30 different e-mails: throttled after 20 failures.
+    let mut one = Browser::new(&e.gw);
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        one.extra = vec![("x-forwarded-for", format!("192.0.2.{i}"))];
+        let p = attempt(
+            &mut one,
+            &format!("nobody{i}@example.com"),
+            "wrong-password",
+        )
+        .await;
+        if p.status == 429 {
+            let after: u64 = p.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=300).contains(&after), "{after}");
+            assert!(p.body.contains("Too many failed sign-ins"), "{}", p.body);
+        } else {
+            assert!(p.body.contains("Wrong e-mail or password"), "{}", p.body);
+        }
+        statuses.push(p.status);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+
+    // Behind a trusted proxy, X-Forwarded-For names the client.
+    let db2 = common::db::TestDb::migrated().await;
+    let mock2 = mock().await;
+    let gw =
+        common::db::admin_node_with(&mock2, &db2, "trusted_proxies = [\"127.0.0.0/8\"]\n").await;
+    let token = wharf::api::bootstrap::bootstrap(&db2.pool, Some(ROOT))
+        .await
+        .unwrap()
+        .token;
+    let root = Api {
+        base: gw.admin_url(""),
+        token,
+    };
+    let (st, _) = root
+        .call(
+            "PUT",
+            "/api/me/password",
+            Some(json!({"password": ROOT_PW})),
+        )
+        .await;
+    assert_eq!(st, 204);
+
+    // A stranger fails ten times with the super admin's e-mail: then it is refused…
+    let mut stranger = Browser::new(&gw);
+    stranger.extra = vec![("x-forwarded-for", "203.0.113.66".into())];
+    for _ in 0..10 {
+        let p = attempt(&mut stranger, ROOT, "guess-guess").await;
+        assert_eq!(p.status, 401, "{}", p.body);
+        assert!(p.body.contains("Wrong e-mail or password"));
+    }
+    let p = attempt(&mut stranger, ROOT, ROOT_PW).await;
+    assert_eq!(
+        p.status, 429,
+        "even with the right password, from the failing client"
+    );
+    assert!(p.headers.contains_key("retry-after"));
+    assert!(!stranger.cookies.contains_key("wharf_session"));
+    // …an unknown e-mail from another stranger answers exactly like a known one…
+    let mut other = Browser::new(&gw);
+    other.extra = vec![("x-forwarded-for", "203.0.113.77".into())];
+    let known = attempt(&mut other, ROOT, "guess-guess").await;
+    let unknown = attempt(&mut other, "ghost@example.com", "guess-guess").await;
+    assert_eq!((known.status, unknown.status), (401, 401));
+    assert!(known.body.contains("Wrong e-mail or password."));
+    assert!(unknown.body.contains("Wrong e-mail or password."));
+    // …and the owner, from its own address, still signs in (at most briefly slowed).
+    let mut owner = Browser::new(&gw);
+    owner.extra = vec![("x-forwarded-for", "198.51.100.7".into())];
+    let started = Instant::now();
+    let p = attempt(&mut owner, ROOT, ROOT_PW).await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert!(owner.cookies.contains_key("wharf_session"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
