@@ -202,8 +202,8 @@ pub async fn run_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
     use serde_json::json;
+    use serde_json::Value;
 
     #[test]
     fn chat_usage() {

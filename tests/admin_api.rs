@@ -1043,7 +1043,7 @@ async fn rbac_matrix_and_cross_organisation_isolation() {
     );
     assert_eq!(mgr.get(&org_path(&a, "/users")).await.1["total"], 3);
 
-    // USER: their own keys and usage, the catalog, nothing else.
+    // USER: their own keys and usage, nothing else.
     let (_, v) = user.get(&org_path(&a, "/api-keys")).await;
     assert_eq!(v["total"], 1, "{v}");
     assert_eq!(v["data"][0]["id"], k3.as_str());
@@ -1075,7 +1075,7 @@ async fn rbac_matrix_and_cross_organisation_isolation() {
     let (_, v) = user.get(&org_path(&a, "/users")).await;
     assert_eq!(v["total"], 1);
     assert_eq!(v["data"][0]["id"], user_id.as_str());
-    assert_eq!(user.get(&org_path(&a, "/models")).await.0, 200);
+    assert_eq!(user.get(&org_path(&a, "/models")).await.0, 403);
     assert_eq!(user.get(&org_path(&a, "/budgets")).await.0, 403);
     assert_eq!(
         user.get(&org_path(&a, &format!("/teams/{t1}/members")))

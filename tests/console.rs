@@ -172,6 +172,14 @@ impl Browser {
         .await
     }
 
+    /// Follows the 303 of a form that made a secret to its one-time page (200).
+    async fn follow(&mut self, p: Page) -> Page {
+        assert_eq!(p.status, 303, "{}", p.body);
+        let at = p.location.expect("a redirect");
+        assert!(at.contains("/once/"), "{at}");
+        self.page(&at).await
+    }
+
     /// GET, expecting 200; returns the page.
     async fn page(&mut self, path: &str) -> Page {
         let p = self.get(path).await;
@@ -508,14 +516,14 @@ async fn roles_are_enforced_as_in_the_api() {
         .await;
     assert_eq!(p.status, 303, "{}", p.body);
 
-    // USER: reads the catalog, cannot change it; budgets and invoices are forbidden.
+    // USER: neither reads nor changes the catalog; budgets and invoices are forbidden.
     let mut usr = Browser::new(&e.gw);
     assert_eq!(
         usr.login("user@alpha.test", "alpha-user-pw").await.status,
         303
     );
-    usr.page("/alpha/providers").await;
-    let csrf = usr.page("/alpha/providers").await.csrf();
+    assert_eq!(usr.get("/alpha/providers").await.status, 403);
+    let csrf = usr.page("/alpha/dashboard").await.csrf();
     let p = usr
         .post(
             "/alpha/providers",
@@ -595,7 +603,7 @@ async fn roles_are_enforced_as_in_the_api() {
             ],
         )
         .await;
-    assert_eq!(p.status, 201, "{}", p.body);
+    assert_eq!(p.status, 303, "{}", p.body);
     // Budgets: readable, not writable.
     let p = m
         .submit(
@@ -694,7 +702,7 @@ async fn api_key_secret_is_shown_once_and_lifecycle_works() {
             ],
         )
         .await;
-    assert_eq!(p.status, 201, "{}", p.body);
+    let p = b.follow(p).await;
     assert!(p.body.contains("data-copy=\"#secret\""), "copy button");
     let at = p.body.find("value=\"wharf_").expect("secret on the page");
     let rest = &p.body[at + 7..];
@@ -769,7 +777,7 @@ async fn api_key_secret_is_shown_once_and_lifecycle_works() {
     let p = b
         .submit(&key_page, &format!("{key_page}/rotate"), &[])
         .await;
-    assert_eq!(p.status, 200, "{}", p.body);
+    let p = b.follow(p).await;
     let at = p.body.find("value=\"wharf_").expect("new secret");
     let rest = &p.body[at + 7..];
     let rotated = rest[..rest.find('"').unwrap()].to_string();
@@ -840,7 +848,7 @@ async fn invitation_link_creates_a_signed_in_user() {
             ],
         )
         .await;
-    assert_eq!(p.status, 201, "{}", p.body);
+    let p = adm.follow(p).await;
     let at = p.body.find("/invite/").expect("invite link");
     let rest = &p.body[at..];
     let link = rest[..rest.find('"').unwrap()].to_string();
@@ -2371,4 +2379,503 @@ async fn budget_burn_down_uses_the_api_windows() {
             p.body
         );
     }
+}
+
+/// Suspension and password changes end the user's console sessions: reactivating a user does
+/// not bring an old session back, and a new password signs out every other session (through
+/// the API and the console alike); the session changing its own password stays signed in.
+#[tokio::test]
+async fn suspension_and_password_change_end_sessions() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let uid = org_user(&e, &a, "user@alpha.test", "USER", "alpha-user-pw").await;
+    let sessions = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM console_sessions WHERE user_id = $1::uuid",
+        )
+        .bind(&uid)
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap()
+    };
+    let user_path = format!("/api/organisations/{a}/users/{uid}");
+
+    // Suspended through the API, then reactivated: the old session stays ended.
+    let mut b1 = Browser::new(&e.gw);
+    assert_eq!(
+        b1.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    b1.page("/alpha/dashboard").await;
+    let (st, v) = e
+        .root
+        .call("PATCH", &user_path, Some(json!({"status": "SUSPENDED"})))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(sessions().await, 0, "suspension deletes the sessions");
+    let (st, _) = e
+        .root
+        .call("PATCH", &user_path, Some(json!({"status": "ACTIVE"})))
+        .await;
+    assert_eq!(st, 200);
+    let p = b1.get("/alpha/dashboard").await;
+    assert_eq!(
+        p.status, 303,
+        "reactivation must not revive the old session"
+    );
+
+    // Suspended on the console's user page by the super admin: the same.
+    assert_eq!(
+        b1.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    let mut root = Browser::new(&e.gw);
+    assert_eq!(root.login(ROOT, ROOT_PW).await.status, 303);
+    let p = root
+        .submit(
+            &format!("/alpha/users/{uid}"),
+            &format!("/alpha/users/{uid}"),
+            &[("status", "SUSPENDED")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(sessions().await, 0);
+    e.root
+        .call("PATCH", &user_path, Some(json!({"status": "ACTIVE"})))
+        .await;
+    assert_eq!(b1.get("/alpha/dashboard").await.status, 303);
+
+    // A password set by an admin through the API ends the user's sessions.
+    assert_eq!(
+        b1.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    let (st, _) = e
+        .root
+        .call(
+            "PUT",
+            &format!("{user_path}/password"),
+            Some(json!({"password": "second-password"})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert_eq!(b1.get("/alpha/dashboard").await.status, 303);
+    // …and on the console's user page.
+    assert_eq!(
+        b1.login("user@alpha.test", "second-password").await.status,
+        303
+    );
+    let p = root
+        .submit(
+            &format!("/alpha/users/{uid}"),
+            &format!("/alpha/users/{uid}/password"),
+            &[("password", "third-password")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(b1.get("/alpha/dashboard").await.status, 303);
+
+    // Changing one's own password on the settings page keeps that session, ends the others.
+    let mut b2 = Browser::new(&e.gw);
+    assert_eq!(
+        b1.login("user@alpha.test", "third-password").await.status,
+        303
+    );
+    assert_eq!(
+        b2.login("user@alpha.test", "third-password").await.status,
+        303
+    );
+    let p = b1
+        .submit(
+            "/alpha/settings",
+            "/alpha/settings/password",
+            &[
+                ("current", "third-password"),
+                ("password", "fourth-password"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    b1.page("/alpha/dashboard").await;
+    assert_eq!(b2.get("/alpha/dashboard").await.status, 303);
+    assert_eq!(sessions().await, 1);
+}
+
+/// A USER reads only its own user row, keys and usage: providers (base URLs, extra headers),
+/// models, MCP servers, filters, teams and other users answer 403/404, through the admin API
+/// and the console pages alike. A MANAGER still reads the catalog.
+#[tokio::test]
+async fn a_user_reads_only_its_own_keys_and_usage() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let admin_id = org_user(&e, &a, "admin@alpha.test", "ORG_ADMIN", "alpha-admin-pw").await;
+    let uid = org_user(&e, &a, "user@alpha.test", "USER", "alpha-user-pw").await;
+    org_user(&e, &a, "manager@alpha.test", "MANAGER", "alpha-mgr-pw1").await;
+    let o = format!("/api/organisations/{a}");
+    let p = id(&e
+        .root
+        .create(
+            &format!("{o}/providers"),
+            json!({"name": "upstream", "provider_type": "OPENAI",
+                   "base_url": "http://10.9.8.7/v1", "extra_headers": {"x-org-secret": "hdr-7731"}}),
+        )
+        .await);
+    let m = id(&e
+        .root
+        .create(
+            &format!("{o}/models"),
+            json!({"name": "chat-granted", "slug": "up-chat", "model_type": "chat", "provider_id": p}),
+        )
+        .await);
+    let t = id(&e
+        .root
+        .create(&format!("{o}/teams"), json!({"name": "core"}))
+        .await);
+    let mcp = id(&e
+        .root
+        .create(
+            &format!("{o}/mcp-servers"),
+            json!({"name": "docs", "slug": "docs", "transport": "STREAMABLE_HTTP",
+                   "url": "http://10.9.8.7/mcp"}),
+        )
+        .await);
+    let k = id(&e
+        .root
+        .create(
+            &format!("{o}/api-keys"),
+            json!({"name": "mine", "key_type": "USER", "user_id": uid, "models": [m]}),
+        )
+        .await);
+    let token = e
+        .root
+        .create(&format!("{o}/users/{uid}/tokens"), json!({"name": "cli"}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let user = Api {
+        base: e.root.base.clone(),
+        token,
+    };
+
+    // The admin API.
+    for path in [
+        "/providers".to_string(),
+        format!("/providers/{p}"),
+        "/models".into(),
+        format!("/models/{m}"),
+        format!("/models/{m}/deployments"),
+        "/mcp-servers".into(),
+        format!("/mcp-servers/{mcp}"),
+        "/filters".into(),
+        "/teams".into(),
+        format!("/teams/{t}"),
+    ] {
+        let (st, v) = user.call("GET", &format!("{o}{path}"), None).await;
+        assert_eq!(st, 403, "GET {path}: {v}");
+        assert!(!v.to_string().contains("10.9.8.7"), "{path}: {v}");
+    }
+    let (st, v) = user.call("GET", &format!("{o}/users"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["data"][0]["id"], uid.as_str());
+    assert!(!v.to_string().contains("admin@alpha.test"));
+    let (st, _) = user
+        .call("GET", &format!("{o}/users/{admin_id}"), None)
+        .await;
+    assert_eq!(st, 404);
+    let (st, v) = user.call("GET", &format!("{o}/api-keys"), None).await;
+    assert_eq!((st, v["total"].clone()), (200, json!(1)), "{v}");
+    let (st, v) = user
+        .call("GET", &format!("{o}/api-keys/{k}/models"), None)
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["data"][0]["name"], "chat-granted");
+    let (st, _) = user.call("GET", &format!("{o}/usage/records"), None).await;
+    assert_eq!(st, 200);
+    let (st, v) = user.call("GET", &o, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["slug"], "alpha");
+    assert!(
+        v.get("settings").is_none() && v.get("policies").is_none(),
+        "{v}"
+    );
+
+    // The console.
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(
+        b.login("user@alpha.test", "alpha-user-pw").await.status,
+        303
+    );
+    for path in [
+        "/alpha/providers".to_string(),
+        format!("/alpha/providers/{p}"),
+        "/alpha/models".into(),
+        format!("/alpha/models/{m}"),
+        "/alpha/mcp-servers".into(),
+        "/alpha/teams".into(),
+    ] {
+        let pg = b.get(&path).await;
+        assert_eq!(pg.status, 403, "{path}: {}", pg.body);
+        assert!(
+            !pg.body.contains("10.9.8.7") && !pg.body.contains("hdr-7731"),
+            "{path}: {}",
+            pg.body
+        );
+    }
+    let users = b.page("/alpha/users").await;
+    assert!(users.body.contains("user@alpha.test"));
+    assert!(!users.body.contains("admin@alpha.test"), "{}", users.body);
+    assert_eq!(b.get(&format!("/alpha/users/{admin_id}")).await.status, 404);
+    let dash = b.page("/alpha/dashboard").await;
+    for hidden in [
+        "/alpha/providers",
+        "/alpha/models",
+        "/alpha/teams",
+        "/alpha/mcp-servers",
+    ] {
+        assert!(
+            !dash.body.contains(&format!("href=\"{hidden}\"")),
+            "{hidden} in the navigation"
+        );
+    }
+    // Its own key, with the models granted to it, and the playground offering them.
+    let key = b.page(&format!("/alpha/apikeys/{k}")).await;
+    assert!(key.body.contains("chat-granted"), "{}", key.body);
+    let pg = b.page("/alpha/playground").await;
+    assert!(pg.body.contains("chat-granted"), "{}", pg.body);
+    b.page("/alpha/usage").await;
+    b.page("/alpha/docs").await;
+
+    // A MANAGER still reads the catalog.
+    let mut mgr = Browser::new(&e.gw);
+    assert_eq!(
+        mgr.login("manager@alpha.test", "alpha-mgr-pw1")
+            .await
+            .status,
+        303
+    );
+    let pg = mgr.page("/alpha/providers").await;
+    assert!(pg.body.contains("10.9.8.7"));
+    mgr.page("/alpha/models").await;
+}
+
+/// Secrets made by a form (API key created or rotated, invitation link) follow
+/// post/redirect/get: the POST answers 303 to a one-time page of this session, which shows
+/// the secret once; a reload of that page neither shows it again nor creates a second key.
+#[tokio::test]
+async fn secrets_are_shown_once_after_a_redirect() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    org_user(&e, &a, "admin@alpha.test", "ORG_ADMIN", "alpha-admin-pw").await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(
+        b.login("admin@alpha.test", "alpha-admin-pw").await.status,
+        303
+    );
+    let keys = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_keys")
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap()
+    };
+    let secret_of = |body: &str| {
+        let at = body.find("value=\"wharf_").expect("secret on the page");
+        let rest = &body[at + 7..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+
+    let p = b
+        .submit(
+            "/alpha/apikeys",
+            "/alpha/apikeys",
+            &[("name", "ci"), ("key_type", "ORGANISATION")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert!(
+        !p.body.contains("wharf_"),
+        "the POST answer carries no secret"
+    );
+    let once = p.location.clone().unwrap();
+    assert!(once.starts_with("/alpha/once/"), "{once}");
+    assert_eq!(keys().await, 1);
+    // Stored encrypted, never in plain text.
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT envelope::text FROM console_one_time_views")
+            .fetch_all(&e.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains("wharf_"), "{}", stored[0]);
+    // Another session cannot open it.
+    let mut other = Browser::new(&e.gw);
+    assert_eq!(
+        other
+            .login("admin@alpha.test", "alpha-admin-pw")
+            .await
+            .status,
+        303
+    );
+    let p = other.get(&once).await;
+    assert_eq!(p.status, 410, "{}", p.body);
+    // Shown once to its session…
+    let shown = b.page(&once).await;
+    let secret = secret_of(&shown.body);
+    assert!(shown.body.contains("API key created"));
+    // …and never again: a reload shows neither the secret nor makes a second key.
+    let again = b.get(&once).await;
+    assert_eq!(again.status, 410, "{}", again.body);
+    assert!(!again.body.contains(&secret) && !again.body.contains("value=\"wharf_"));
+    assert_eq!(keys().await, 1);
+
+    // Rotation: the same.
+    let (_, list) = e
+        .root
+        .call("GET", &format!("/api/organisations/{a}/api-keys"), None)
+        .await;
+    let key_page = format!("/alpha/apikeys/{}", id(&list["data"][0]));
+    let p = b
+        .submit(&key_page, &format!("{key_page}/rotate"), &[])
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let once = p.location.clone().unwrap();
+    let rotated = secret_of(&b.page(&once).await.body);
+    assert_ne!(rotated, secret);
+    let again = b.get(&once).await;
+    assert_eq!(again.status, 410);
+    assert!(!again.body.contains(&rotated));
+
+    // An invitation link: the same.
+    let p = b
+        .submit(
+            "/alpha/users",
+            "/alpha/users/invite",
+            &[("email", "new@alpha.test"), ("role", "USER")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let once = p.location.clone().unwrap();
+    let shown = b.page(&once).await;
+    let at = shown.body.find("/invite/wharf_inv_").expect("invite link");
+    let link = shown.body[at..at + 20].to_string();
+    let again = b.get(&once).await;
+    assert_eq!(again.status, 410);
+    assert!(!again.body.contains(&link));
+    let invitations: i64 = sqlx::query_scalar("SELECT count(*) FROM organisation_invitations")
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(invitations, 1);
+
+    // A view nobody opened in time is gone.
+    let p = b
+        .submit(
+            "/alpha/apikeys",
+            "/alpha/apikeys",
+            &[("name", "late"), ("key_type", "ORGANISATION")],
+        )
+        .await;
+    let once = p.location.clone().unwrap();
+    sqlx::query("UPDATE console_one_time_views SET created_at = now() - interval '1 hour', expires_at = now() - interval '1 minute'")
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(b.get(&once).await.status, 410);
+}
+
+/// One sign-in through a fresh form.
+async fn attempt(b: &mut Browser, email: &str, pw: &str) -> Page {
+    let csrf = b.get("/login").await.csrf();
+    b.post(
+        "/login",
+        &[("_csrf", &csrf), ("email", email), ("password", pw)],
+    )
+    .await
+}
+
+/// Sign-in throttling: per client address (the peer, or X-Forwarded-For behind a trusted
+/// proxy) and per client and e-mail, with a growing 429 + Retry-After; a stranger failing with
+/// the super admin's e-mail does not lock it out for another client. Unknown and known
+/// e-mails get the same answer.
+#[tokio::test]
+async fn sign_in_is_throttled_per_client_not_per_account() {
+    let e = env().await;
+    // Without trusted proxies the peer is the client: a changing X-Forwarded-For does not
+    // make one client many. 30 different e-mails: throttled after 20 failures.
+    let mut one = Browser::new(&e.gw);
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        one.extra = vec![("x-forwarded-for", format!("192.0.2.{i}"))];
+        let p = attempt(
+            &mut one,
+            &format!("nobody{i}@example.com"),
+            "wrong-password",
+        )
+        .await;
+        if p.status == 429 {
+            let after: u64 = p.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=300).contains(&after), "{after}");
+            assert!(p.body.contains("Too many failed sign-ins"), "{}", p.body);
+        } else {
+            assert!(p.body.contains("Wrong e-mail or password"), "{}", p.body);
+        }
+        statuses.push(p.status);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+
+    // Behind a trusted proxy, X-Forwarded-For names the client.
+    let db2 = common::db::TestDb::migrated().await;
+    let mock2 = mock().await;
+    let gw =
+        common::db::admin_node_with(&mock2, &db2, "trusted_proxies = [\"127.0.0.0/8\"]\n").await;
+    let token = wharf::api::bootstrap::bootstrap(&db2.pool, Some(ROOT))
+        .await
+        .unwrap()
+        .token;
+    let root = Api {
+        base: gw.admin_url(""),
+        token,
+    };
+    let (st, _) = root
+        .call(
+            "PUT",
+            "/api/me/password",
+            Some(json!({"password": ROOT_PW})),
+        )
+        .await;
+    assert_eq!(st, 204);
+
+    // A stranger fails ten times with the super admin's e-mail: then it is refused…
+    let mut stranger = Browser::new(&gw);
+    stranger.extra = vec![("x-forwarded-for", "203.0.113.66".into())];
+    for _ in 0..10 {
+        let p = attempt(&mut stranger, ROOT, "guess-guess").await;
+        assert_eq!(p.status, 401, "{}", p.body);
+        assert!(p.body.contains("Wrong e-mail or password"));
+    }
+    let p = attempt(&mut stranger, ROOT, ROOT_PW).await;
+    assert_eq!(
+        p.status, 429,
+        "even with the right password, from the failing client"
+    );
+    assert!(p.headers.contains_key("retry-after"));
+    assert!(!stranger.cookies.contains_key("wharf_session"));
+    // …an unknown e-mail from another stranger answers exactly like a known one…
+    let mut other = Browser::new(&gw);
+    other.extra = vec![("x-forwarded-for", "203.0.113.77".into())];
+    let known = attempt(&mut other, ROOT, "guess-guess").await;
+    let unknown = attempt(&mut other, "ghost@example.com", "guess-guess").await;
+    assert_eq!((known.status, unknown.status), (401, 401));
+    assert!(known.body.contains("Wrong e-mail or password."));
+    assert!(unknown.body.contains("Wrong e-mail or password."));
+    // …and the owner, from its own address, still signs in (at most briefly slowed).
+    let mut owner = Browser::new(&gw);
+    owner.extra = vec![("x-forwarded-for", "198.51.100.7".into())];
+    let started = Instant::now();
+    let p = attempt(&mut owner, ROOT, ROOT_PW).await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert!(owner.cookies.contains_key("wharf_session"));
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

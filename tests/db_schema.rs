@@ -168,6 +168,7 @@ async fn every_table_and_enum_exists() {
         "filters",
         "console_sessions",
         "budget_topups",
+        "console_one_time_views",
     ];
     expected.sort_unstable();
     assert_eq!(tables, expected);

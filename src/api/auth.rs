@@ -78,18 +78,31 @@ pub async fn verify_password(hash: Option<String>, password: &str) -> bool {
     ok && known
 }
 
-/// Sets a user's password.
-pub async fn set_password(pool: &PgPool, user: Uuid, password: &str) -> ApiResult<()> {
+/// Sets a user's password and ends the user's console sessions, all but `keep` (the console
+/// session changing its own user's password, which stays signed in).
+pub async fn set_password(
+    pool: &PgPool,
+    user: Uuid,
+    password: &str,
+    keep: Option<Uuid>,
+) -> ApiResult<()> {
     check_password("password", password)?;
     let hash = hash_password(password).await?;
+    let mut tx = pool.begin().await?;
     let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
         .bind(user)
         .bind(hash)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("User"));
     }
+    sqlx::query("DELETE FROM console_sessions WHERE user_id = $1 AND id IS DISTINCT FROM $2")
+        .bind(user)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -157,7 +170,11 @@ pub async fn put_password(ctx: &Ctx<'_>, of: PasswordOf) -> ApiResult<Reply> {
             id
         }
     };
-    set_password(&ctx.pool, user, password).await?;
+    // Changing one's own password keeps the console session doing it (a console caller's
+    // token id is its session id; an admin token's matches no session): every other
+    // session of the user ends.
+    let keep = (user == ctx.caller.user_id).then_some(ctx.caller.token_id);
+    set_password(&ctx.pool, user, password, keep).await?;
     Ok(Reply {
         status: 204,
         content_type: "application/json",

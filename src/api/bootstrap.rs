@@ -164,7 +164,7 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let b = bootstrap(&pool, email).await;
     let pw = match (&b, password) {
-        (Ok(b), Some(p)) => super::auth::set_password(&pool, b.user_id, p)
+        (Ok(b), Some(p)) => super::auth::set_password(&pool, b.user_id, p, None)
             .await
             .map(|_| true)
             .map_err(|e| e.message),

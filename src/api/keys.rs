@@ -127,7 +127,10 @@ async fn set_grants(
 
 async fn grants_of(conn: &mut PgConnection, key: Uuid, grant: Grant) -> ApiResult<Vec<Value>> {
     let (name_col, extra) = match grant {
-        Grant::Models => ("name", "'slug', x.slug"),
+        Grant::Models => (
+            "name",
+            "'slug', x.slug, 'model_type', x.model_type, 'enabled', x.enabled",
+        ),
         Grant::McpServers => ("name", "'slug', x.slug"),
     };
     let rows: Vec<Value> = sqlx::query_scalar(&format!(

@@ -18,13 +18,13 @@
 //! | resource | SUPER_ADMIN | ORG_ADMIN (own org) | MANAGER (own org) | USER (own org) |
 //! |---|---|---|---|---|
 //! | `/api/admin/*` (organisations, all users, admin tokens, cross-organisation lists) | all | — | — | — |
-//! | organisation itself | read, update | read, update | read | read |
+//! | organisation itself | read, update | read, update | read | read id, name, slug |
 //! | users | all | all (SUPER_ADMIN users are invisible here) | read | read self |
-//! | teams | all | all | read + update the teams they belong to | read the teams they belong to |
+//! | teams | all | all | read + update the teams they belong to | — |
 //! | team members | all | all | manage members of their teams | — |
 //! | invitations | all | all | — | — |
 //! | api keys (+ grants, rotate, revoke) | all | all | keys of their teams and their own: all | read their own |
-//! | providers, models, MCP servers | all | all | read | read |
+//! | providers, models (+ deployments), filters, MCP servers | all | all | read | — |
 //! | provider keys | all | all | — | — |
 //! | budgets, quotas | all | all | read | — |
 //! | current windows (`…/usage`, `/usage/limits`), balance top-ups | all | all | read | — |

@@ -235,7 +235,7 @@ impl Access {
             Access::SuperAdmin => "SUPER_ADMIN only.",
             Access::OrgAdmin => "SUPER_ADMIN, or ORG_ADMIN of the organisation.",
             Access::Manager => "SUPER_ADMIN, ORG_ADMIN, or MANAGER of the organisation (MANAGER: only rows of the teams they belong to, and their own).",
-            Access::Member => "Any user of the organisation (MANAGER and USER see only the rows visible to them: their teams, their own keys and usage).",
+            Access::Member => "Any user of the organisation (MANAGER sees the rows of their teams and their own; USER only its own user row, keys and usage).",
         }
     }
 }
@@ -491,7 +491,8 @@ pub static TEAMS: Resource = Resource {
     ],
     hidden: &[],
     filters: &["name"],
-    read: Access::Member,
+    // USER reads only its own keys and usage.
+    read: Access::Manager,
     create: Access::OrgAdmin,
     update: Access::Manager,
     delete: Access::OrgAdmin,
@@ -592,7 +593,8 @@ pub static PROVIDERS: Resource = Resource {
     ],
     hidden: &[],
     filters: &["provider_type", "enabled", "name"],
-    read: Access::Member,
+    // USER reads only its own keys and usage.
+    read: Access::Manager,
     create: Access::OrgAdmin,
     update: Access::OrgAdmin,
     delete: Access::OrgAdmin,
@@ -650,7 +652,8 @@ pub static MODELS: Resource = Resource {
     ],
     hidden: &[],
     filters: &["provider_id", "model_type", "enabled", "name", "slug"],
-    read: Access::Member,
+    // USER reads only its own keys and usage.
+    read: Access::Manager,
     create: Access::OrgAdmin,
     update: Access::OrgAdmin,
     delete: Access::OrgAdmin,
@@ -679,7 +682,8 @@ pub static MODEL_DEPLOYMENTS: Resource = Resource {
     ],
     hidden: &[],
     filters: &["provider_id", "enabled"],
-    read: Access::Member,
+    // USER reads only its own keys and usage.
+    read: Access::Manager,
     create: Access::OrgAdmin,
     update: Access::OrgAdmin,
     delete: Access::OrgAdmin,
@@ -709,7 +713,8 @@ pub static FILTERS: Resource = Resource {
     ],
     hidden: &[],
     filters: &["kind", "enabled", "name"],
-    read: Access::Member,
+    // USER reads only its own keys and usage.
+    read: Access::Manager,
     create: Access::OrgAdmin,
     update: Access::OrgAdmin,
     delete: Access::OrgAdmin,
@@ -749,7 +754,8 @@ pub static MCP_SERVERS: Resource = Resource {
     // Write-only: may hold credentials.
     hidden: &["env", "auth_config"],
     filters: &["transport", "enabled", "slug", "name"],
-    read: Access::Member,
+    // USER reads only its own keys and usage.
+    read: Access::Manager,
     create: Access::OrgAdmin,
     update: Access::OrgAdmin,
     delete: Access::OrgAdmin,
@@ -1448,6 +1454,14 @@ pub async fn update(ctx: &Ctx<'_>, res: &Resource, id: Uuid) -> ApiResult<Reply>
     prepare(ctx, res, &mut fields, false, &mut tx).await?;
     let row = update_row(ctx, res, id, fields, &mut tx).await?;
     check_row(res, &row)?;
+    // A user that is no longer ACTIVE loses its console sessions, so that reactivating it
+    // does not bring an old session back.
+    if res.kind == Kind::Users && row.get("status").and_then(Value::as_str) != Some("ACTIVE") {
+        sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     after_change(ctx, res, &row).await;
     Ok(json_reply(200, &strip(res, row)))

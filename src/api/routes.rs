@@ -4,7 +4,7 @@
 use super::auth::{self, PasswordOf};
 use super::keys::{self, Grant};
 use super::resources::{self, Access, Resource, ALL, ORGANISATIONS, PLATFORM_LISTS};
-use super::{json_reply, ApiError, ApiResult, Ctx};
+use super::{json_reply, ApiError, ApiResult, Ctx, Role};
 use crate::error::ErrorCode;
 use crate::respond::Reply;
 use http::Method;
@@ -419,6 +419,17 @@ pub async fn dispatch(ctx: &Ctx<'_>, route: &Route) -> ApiResult<Reply> {
         Op::Create(res) => resources::create(ctx, res).await,
         Op::Update(res) => resources::update(ctx, res, ctx.id("id", res.schema)?).await,
         Op::Delete(res) => resources::delete(ctx, res, ctx.id("id", res.schema)?).await,
+        Op::OrgGet if ctx.caller.role < Role::Manager => {
+            // A USER reads its organisation's name only, not its policies and settings.
+            let full = resources::get(ctx, &ORGANISATIONS, ctx.org()?).await?;
+            let row: serde_json::Value =
+                serde_json::from_slice(&full.body).map_err(ApiError::internal)?;
+            let mut out = serde_json::Map::new();
+            for k in ["id", "name", "slug", "enabled"] {
+                out.insert(k.to_string(), row[k].clone());
+            }
+            Ok(json_reply(full.status, &serde_json::Value::Object(out)))
+        }
         Op::OrgGet => resources::get(ctx, &ORGANISATIONS, ctx.org()?).await,
         Op::OrgUpdate => resources::update(ctx, &ORGANISATIONS, ctx.org()?).await,
         Op::KeyRotate => keys::rotate(ctx, id()?).await,

@@ -15,6 +15,7 @@
 //! is HTML-escaped. No external resource is loaded (the console works offline) and the
 //! Content-Security-Policy allows only the console's own script and style.
 
+mod once;
 mod pages;
 mod reports;
 mod session;
@@ -57,6 +58,9 @@ pub struct Req {
     pub host: String,
     pub origin: Option<String>,
     pub user_agent: Option<String>,
+    /// The client address: the TCP peer, or `X-Forwarded-For`'s client when the peer is one of
+    /// `server.trusted_proxies` (as the proxy's governance reads it).
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Req {
@@ -172,8 +176,20 @@ fn parse_cookies(header: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
-async fn read(http: &mut ServerSession) -> Result<Req, Resp> {
+async fn read(state: &State, http: &mut ServerSession) -> Result<Req, Resp> {
+    let peer = http.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
     let h = http.req_header();
+    let client = peer.map(|p| {
+        let xff = h
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        crate::governance::policy::client_ip(
+            p,
+            xff,
+            &state.current().config.governance.trusted_proxies,
+        )
+    });
     let header = |name: &str| {
         h.headers
             .get(name)
@@ -197,6 +213,7 @@ async fn read(http: &mut ServerSession) -> Result<Req, Resp> {
         host: header("host").unwrap_or_else(|| "localhost".into()),
         origin: header("origin"),
         user_agent: header("user-agent"),
+        client,
     };
     if req.method == Method::POST {
         let mut body = Vec::new();
@@ -227,7 +244,7 @@ async fn read(http: &mut ServerSession) -> Result<Req, Resp> {
 
 /// Answers one console request.
 pub async fn handle(state: &State, http: &mut ServerSession) -> http::Response<Vec<u8>> {
-    let resp = match read(http).await {
+    let resp = match read(state, http).await {
         Ok(req) => route(state, req).await,
         Err(resp) => resp,
     };
@@ -282,7 +299,7 @@ pub(crate) fn loopback_client() -> Result<reqwest::Client, String> {
 }
 
 async fn relay(state: &State, http: &mut ServerSession) -> Result<(), Resp> {
-    let req = read(http).await?;
+    let req = read(state, http).await?;
     let session = match session::current(state, &req).await {
         Ok(Some(s)) => s,
         Ok(None) => return Err(view::error_page(None, 401, "Sign in again.")),

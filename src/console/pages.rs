@@ -217,6 +217,12 @@ pub async fn dispatch(cx: &Cx<'_>, scope: &str, rest: &[&str]) -> Resp {
             "docs" if !post => return reports::docs(cx, &scope, org).await,
             "settings" => return settings(cx, &scope, org, tail).await,
             "apikeys" => return apikeys(cx, &scope, org, tail).await,
+            "once" if !post => {
+                return match tail {
+                    [id] => once_page(cx, &scope, id).await,
+                    _ => not_found(cx),
+                }
+            }
             _ => {}
         }
         if let Some(page) = ORG_PAGES.iter().find(|p| p.section == section) {
@@ -837,15 +843,14 @@ async fn invite(cx: &Cx<'_>, scope: &Scope) -> Resp {
                 cx.req.base_url(),
                 inv["token"].as_str().unwrap_or_default()
             );
-            let body = html! {
-                (view::secret_once("Invitation link for the new user.", &link))
-                p { "Send this link to " strong { (str_of(&inv, "email")) } ". It expires " (view::cell("expires_at", &inv["expires_at"])) "." }
-                p { a href=(scope.href("users")) { "← Users" } }
-            };
-            Resp::html(
-                201,
-                view::layout(cx, scope, "users", "Invitation created", body),
-            )
+            let view = json!({
+                "kind": "invitation",
+                "title": "Invitation created",
+                "link": link,
+                "email": str_of(&inv, "email"),
+                "expires_at": inv["expires_at"],
+            });
+            show_once(cx, scope, view).await
         }
         Err(e) => api_error_page(cx, &e),
     }
@@ -1329,26 +1334,30 @@ async fn apikey_page(
         Ok(k) => k,
         Err(e) => return api_error_page(cx, &e),
     };
-    let granted = |v: Result<Value, ApiError>| -> Vec<String> {
+    let rows = |v: Result<Value, ApiError>| -> Vec<Value> {
         v.ok()
             .and_then(|v| v["data"].as_array().cloned())
             .unwrap_or_default()
-            .iter()
-            .map(|g| str_of(g, "id"))
-            .collect()
     };
-    let gm = granted(cx.get(&format!("{base}/models")).await);
-    let gs = granted(cx.get(&format!("{base}/mcp-servers")).await);
+    let ids = |rows: &[Value]| -> Vec<String> { rows.iter().map(|g| str_of(g, "id")).collect() };
+    // The granted rows name themselves: a USER, who may not list the catalog, sees them too.
+    let gm_rows = rows(cx.get(&format!("{base}/models")).await);
+    let gm = ids(&gm_rows);
+    let gs = ids(&rows(cx.get(&format!("{base}/mcp-servers")).await));
     let history = cx
         .get(&format!("{base}/history"))
         .await
         .ok()
         .and_then(|v| v["data"].as_array().cloned())
         .unwrap_or_default();
-    let (models, mcps) = grant_choices(cx, org).await;
+    let may = cx.caller().role >= Role::Manager;
+    let (models, mcps) = if may {
+        grant_choices(cx, org).await
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let href = format!("{}/{id}", scope.href("apikeys"));
     let state = key_state(&key);
-    let may = cx.caller().role >= Role::Manager;
     let edit_cols: Vec<&Col> = API_KEYS
         .columns
         .iter()
@@ -1397,7 +1406,10 @@ async fn apikey_page(
             }
         } @else {
             h2 { "Models" }
-            ul.plain { @for m in models.iter().filter(|m| gm.contains(&str_of(m, "id"))) { li { (str_of(m, "name")) } } }
+            ul.plain {
+                @if gm_rows.is_empty() { li.muted { "None granted." } }
+                @for m in &gm_rows { li { (str_of(m, "name")) } }
+            }
         }
         section aria-labelledby="hist-h" {
             h2 #hist-h { "Rotations" }
@@ -1416,14 +1428,56 @@ async fn apikey_page(
     )
 }
 
-fn secret_page(cx: &Cx<'_>, scope: &Scope, status: u16, key: &Value, what: &str) -> Resp {
-    let href = format!("{}/{}", scope.href("apikeys"), str_of(key, "id"));
+/// Answers a form that made a secret: stores it for one showing by this session and
+/// redirects (303) to the page that shows it (post/redirect/get).
+async fn show_once(cx: &Cx<'_>, scope: &Scope, view: Value) -> Resp {
+    match super::once::redirect_to(cx, &scope.slug, &view).await {
+        Ok(r) => r,
+        Err(e) => api_error_page(cx, &e),
+    }
+}
+
+/// The one-time view of an API key's secret.
+fn key_view(key: &Value, what: &str) -> Value {
+    json!({
+        "kind": "apikey",
+        "title": what,
+        "id": str_of(key, "id"),
+        "name": str_of(key, "name"),
+        "secret": str_of(key, "key"),
+    })
+}
+
+/// `GET /{org}/once/{id}`: a secret made by this session's last form, shown this once.
+async fn once_page(cx: &Cx<'_>, scope: &Scope, id: &str) -> Resp {
+    let v = match super::once::take(cx, id).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return view::error_page(
+                Some(cx),
+                410,
+                "This secret was shown once and is no longer available. Rotate the key, or \
+                 create a new invitation, if you did not copy it.",
+            )
+        }
+        Err(e) => return api_error_page(cx, &e),
+    };
+    let title = str_of(&v, "title");
+    if v["kind"] == "invitation" {
+        let body = html! {
+            (view::secret_once("Invitation link for the new user.", &str_of(&v, "link")))
+            p { "Send this link to " strong { (str_of(&v, "email")) } ". It expires " (view::cell("expires_at", &v["expires_at"])) "." }
+            p { a href=(scope.href("users")) { "← Users" } }
+        };
+        return Resp::html(200, view::layout(cx, scope, "users", &title, body));
+    }
+    let href = format!("{}/{}", scope.href("apikeys"), str_of(&v, "id"));
     let body = html! {
-        (view::secret_once(&format!("The secret of “{}”.", str_of(key, "name")), key["key"].as_str().unwrap_or_default()))
+        (view::secret_once(&format!("The secret of “{}”.", str_of(&v, "name")), &str_of(&v, "secret")))
         p { "Use it as " code { "Authorization: Bearer <key>" } " against the gateway." }
         p { a href=(href) { "Manage this key" } " · " a href=(scope.href("apikeys")) { "All API keys" } }
     };
-    Resp::html(status, view::layout(cx, scope, "apikeys", what, body))
+    Resp::html(200, view::layout(cx, scope, "apikeys", &title, body))
 }
 
 async fn apikeys(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp {
@@ -1443,7 +1497,7 @@ async fn apikeys(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp {
                 .api(Method::POST, &base, Vec::new(), Some(&Value::Object(body)))
                 .await
             {
-                Ok(key) => secret_page(cx, scope, 201, &key, "API key created"),
+                Ok(key) => show_once(cx, scope, key_view(&key, "API key created")).await,
                 Err(e) => apikeys_list(cx, scope, org, Some(&e)).await,
             }
         }
@@ -1504,7 +1558,7 @@ async fn apikeys(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp {
                 )
                 .await
             {
-                Ok(key) => secret_page(cx, scope, 200, &key, "API key rotated"),
+                Ok(key) => show_once(cx, scope, key_view(&key, "API key rotated")).await,
                 Err(e) => api_error_page(cx, &e),
             }
         }

@@ -722,7 +722,12 @@ fn gateway_base(cx: &Cx<'_>) -> String {
     format!("{}://{host}:{port}", if tls { "https" } else { "http" })
 }
 
+/// The organisation's enabled models; for a USER, who may not list the catalog, the enabled
+/// models granted to its own keys.
 async fn enabled_models(cx: &Cx<'_>, org: Uuid) -> Vec<Value> {
+    if cx.caller().role < Role::Manager {
+        return own_key_models(cx, org).await;
+    }
     cx.api(
         Method::GET,
         &format!("/api/organisations/{org}/models"),
@@ -736,6 +741,38 @@ async fn enabled_models(cx: &Cx<'_>, org: Uuid) -> Vec<Value> {
     .ok()
     .and_then(|v| v["data"].as_array().cloned())
     .unwrap_or_default()
+}
+
+/// The enabled models granted to the caller's own keys (each once).
+async fn own_key_models(cx: &Cx<'_>, org: Uuid) -> Vec<Value> {
+    let base = format!("/api/organisations/{org}/api-keys");
+    let keys = cx
+        .api(
+            Method::GET,
+            &base,
+            vec![("limit".into(), "500".into())],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|v| v["data"].as_array().cloned())
+        .unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for k in keys {
+        let granted = cx
+            .get(&format!("{base}/{}/models", str_of(&k, "id")))
+            .await
+            .ok()
+            .and_then(|v| v["data"].as_array().cloned())
+            .unwrap_or_default();
+        for m in granted {
+            if m["enabled"] == true && seen.insert(str_of(&m, "id")) {
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 /// `/{org}/docs`: base URL, auth header, copy-ready snippets for the organisation's models,

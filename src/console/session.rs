@@ -3,7 +3,8 @@
 //! * A session is a random 256-bit token in the `wharf_session` cookie (`HttpOnly`,
 //!   `SameSite=Lax`, `Secure` over TLS, 12 hours, ended after 2 idle hours); `console_sessions` stores its SHA-256, its
 //!   user and its CSRF token. The session acts as its user: role, organisation and status are
-//!   read from `users` on every request, so a suspended user is signed out at once.
+//!   read from `users` on every request, so a suspended user is signed out at once; suspension
+//!   and password changes delete the user's sessions ([`crate::api::auth::set_password`]).
 //! * Every form carries the session's CSRF token (`_csrf`), compared in constant time; a POST
 //!   without it, or from another origin, is refused with 403. The sign-in form, which has no
 //!   session yet, uses a double-submit cookie instead.
@@ -15,6 +16,7 @@ use crate::api::{auth, ApiError, ApiResult, Caller, Role};
 use crate::keys::KeyHash;
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -223,36 +225,135 @@ pub async fn login_page(state: &crate::state::State, req: &Req, error: Option<&s
     )
 }
 
-/// Failed sign-ins allowed per e-mail address within [`FAILURE_WINDOW`] (on this node).
-const MAX_FAILURES: u32 = 10;
-const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// Sign-in throttling (per node, in memory). Failures are counted per client address, per
+/// client and e-mail address together, and per e-mail address alone; a count is forgotten
+/// [`FAILURE_WINDOW`] after its last failure, and refused attempts are not counted.
+///
+/// * One client (any e-mail): after [`CLIENT_FREE`] failures it is refused (429 with
+///   `Retry-After`) for a delay that doubles with each further failure, from
+///   [`FIRST_DELAY`] up to [`MAX_DELAY`].
+/// * One client and one e-mail address: the same after [`PAIR_FREE`] failures; a successful
+///   sign-in of that client to that address clears it.
+/// * One e-mail address from anywhere: never refused (a stranger must not lock an account
+///   out), only slowed: after [`ACCOUNT_FREE`] failures every attempt waits a delay that
+///   doubles up to [`MAX_SLOWDOWN`]; a successful sign-in clears it.
+///
+/// Unknown and known e-mail addresses are counted alike, get the same answers and run the
+/// same password hash ([`auth::check_login`]).
+const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+const CLIENT_FREE: u32 = 20;
+const PAIR_FREE: u32 = 10;
+const ACCOUNT_FREE: u32 = 10;
+const FIRST_DELAY: Duration = Duration::from_secs(5);
+const MAX_DELAY: Duration = Duration::from_secs(5 * 60);
+const FIRST_SLOWDOWN: Duration = Duration::from_millis(250);
+const MAX_SLOWDOWN: Duration = Duration::from_secs(2);
+/// Entries kept per table before expired ones are swept.
+const MAX_ENTRIES: usize = 10_000;
 
-/// Recent failed sign-ins by lower-case e-mail: (count, first failure).
-static FAILURES: std::sync::LazyLock<std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>> =
+/// A count of failures and the time of the last one.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+impl Failures {
+    fn live(&self, now: Instant) -> bool {
+        now.duration_since(self.last) < FAILURE_WINDOW
+    }
+}
+
+/// `first`, doubled for each failure beyond `free`, capped at `max` (zero up to `free`).
+fn backoff(count: u32, free: u32, first: Duration, max: Duration) -> Duration {
+    if count < free {
+        return Duration::ZERO;
+    }
+    let doublings = (count - free).min(20);
+    first.saturating_mul(1u32 << doublings).min(max)
+}
+
+#[derive(Default)]
+struct Throttle {
+    clients: HashMap<std::net::IpAddr, Failures>,
+    pairs: HashMap<(std::net::IpAddr, String), Failures>,
+    accounts: HashMap<String, Failures>,
+}
+
+static THROTTLE: std::sync::LazyLock<std::sync::Mutex<Throttle>> =
     std::sync::LazyLock::new(Default::default);
 
-fn failures() -> std::sync::MutexGuard<'static, HashMap<String, (u32, std::time::Instant)>> {
-    FAILURES.lock().unwrap_or_else(|e| e.into_inner())
+fn throttle() -> std::sync::MutexGuard<'static, Throttle> {
+    THROTTLE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn throttled(email: &str) -> bool {
-    failures()
-        .get(email)
-        .is_some_and(|(n, first)| *n >= MAX_FAILURES && first.elapsed() < FAILURE_WINDOW)
+fn count_of<K: std::hash::Hash + Eq>(
+    m: &HashMap<K, Failures>,
+    k: &K,
+    now: Instant,
+) -> Option<Failures> {
+    m.get(k).copied().filter(|f| f.live(now))
 }
 
-fn record_failure(email: &str) {
-    let mut f = failures();
-    if f.len() > 10_000 {
-        f.retain(|_, (_, first)| first.elapsed() < FAILURE_WINDOW);
+fn bump<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Failures>, k: K, now: Instant) {
+    if m.len() >= MAX_ENTRIES {
+        m.retain(|_, f| f.live(now));
     }
-    let e = f
-        .entry(email.to_string())
-        .or_insert((0, std::time::Instant::now()));
-    if e.1.elapsed() >= FAILURE_WINDOW {
-        *e = (0, std::time::Instant::now());
+    let f = m.entry(k).or_insert(Failures {
+        count: 0,
+        last: now,
+    });
+    if !f.live(now) {
+        f.count = 0;
     }
-    e.0 += 1;
+    f.count += 1;
+    f.last = now;
+}
+
+impl Throttle {
+    /// How long this client must wait before trying `email` again (`None`: it may try now).
+    fn refused_for(
+        &self,
+        client: Option<std::net::IpAddr>,
+        email: &str,
+        now: Instant,
+    ) -> Option<Duration> {
+        let client = client?;
+        let wait = |f: Option<Failures>, free: u32| {
+            f.map(|f| {
+                let until = f.last + backoff(f.count, free, FIRST_DELAY, MAX_DELAY);
+                until.saturating_duration_since(now)
+            })
+            .unwrap_or(Duration::ZERO)
+        };
+        let w = wait(count_of(&self.clients, &client, now), CLIENT_FREE).max(wait(
+            count_of(&self.pairs, &(client, email.to_string()), now),
+            PAIR_FREE,
+        ));
+        (!w.is_zero()).then_some(w)
+    }
+
+    /// How long an attempt on `email` is slowed down.
+    fn slowdown(&self, email: &str, now: Instant) -> Duration {
+        count_of(&self.accounts, &email.to_string(), now)
+            .map(|f| backoff(f.count, ACCOUNT_FREE, FIRST_SLOWDOWN, MAX_SLOWDOWN))
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn failed(&mut self, client: Option<std::net::IpAddr>, email: &str, now: Instant) {
+        if let Some(c) = client {
+            bump(&mut self.clients, c, now);
+            bump(&mut self.pairs, (c, email.to_string()), now);
+        }
+        bump(&mut self.accounts, email.to_string(), now);
+    }
+
+    fn succeeded(&mut self, client: Option<std::net::IpAddr>, email: &str) {
+        if let Some(c) = client {
+            self.pairs.remove(&(c, email.to_string()));
+        }
+        self.accounts.remove(email);
+    }
 }
 
 /// `POST /login`.
@@ -277,25 +378,36 @@ pub async fn login(state: &crate::state::State, req: Req) -> Resp {
     let email = req.f("email").unwrap_or("").trim().to_string();
     let password = req.f("password").unwrap_or("").to_string();
     let who = email.to_lowercase();
-    if throttled(&who) {
+    let (refused, slowdown) = {
+        let t = throttle();
+        let now = Instant::now();
+        (t.refused_for(req.client, &who, now), t.slowdown(&who, now))
+    };
+    if let Some(wait) = refused {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut r = login_page(
             state,
             &req,
-            Some("Too many failed sign-ins for this e-mail address: try again in 15 minutes."),
+            Some(&format!(
+                "Too many failed sign-ins from this address: try again in {secs} seconds."
+            )),
         )
         .await;
         r.status = 429;
-        return r;
+        return r.header("retry-after", secs.to_string());
+    }
+    if !slowdown.is_zero() {
+        tokio::time::sleep(slowdown).await;
     }
     let user = match auth::check_login(&pool, &email, &password).await {
         Ok(u) => u,
         Err(e) => return view::error_page(None, e.status(), &e.message),
     };
     let Some(user) = user else {
-        record_failure(&who);
+        throttle().failed(req.client, &who, Instant::now());
         return login_page(state, &req, Some("Wrong e-mail or password.")).await;
     };
-    failures().remove(&who);
+    throttle().succeeded(req.client, &who);
     let set = match start(&pool, user, &req).await {
         Ok(c) => c,
         Err(e) => return view::error_page(None, e.status(), &e.message),
@@ -409,6 +521,46 @@ pub async fn invite_accept(state: &crate::state::State, req: Req, token: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_backs_off_per_client_and_only_slows_an_account() {
+        let now = Instant::now();
+        let mut t = Throttle::default();
+        let stranger: std::net::IpAddr = "203.0.113.5".parse().expect("ip");
+        let owner: std::net::IpAddr = "198.51.100.7".parse().expect("ip");
+        for _ in 0..PAIR_FREE {
+            assert_eq!(t.refused_for(Some(stranger), "root@x", now), None);
+            t.failed(Some(stranger), "root@x", now);
+        }
+        assert_eq!(
+            t.refused_for(Some(stranger), "root@x", now),
+            Some(FIRST_DELAY)
+        );
+        // Another client is not refused for that address, only slowed down.
+        assert_eq!(t.refused_for(Some(owner), "root@x", now), None);
+        assert_eq!(t.slowdown("root@x", now), FIRST_SLOWDOWN);
+        t.failed(Some(stranger), "root@x", now);
+        assert_eq!(
+            t.refused_for(Some(stranger), "root@x", now),
+            Some(FIRST_DELAY * 2)
+        );
+        // The delay passes; the count is forgotten after the window.
+        assert_eq!(
+            t.refused_for(Some(stranger), "root@x", now + FIRST_DELAY * 2),
+            None
+        );
+        assert_eq!(t.slowdown("root@x", now + FAILURE_WINDOW), Duration::ZERO);
+        assert_eq!(backoff(100, 10, FIRST_DELAY, MAX_DELAY), MAX_DELAY);
+        assert_eq!(backoff(100, 10, FIRST_SLOWDOWN, MAX_SLOWDOWN), MAX_SLOWDOWN);
+        // Many addresses from one client: refused after CLIENT_FREE.
+        let mut t = Throttle::default();
+        for i in 0..CLIENT_FREE {
+            assert_eq!(t.refused_for(Some(stranger), &format!("u{i}@x"), now), None);
+            t.failed(Some(stranger), &format!("u{i}@x"), now);
+        }
+        assert!(t.refused_for(Some(stranger), "another@x", now).is_some());
+        assert_eq!(t.refused_for(Some(owner), "another@x", now), None);
+    }
 
     #[test]
     fn next_stays_on_this_site() {

@@ -46,6 +46,15 @@ url_env = "WHARF_TEST_DATABASE_URL"
 /// A database-mode gateway with Redis fan-out, once its admin API answers (the admin listener
 /// is up before the control service has its pool).
 pub async fn admin_node(mock: &wharf::mock::MockServer, db: &TestDb) -> super::Gw {
+    admin_node_with(mock, db, "").await
+}
+
+/// [`admin_node`] with more `[server]` settings (`server_extra`, lines ending in `\n`).
+pub async fn admin_node_with(
+    mock: &wharf::mock::MockServer,
+    db: &TestDb,
+    server_extra: &str,
+) -> super::Gw {
     let gw = super::Gw::start_custom(
         mock,
         |port, admin, dir| {
@@ -55,6 +64,7 @@ pub async fn admin_node(mock: &wharf::mock::MockServer, db: &TestDb) -> super::G
                 dir,
                 "refresh_interval_seconds = 30\n\n[redis]\nurl_env = \"WHARF_TEST_REDIS_URL\"\n",
             )
+            .replacen("[server]\n", &format!("[server]\n{server_extra}"), 1)
         },
         &[
             ("WHARF_TEST_DATABASE_URL", db.url()),
