@@ -11,7 +11,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin wharf --bin wharf-mock \
+RUN cargo build --release --locked -p wharf -p wharf-mock --bin wharf --bin wharf-mock \
     && strip target/release/wharf target/release/wharf-mock \
     && mkdir -p /state
 

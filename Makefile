@@ -25,8 +25,9 @@ deps:
 	  elif command -v brew >/dev/null 2>&1; then brew install --cask chromium chromedriver; \
 	  else echo "please install Chromium and chromedriver (or set CHROME_BIN and CHROMEDRIVER)" >&2; exit 1; fi; }
 
+## The gateway (package wharf) and the mock provider (package wharf-mock, crates/wharf-mock).
 build: deps
-	$(CARGO) build --release --bin wharf --bin wharf-mock
+	$(CARGO) build --release -p wharf -p wharf-mock --bin wharf --bin wharf-mock
 
 ## The demo: the bundled mock provider plus the gateway on the TOML-only default config.
 run: build
@@ -57,10 +58,10 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 
 ## Soak: a mixed workload for SOAK_SECONDS (default 120) in release mode; prints throughput, p99,
 ## RSS over time and usage-record completeness. `make test` runs it briefly (12 s, debug build).

@@ -237,7 +237,7 @@ calc() { awk "BEGIN { printf \"%s\", $* }"; }
 
 if [[ -z ${NO_BUILD:-} ]]; then
     log "building release binaries"
-    cargo build --release --bins --examples
+    cargo build --release --workspace --bins --examples
 fi
 for b in "$MOCK_BIN" "$WHARF_BIN" "$PT_BIN" "$LOADGEN"; do
     [[ -x $b ]] || die "missing binary $b"

@@ -15,7 +15,6 @@ pub mod governance;
 pub mod keys;
 pub mod mcp;
 pub mod metrics;
-pub mod mock;
 pub mod proxy;
 pub mod respond;
 pub mod routing;

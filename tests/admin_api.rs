@@ -13,7 +13,7 @@ use wharf::db::crypto::MasterKeys;
 
 const MASTER: &str = common::db::TEST_MASTER_KEYS;
 
-async fn start(mock: &wharf::mock::MockServer, db: &TestDb) -> Gw {
+async fn start(mock: &wharf_mock::MockServer, db: &TestDb) -> Gw {
     common::db::admin_node(mock, db).await
 }
 

@@ -385,7 +385,7 @@ warning_thresholds = [20, 50, 80]
 
 const MASTER: &str = common::db::TEST_MASTER_KEYS;
 
-async fn db_gw(mock: &wharf::mock::MockServer, db: &TestDb, hook: Option<&Receiver>) -> Gw {
+async fn db_gw(mock: &wharf_mock::MockServer, db: &TestDb, hook: Option<&Receiver>) -> Gw {
     db_gw_with(mock, db, hook, None).await
 }
 
@@ -406,7 +406,7 @@ impl WithRedis {
 
 /// A database-mode gateway, with the webhook and Redis when asked.
 async fn db_gw_with(
-    mock: &wharf::mock::MockServer,
+    mock: &wharf_mock::MockServer,
     db: &TestDb,
     hook: Option<&Receiver>,
     redis: Option<WithRedis>,
@@ -493,7 +493,7 @@ impl Api {
 
 /// An organisation, model `db-chat` (input 1, output 2 USD per 1M) on the mock and a key
 /// granted it: (organisation, key id, secret).
-async fn db_seed(db: &TestDb, mock: &wharf::mock::MockServer) -> (uuid::Uuid, uuid::Uuid, String) {
+async fn db_seed(db: &TestDb, mock: &wharf_mock::MockServer) -> (uuid::Uuid, uuid::Uuid, String) {
     let c = common::db::seed_catalog(db, mock, "Budgets", "db-chat", "db-slug").await;
     let (key_id, secret) = common::db::seed_key(db, c.org, "k", &[c.model]).await;
     (c.org, key_id, secret)
@@ -1229,7 +1229,7 @@ async fn daily_budget(db: &TestDb, org: uuid::Uuid, key_id: uuid::Uuid) -> uuid:
 }
 
 /// A database-mode node with Redis whose stale-reservation passes run every 200 ms.
-async fn sweeping_gw(mock: &wharf::mock::MockServer, db: &TestDb) -> Gw {
+async fn sweeping_gw(mock: &wharf_mock::MockServer, db: &TestDb) -> Gw {
     let redis = WithRedis {
         url: common::db::redis_url(),
         governance: "stale_reservation_sweep_ms = 200",

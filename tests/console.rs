@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const ROOT: &str = "root@example.com";
 const ROOT_PW: &str = "root-password-1";
 
-async fn start(mock: &wharf::mock::MockServer, db: &TestDb) -> Gw {
+async fn start(mock: &wharf_mock::MockServer, db: &TestDb) -> Gw {
     common::db::admin_node(mock, db).await
 }
 
@@ -202,7 +202,7 @@ struct Env {
     db: TestDb,
     gw: Gw,
     root: Api,
-    _mock: wharf::mock::MockServer,
+    _mock: wharf_mock::MockServer,
 }
 
 async fn env() -> Env {

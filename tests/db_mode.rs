@@ -22,7 +22,7 @@ struct Seed {
     provider: uuid::Uuid,
 }
 
-async fn seed(db: &TestDb, mock: &wharf::mock::MockServer) -> Seed {
+async fn seed(db: &TestDb, mock: &wharf_mock::MockServer) -> Seed {
     let c = common::db::seed_catalog(db, mock, "Acme", "db-chat", "db-slug").await;
     let (key_id, secret) = common::db::seed_key(db, c.org, "k", &[c.model]).await;
     Seed {
@@ -49,7 +49,7 @@ invalidation_secret_env = "WHARF_TEST_INVALIDATION_SECRET"
     )
 }
 
-async fn start(mock: &wharf::mock::MockServer, db_url: String) -> Gw {
+async fn start(mock: &wharf_mock::MockServer, db_url: String) -> Gw {
     Gw::start_custom(
         mock,
         db_config,

@@ -7,7 +7,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use wharf::mock::{MockConfig, MockServer};
+use wharf_mock::{MockConfig, MockServer};
 
 async fn recording_mock() -> MockServer {
     MockServer::start(

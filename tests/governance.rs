@@ -45,7 +45,7 @@ provider = "slowp"
 pricing = { input = 1.0, output = 2.0 }
 "#;
 
-async fn start(mock: &wharf::mock::MockServer, extra: &str) -> Gw {
+async fn start(mock: &wharf_mock::MockServer, extra: &str) -> Gw {
     let extra = extra.replace("{MOCK}", &mock.addr().to_string());
     Gw::start_with(mock, &extra).await
 }
@@ -593,7 +593,7 @@ async fn zcard(key: &str) -> i64 {
     n
 }
 
-async fn redis_gw(mock: &wharf::mock::MockServer, extra: &str, url: String) -> Gw {
+async fn redis_gw(mock: &wharf_mock::MockServer, extra: &str, url: String) -> Gw {
     let extra = format!("[redis]\nurl_env = \"WHARF_TEST_REDIS\"\n{extra}");
     Gw::start_custom(
         mock,
@@ -911,7 +911,7 @@ fn db_text(port: u16, admin: u16, dir: &std::path::Path) -> String {
     common::db::node_config(port, admin, dir, "")
 }
 
-async fn db_gw(mock: &wharf::mock::MockServer, db: &common::db::TestDb) -> Gw {
+async fn db_gw(mock: &wharf_mock::MockServer, db: &common::db::TestDb) -> Gw {
     Gw::start_custom(
         mock,
         db_text,
@@ -927,7 +927,7 @@ async fn db_gw(mock: &wharf::mock::MockServer, db: &common::db::TestDb) -> Gw {
 /// and an organisation key granted it: (organisation, key id, secret).
 async fn db_seed(
     db: &common::db::TestDb,
-    mock: &wharf::mock::MockServer,
+    mock: &wharf_mock::MockServer,
 ) -> (uuid::Uuid, uuid::Uuid, String) {
     let c = common::db::seed_catalog(db, mock, "Gov", "db-chat", "db-slug").await;
     let (key_id, secret) = common::db::seed_key(db, c.org, "k", &[c.model]).await;

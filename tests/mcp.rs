@@ -202,7 +202,7 @@ async fn gateway(url: &str, extra: &str) -> (Gw, MockServerHolder) {
 }
 
 /// Keeps the LLM mock of the standard configuration alive.
-struct MockServerHolder(#[allow(dead_code)] wharf::mock::MockServer);
+struct MockServerHolder(#[allow(dead_code)] wharf_mock::MockServer);
 
 fn mcp_client_config(url: String, key: &str) -> StreamableHttpClientTransportConfig {
     StreamableHttpClientTransportConfig::with_uri(url).auth_header(key)

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wharf::mock::{MockConfig, MockServer};
+use wharf_mock::{MockConfig, MockServer};
 
 const KEY: &str = "sk-test-key-123456";
 

@@ -30,7 +30,7 @@ redis_timeout_ms = 5000
     )
 }
 
-async fn node(mock: &wharf::mock::MockServer, db: &TestDb) -> Gw {
+async fn node(mock: &wharf_mock::MockServer, db: &TestDb) -> Gw {
     Gw::start_custom(
         mock,
         node_config,
@@ -50,7 +50,7 @@ struct Seed {
     budgeted: (uuid::Uuid, String),
 }
 
-async fn seed(db: &TestDb, mock: &wharf::mock::MockServer) -> Seed {
+async fn seed(db: &TestDb, mock: &wharf_mock::MockServer) -> Seed {
     let c = common::db::seed_catalog(db, mock, "Fleet", "fleet-chat", "fleet-slug").await;
     Seed {
         org: c.org,

@@ -119,7 +119,7 @@ models = ["*"]
     out
 }
 
-async fn start_faults(mock: &wharf::mock::MockServer, hole: u16) -> Gw {
+async fn start_faults(mock: &wharf_mock::MockServer, hole: u16) -> Gw {
     let dead = free_port();
     let m = mock.addr().to_string();
     Gw::start_custom(

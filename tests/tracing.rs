@@ -126,7 +126,7 @@ fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|a| &a["value"])
 }
 
-async fn start(mock: &wharf::mock::MockServer, rx: &Receiver, ratio: f64) -> Gw {
+async fn start(mock: &wharf_mock::MockServer, rx: &Receiver, ratio: f64) -> Gw {
     let m = mock.addr().to_string();
     let extra = format!(
         r#"

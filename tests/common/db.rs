@@ -45,13 +45,13 @@ url_env = "WHARF_TEST_DATABASE_URL"
 
 /// A database-mode gateway with Redis fan-out, once its admin API answers (the admin listener
 /// is up before the control service has its pool).
-pub async fn admin_node(mock: &wharf::mock::MockServer, db: &TestDb) -> super::Gw {
+pub async fn admin_node(mock: &wharf_mock::MockServer, db: &TestDb) -> super::Gw {
     admin_node_with(mock, db, "").await
 }
 
 /// [`admin_node`] with more `[server]` settings (`server_extra`, lines ending in `\n`).
 pub async fn admin_node_with(
-    mock: &wharf::mock::MockServer,
+    mock: &wharf_mock::MockServer,
     db: &TestDb,
     server_extra: &str,
 ) -> super::Gw {
@@ -207,7 +207,7 @@ pub struct SeededCatalog {
 /// (upstream `slug`) priced 1 USD input / 2 USD output per 1M tokens.
 pub async fn seed_catalog(
     db: &TestDb,
-    mock: &wharf::mock::MockServer,
+    mock: &wharf_mock::MockServer,
     org_name: &str,
     model: &str,
     slug: &str,

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wharf::mock::{MockConfig, MockServer};
+use wharf_mock::{MockConfig, MockServer};
 
 /// The provider credential the mock requires and the gateway injects.
 pub const PROVIDER_KEY: &str = "sk-provider-secret";

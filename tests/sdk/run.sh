@@ -56,7 +56,7 @@ WHARF="$TARGET_DIR/debug/wharf"
 MOCK="$TARGET_DIR/debug/wharf-mock"
 if [ ! -x "$WHARF" ] || [ ! -x "$MOCK" ]; then
     log "building wharf and wharf-mock"
-    (cd "$ROOT" && cargo build --bin wharf --bin wharf-mock)
+    (cd "$ROOT" && cargo build -p wharf -p wharf-mock --bin wharf --bin wharf-mock)
 fi
 
 # --- Processes and cleanup -----------------------------------------------------------------

@@ -123,7 +123,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use wharf::mock::{MockConfig, MockServer};
+//! use wharf_mock::{MockConfig, MockServer};
 //! let server = MockServer::start("127.0.0.1:0", MockConfig::default()).await?;
 //! println!("mock provider at {}", server.url());
 //! // ... point the gateway at server.addr() ...

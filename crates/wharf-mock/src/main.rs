@@ -37,7 +37,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use wharf::mock::{MockConfig, MockServer};
+use wharf_mock::{MockConfig, MockServer};
 
 /// Routes and knobs, shown after the options by `--help`.
 const AFTER_HELP: &str = r"Routes (the path picks the API family):
