@@ -63,7 +63,7 @@ impl moka::Expiry<KeyHash, KeyEntry> for KeyExpiry {
 pub struct DbMode {
     pub settings: DatabaseConfig,
     pub master_keys: MasterKeys,
-    pub pool: ArcSwapOption<PgPool>,
+    pub pool: crate::db::PoolSlot,
     keys: Cache<KeyHash, KeyEntry>,
     stale: Cache<KeyHash, Arc<VirtualKey>>,
     healthy: AtomicBool,
@@ -85,7 +85,7 @@ impl DbMode {
         DbMode {
             settings,
             master_keys,
-            pool: ArcSwapOption::empty(),
+            pool: Arc::new(ArcSwapOption::empty()),
             keys,
             stale,
             healthy: AtomicBool::new(true),

@@ -194,12 +194,12 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
             every: Duration::from_secs(10),
         },
     ));
-    server.add_service(background_service(
-        "health-checks",
+    server.add_service(background_service("health-checks", {
+        let state = Arc::clone(&state);
         crate::routing::health::HealthChecks {
-            state: Arc::clone(&state),
-        },
-    ));
+            providers: Box::new(move || state.current().config.providers.clone()),
+        }
+    }));
     if let Some(url) = state.current().config.redis_url.clone() {
         server.add_service(background_service(
             "redis-probe",

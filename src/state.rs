@@ -65,7 +65,8 @@ impl State {
             .redis_url
             .as_ref()
             .map(|_| std::sync::atomic::AtomicBool::new(false));
-        let governance = crate::governance::Governance::new(&config, db.clone());
+        let governance =
+            crate::governance::Governance::new(&config, db.as_ref().map(|d| d.pool.clone()));
         Arc::new(State {
             governance,
             snapshot: ArcSwap::from_pointee(Snapshot {

@@ -21,25 +21,7 @@ const QUEUE: usize = 8192;
 /// Spans per export request.
 const BATCH: usize = 512;
 
-/// `[telemetry]`, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TelemetryConfig {
-    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
-    pub otlp_endpoint: Option<String>,
-    /// Share of requests traced when the client sent no sampling decision, in [0, 1].
-    pub sample_ratio: f64,
-    pub service_name: String,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            otlp_endpoint: None,
-            sample_ratio: 1.0,
-            service_name: "wharf".into(),
-        }
-    }
-}
+pub use crate::config::TelemetryConfig;
 
 /// The trace context of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

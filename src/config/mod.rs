@@ -20,6 +20,26 @@ use std::time::Duration;
 
 pub use crate::types::{KeyType, ModelType, Pricing, ProviderKind, Secret};
 
+/// `[telemetry]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests traced when the client sent no sampling decision, in [0, 1].
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            service_name: "wharf".into(),
+        }
+    }
+}
+
 /// Problems found in a configuration file, each with its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub Vec<String>);
@@ -60,7 +80,7 @@ pub struct Config {
     pub routing: RouterConfig,
     /// Routing policies of organisations (from the file and, in database mode, Postgres).
     pub org_routing: HashMap<String, Arc<RoutingPolicy>>,
-    pub telemetry: crate::telemetry::TelemetryConfig,
+    pub telemetry: TelemetryConfig,
     /// Filter chains (SPEC §9).
     pub filters: Arc<crate::filters::FilterSet>,
     /// Policies of the global, organisation and team scopes; trusted proxies.
@@ -459,7 +479,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             )),
         }
     }
-    let telemetry = crate::telemetry::TelemetryConfig {
+    let telemetry = TelemetryConfig {
         otlp_endpoint: t.otlp_endpoint.clone(),
         sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
         service_name: t.service_name.clone(),

@@ -26,6 +26,10 @@ use std::time::Duration;
 /// The migrations of `migrations/`, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The database pool once the control service has connected it: the narrow handle domains
+/// take (never the whole database mode). Empty until the first connection.
+pub type PoolSlot = std::sync::Arc<arc_swap::ArcSwapOption<sqlx::PgPool>>;
+
 /// The `LISTEN` channel on which configuration changes are announced.
 pub const CONFIG_CHANNEL: &str = "wharf_config";
 

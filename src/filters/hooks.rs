@@ -7,8 +7,8 @@ use super::{
     Request, Response, ResponsePart, Who,
 };
 use crate::config::VirtualKey;
-use crate::proxy::routes::Family;
 use crate::sse::{parse_event, SseParser};
+use crate::types::Family;
 use crate::usage::UsageRecord;
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;

@@ -20,7 +20,7 @@
 
 use super::budget::{Estimate, Meter, Metric, Owner, Period};
 use crate::config::VirtualKey;
-use crate::control::DbMode;
+use crate::db::PoolSlot;
 use crate::error::{ErrorCode, GatewayError};
 use crate::usage::UsageRecord;
 use arc_swap::ArcSwapOption;
@@ -338,7 +338,7 @@ pub struct Settled {
 
 /// The database-backed budget store.
 pub struct PgBudgets {
-    db: Arc<DbMode>,
+    db: PoolSlot,
     notifier: Arc<super::webhook::Notifier>,
     meters: ArcSwapOption<(Instant, Vec<Arc<Meter>>)>,
     refreshing: Arc<AtomicBool>,
@@ -395,7 +395,7 @@ impl Drop for PgGrant {
 impl PgBudgets {
     /// A store over the data plane's database connection.
     pub fn new(
-        db: Arc<DbMode>,
+        db: PoolSlot,
         notifier: Arc<super::webhook::Notifier>,
         sweep_every: Duration,
     ) -> Arc<PgBudgets> {
@@ -434,7 +434,7 @@ impl PgBudgets {
     }
 
     pub(super) fn pool(&self) -> Option<Arc<PgPool>> {
-        self.db.pool.load_full()
+        self.db.load_full()
     }
 
     pub(super) fn notifier(&self) -> &super::webhook::Notifier {

@@ -476,7 +476,7 @@ impl std::fmt::Debug for Governance {
 
 impl Governance {
     /// A limiter for `cfg` (Redis mode when a Redis URL is configured).
-    pub fn new(cfg: &Config, db: Option<Arc<crate::control::DbMode>>) -> Governance {
+    pub fn new(cfg: &Config, db: Option<crate::db::PoolSlot>) -> Governance {
         let redis = cfg.redis_url.as_deref().and_then(|url| {
             match redis::RedisLimiter::new(url, cfg.governance.redis_timeout) {
                 Ok(r) => Some(r),

@@ -6,8 +6,7 @@
 //! The state is one set of checked URLs (so providers of different organisations that share a
 //! name never share a state), read on the request path only when some provider has a check.
 
-use crate::config::{Config, HealthCheck, Provider};
-use crate::state::State;
+use crate::config::{HealthCheck, Provider};
 use async_trait::async_trait;
 use once_cell::sync::Lazy;
 use pingora::server::ShutdownWatch;
@@ -82,11 +81,12 @@ async fn check(client: &reqwest::Client, h: &HealthCheck) -> bool {
 
 /// The background service that runs the checks of the current configuration.
 pub struct HealthChecks {
-    pub state: Arc<State>,
+    /// The providers of the current configuration (a narrow handle on the snapshot).
+    pub providers: Box<dyn Fn() -> Vec<Arc<Provider>> + Send + Sync>,
 }
 
-fn checked(cfg: &Config) -> Vec<(Arc<Provider>, HealthCheck)> {
-    cfg.providers
+fn checked(providers: &[Arc<Provider>]) -> Vec<(Arc<Provider>, HealthCheck)> {
+    providers
         .iter()
         .filter(|p| p.enabled)
         .filter_map(|p| p.health_check.clone().map(|h| (p.clone(), h)))
@@ -108,8 +108,7 @@ impl BackgroundService for HealthChecks {
         };
         let mut due: HashMap<String, Instant> = HashMap::new();
         loop {
-            let snap = self.state.current();
-            let providers = checked(&snap.config);
+            let providers = checked(&(self.providers)());
             ANY.store(!providers.is_empty(), Ordering::Relaxed);
             // Endpoints no longer checked are not held out.
             if let Ok(mut d) = DOWN.write() {
