@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod db;
+pub mod endpoints;
 pub mod error;
 pub mod filters;
 pub mod governance;

@@ -1,7 +1,7 @@
 //! Background services: usage writer, configuration watcher (file change + SIGHUP), provider
 //! monitor (DNS refresh and reachability probes). All run off the request path.
 
-use crate::admin::rfc3339;
+use crate::endpoints::rfc3339;
 use crate::state::{resolve_providers, Reachability, State};
 use crate::usage::{run_writer, UsageRecord};
 use async_trait::async_trait;

@@ -31,8 +31,10 @@ const LAYERS: &[&[&str]] = &[
     ],
     // The control plane: the snapshot and its only writer.
     &["store", "state", "control"],
-    // The data plane and the admin API.
-    &["proxy", "api"],
+    // The admin API, the answers both listeners give, then the data plane.
+    &["api"],
+    &["endpoints"],
+    &["proxy"],
     // The console calls the API in process; the admin listener dispatches to both.
     &["console"],
     &["admin"],
@@ -63,7 +65,6 @@ const DEBT: &[(&str, &str)] = &[
     ("governance", "usage"),
     ("mcp", "governance"),
     ("mcp", "usage"),
-    ("proxy", "admin"),
     ("state", "control"),
     ("state", "store"),
     ("store", "control"),

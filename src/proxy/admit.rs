@@ -273,11 +273,14 @@ impl Gateway {
         ctx.route = Some(route);
         let snap = ctx.snap.clone();
         match route {
-            Route::Health => return write_reply(s, ctx, admin::health(), &[]).await,
-            Route::Healthz => return write_reply(s, ctx, admin::healthz(&self.state), &[]).await,
+            Route::Health => return write_reply(s, ctx, endpoints::health(), &[]).await,
+            Route::Healthz => {
+                return write_reply(s, ctx, endpoints::healthz(&self.state), &[]).await
+            }
             Route::Status => {
-                let reply = match admin::status_view(&self.state, &s.req_header().headers).await {
-                    Ok(view) => admin::status(&self.state, &view),
+                let reply = match endpoints::status_view(&self.state, &s.req_header().headers).await
+                {
+                    Ok(view) => endpoints::status(&self.state, &view),
                     Err(r) => r,
                 };
                 return write_reply(s, ctx, reply, &[]).await;
@@ -285,9 +288,9 @@ impl Gateway {
             // Per-model cost totals of every tenant: the operator's, never public.
             Route::Metrics
                 if snap.config.server.metrics_on_proxy
-                    && admin::is_operator(&snap, &s.req_header().headers) =>
+                    && endpoints::is_operator(&snap, &s.req_header().headers) =>
             {
-                return write_reply(s, ctx, admin::metrics_reply(), &[]).await
+                return write_reply(s, ctx, endpoints::metrics_reply(), &[]).await
             }
             Route::Metrics if snap.config.server.metrics_on_proxy => {
                 let e = GatewayError::new(
@@ -327,15 +330,15 @@ impl Gateway {
         }
         match route {
             Route::Models => {
-                return write_reply(s, ctx, admin::models(&snap, &key, None), &[]).await
+                return write_reply(s, ctx, endpoints::models(&snap, &key, None), &[]).await
             }
             Route::Vllm(routes::VllmOp::Models) => {
-                let reply = admin::models(&snap, &key, Some(ProviderKind::Vllm));
+                let reply = endpoints::models(&snap, &key, Some(ProviderKind::Vllm));
                 return write_reply(s, ctx, reply, &[]).await;
             }
             Route::KeysValidate => {
                 let balances = gov.balances(&snap.config, &key).await;
-                let reply = admin::key_info(&snap, &key, balances);
+                let reply = endpoints::key_info(&snap, &key, balances);
                 return write_reply(s, ctx, reply, &[]).await;
             }
             Route::Mcp => return self.mcp(s, ctx, key).await,
@@ -497,7 +500,7 @@ impl Gateway {
             .get("x-wharf-invalidation-secret")
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default();
-        if !admin::secret_matches(&given, secret) {
+        if !endpoints::secret_matches(&given, secret) {
             let e = GatewayError::new(ErrorCode::Unauthorized, "invalid invalidation secret");
             return write_error(s, ctx, e, "auth").await;
         }

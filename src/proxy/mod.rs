@@ -39,8 +39,8 @@ use ctx::Unified;
 use errors::*;
 use reply::*;
 
-use crate::admin;
 use crate::config::{Model, ModelType, ProviderKind, VirtualKey};
+use crate::endpoints;
 use crate::error::{ErrorCode, GatewayError};
 use crate::keys::{self, KeyHash};
 use crate::metrics;

@@ -135,7 +135,7 @@ impl Gateway {
         });
         UsageRecord {
             request_id: ctx.request_id.clone(),
-            timestamp: admin::rfc3339(ctx.started_at),
+            timestamp: endpoints::rfc3339(ctx.started_at),
             organisation_id: key.map(|k| k.organisation_id.clone()),
             team_id: key.and_then(|k| k.team_id.clone()),
             user_id: key.and_then(|k| k.user_id.clone()),
