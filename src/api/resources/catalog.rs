@@ -1,6 +1,7 @@
 //! The table of resources: every resource of the admin API with its columns and rules.
 
-use super::schema::{c, Access, Col, Kind, Parent, Resource, Rows, Ty};
+use super::hooks;
+use super::schema::{c, Access, Col, Hooks, Kind, Parent, Resource, Rows, Ty};
 
 const ORG: Option<&str> = Some("organisation_id");
 
@@ -88,6 +89,7 @@ pub static ORGANISATIONS: Resource = Resource {
     delete: Access::SuperAdmin,
     rows: Rows::All,
     kind: Kind::Plain,
+    hooks: &hooks::ORGANISATION,
 };
 
 pub static ADMIN_USERS: Resource = Resource {
@@ -111,6 +113,7 @@ pub static ADMIN_USERS: Resource = Resource {
     delete: Access::SuperAdmin,
     rows: Rows::All,
     kind: Kind::Users,
+    hooks: &hooks::USER,
 };
 
 pub static ADMIN_TOKENS: Resource = Resource {
@@ -136,6 +139,7 @@ pub static ADMIN_TOKENS: Resource = Resource {
     delete: Access::SuperAdmin,
     rows: Rows::All,
     kind: Kind::AdminToken,
+    hooks: &hooks::ADMIN_TOKEN,
 };
 
 pub static USERS: Resource = Resource {
@@ -158,6 +162,7 @@ pub static USERS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::SelfUser,
     kind: Kind::Users,
+    hooks: &hooks::USER,
 };
 
 pub static ORG_USER_TOKENS: Resource = Resource {
@@ -179,6 +184,7 @@ pub static ORG_USER_TOKENS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::AdminToken,
+    hooks: &hooks::ADMIN_TOKEN,
 };
 
 pub static TEAMS: Resource = Resource {
@@ -201,6 +207,7 @@ pub static TEAMS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::Teams("id"),
     kind: Kind::Plain,
+    hooks: &Hooks::NONE,
 };
 
 pub static TEAM_MEMBERS: Resource = Resource {
@@ -225,6 +232,7 @@ pub static TEAM_MEMBERS: Resource = Resource {
     delete: Access::Manager,
     rows: Rows::Teams("team_id"),
     kind: Kind::Plain,
+    hooks: &Hooks::NONE,
 };
 
 pub static INVITATIONS: Resource = Resource {
@@ -249,6 +257,7 @@ pub static INVITATIONS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::Invitation,
+    hooks: &hooks::INVITATION,
 };
 
 pub static API_KEYS: Resource = Resource {
@@ -277,6 +286,7 @@ pub static API_KEYS: Resource = Resource {
     delete: Access::Manager,
     rows: Rows::Owner,
     kind: Kind::ApiKey,
+    hooks: &hooks::API_KEY,
 };
 
 pub static PROVIDERS: Resource = Resource {
@@ -303,6 +313,7 @@ pub static PROVIDERS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::Plain,
+    hooks: &Hooks::NONE,
 };
 
 pub static PROVIDER_KEYS: Resource = Resource {
@@ -328,6 +339,7 @@ pub static PROVIDER_KEYS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::ProviderKey,
+    hooks: &hooks::PROVIDER_KEY,
 };
 
 pub static MODELS: Resource = Resource {
@@ -362,6 +374,7 @@ pub static MODELS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::Plain,
+    hooks: &Hooks::NONE,
 };
 
 /// Extra deployments of a model (SPEC §5): the model's own provider and slug come first.
@@ -392,6 +405,7 @@ pub static MODEL_DEPLOYMENTS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::Plain,
+    hooks: &Hooks::NONE,
 };
 
 /// Filter chains of an organisation (SPEC §9), beside the file's `[[filters]]`.
@@ -423,6 +437,7 @@ pub static FILTERS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::Filter,
+    hooks: &hooks::FILTER,
 };
 
 pub static MCP_SERVERS: Resource = Resource {
@@ -464,6 +479,7 @@ pub static MCP_SERVERS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::Plain,
+    hooks: &Hooks::NONE,
 };
 
 const LIMIT_COMMON: [Col; 9] = [
@@ -506,6 +522,7 @@ pub static BUDGETS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::Budget,
+    hooks: &hooks::BUDGET,
 };
 
 pub static QUOTAS: Resource = Resource {
@@ -536,6 +553,7 @@ pub static QUOTAS: Resource = Resource {
     delete: Access::OrgAdmin,
     rows: Rows::All,
     kind: Kind::Budget,
+    hooks: &hooks::BUDGET,
 };
 
 /// Every resource with generic routes.

@@ -1,8 +1,7 @@
 //! The generic list, get, create, update and delete over a [`Resource`]: validation against
 //! the columns, visibility by role, and the SQL.
 
-use super::hooks::{after_change, check_row, prepare};
-use super::schema::{Kind, Resource, Rows};
+use super::schema::{Resource, Rows};
 use crate::api::sql::{ident, Sql};
 use crate::api::{json_reply, ApiError, ApiResult, Ctx, Role};
 use crate::respond::Reply;
@@ -133,8 +132,8 @@ fn where_in(
         let p = q.arg(ctx.org()?.to_string());
         q.push(&format!(" AND t.{} = {p}::uuid", ident(col)));
         // Super admins are nobody's organisation users: org admins neither see nor change them.
-        if res.kind == Kind::Users {
-            q.push(" AND t.role <> 'SUPER_ADMIN'");
+        if let Some(cond) = res.hooks.org_scope {
+            q.push(cond);
         }
     }
     if let Some(parent) = &res.parent {
@@ -373,6 +372,32 @@ pub async fn update_row(
         .ok_or_else(|| ApiError::not_found(res.schema))
 }
 
+/// The resource's [`Hooks::prepare`](super::Hooks::prepare), if any.
+async fn prepare(
+    ctx: &Ctx<'_>,
+    res: &Resource,
+    fields: &mut Map<String, Value>,
+    creating: bool,
+    conn: &mut PgConnection,
+) -> ApiResult<Map<String, Value>> {
+    match res.hooks.prepare {
+        Some(prepare) => prepare(ctx, res, fields, creating, conn).await,
+        None => Ok(Map::new()),
+    }
+}
+
+/// The resource's [`Hooks::check_row`](super::Hooks::check_row), if any.
+fn check_row(res: &Resource, row: &Value) -> ApiResult<()> {
+    res.hooks.check_row.map_or(Ok(()), |check| check(row))
+}
+
+/// The resource's [`Hooks::after_change`](super::Hooks::after_change), if any.
+async fn after_change(ctx: &Ctx<'_>, res: &Resource, row: &Value) {
+    if let Some(after_change) = res.hooks.after_change {
+        after_change(ctx, row).await;
+    }
+}
+
 /// `POST collection`.
 pub async fn create(ctx: &Ctx<'_>, res: &Resource) -> ApiResult<Reply> {
     let body = ctx.body_object()?;
@@ -399,13 +424,8 @@ pub async fn update(ctx: &Ctx<'_>, res: &Resource, id: Uuid) -> ApiResult<Reply>
     prepare(ctx, res, &mut fields, false, &mut tx).await?;
     let row = update_row(ctx, res, id, fields, &mut tx).await?;
     check_row(res, &row)?;
-    // A user that is no longer ACTIVE loses its console sessions, so that reactivating it
-    // does not bring an old session back.
-    if res.kind == Kind::Users && row.get("status").and_then(Value::as_str) != Some("ACTIVE") {
-        sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+    if let Some(after_update) = res.hooks.after_update {
+        after_update(id, &row, &mut tx).await?;
     }
     tx.commit().await?;
     after_change(ctx, res, &row).await;

@@ -1,7 +1,11 @@
 //! The resource and column table types: what a resource of the admin API is made of.
 
 use crate::api::Role;
-use serde_json::{json, Value};
+use crate::api::{ApiResult, Ctx};
+use serde_json::{json, Map, Value};
+use sqlx::PgConnection;
+use std::future::Future;
+use std::pin::Pin;
 use uuid::Uuid;
 
 /// Type of a writable column (checked before any SQL runs).
@@ -291,7 +295,58 @@ pub struct Resource {
     pub update: Access,
     pub delete: Access,
     pub rows: Rows,
+    /// What the OpenAPI document says of the resource beyond its columns (the secret its
+    /// create answer shows once).
     pub kind: Kind,
+    /// The resource's own behaviour in the generic CRUD.
+    pub hooks: &'static Hooks,
+}
+
+/// The future of an asynchronous hook.
+pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Resource-specific preparation of checked fields before INSERT (`creating`) or UPDATE.
+/// Returns fields to add to the answer (a secret shown once).
+pub type Prepare = for<'a, 'c> fn(
+    &'a Ctx<'c>,
+    &'a Resource,
+    &'a mut Map<String, Value>,
+    bool,
+    &'a mut PgConnection,
+) -> HookFuture<'a, ApiResult<Map<String, Value>>>;
+
+/// Runs after an UPDATE of the row with this id, inside its transaction.
+pub type AfterUpdate =
+    for<'a> fn(Uuid, &'a Value, &'a mut PgConnection) -> HookFuture<'a, ApiResult<()>>;
+
+/// Runs after a committed UPDATE or DELETE, with the row written or removed.
+pub type AfterChange = for<'a, 'c> fn(&'a Ctx<'c>, &'a Value) -> HookFuture<'a, ()>;
+
+/// Kind-specific behaviour of a resource in the generic list, get, create, update and delete
+/// (`None`: nothing beyond the column table).
+#[derive(Debug)]
+pub struct Hooks {
+    /// A condition added to the ` WHERE` of the route's organisation (`" AND …"` over `t`).
+    pub org_scope: Option<&'static str>,
+    /// Before INSERT and UPDATE.
+    pub prepare: Option<Prepare>,
+    /// Checks a written row before its transaction commits (the caller rolls back on error).
+    pub check_row: Option<fn(&Value) -> ApiResult<()>>,
+    /// After UPDATE, before commit.
+    pub after_update: Option<AfterUpdate>,
+    /// Cache invalidation beyond the NOTIFY triggers, after commit.
+    pub after_change: Option<AfterChange>,
+}
+
+impl Hooks {
+    /// No behaviour beyond the column table.
+    pub const NONE: Hooks = Hooks {
+        org_scope: None,
+        prepare: None,
+        check_row: None,
+        after_update: None,
+        after_change: None,
+    };
 }
 
 #[cfg(test)]
