@@ -2,10 +2,10 @@
 //! create, update and delete over them. Columns drive validation, the SQL and the OpenAPI
 //! schemas alike.
 //!
-//! - [`schema`]: the resource and column table types;
-//! - [`catalog`]: the table of resources;
-//! - [`crud`]: the generic list, get, create, update and delete;
-//! - [`hooks`]: the kind-specific behaviour.
+//! - `schema.rs`: the resource and column table types;
+//! - `catalog.rs`: the table of resources;
+//! - `crud.rs`: the generic list, get, create, update and delete;
+//! - `hooks.rs`: the kind-specific behaviour.
 
 mod catalog;
 mod crud;
