@@ -6,7 +6,9 @@
 
 use wharf::config::{KeyType, ModelType, Pricing, ProviderKind};
 use wharf::db::crypto::MasterKeys;
-use wharf::db::load;
+
+#[path = "../tests/common/seed.rs"]
+mod seed;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,8 +18,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = MasterKeys::parse(&std::env::var("WHARF_MASTER_KEYS")?)?;
     let pool = wharf::db::connect(&url).await?;
     wharf::db::migrate(&pool).await?;
-    let org = load::create_organisation(&pool, "bench").await?;
-    let provider = load::create_provider(
+    let org = seed::create_organisation(&pool, "bench").await?;
+    let provider = seed::create_provider(
         &pool,
         org,
         "mock",
@@ -34,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reasoning: 600_000_000,
         image: 0,
     };
-    let model = load::create_model(
+    let model = seed::create_model(
         &pool,
         org,
         "bench-model",
@@ -44,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pricing,
     )
     .await?;
-    let (_, secret) = load::create_api_key(
+    let (_, secret) = seed::create_api_key(
         &pool,
         org,
         KeyType::Organisation,

@@ -859,7 +859,7 @@ async fn admin_api_windows(redis: Option<WithRedis>) {
     assert_eq!(st, 400);
     assert_eq!(v["error"]["field"], "scope");
     // Another organisation's id: 404.
-    let other = wharf::db::load::create_organisation(&db.pool, "Other")
+    let other = common::seed::create_organisation(&db.pool, "Other")
         .await
         .unwrap();
     let (st, _) = api

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::seed;
+
 use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
@@ -57,10 +59,10 @@ struct Fixture {
 }
 
 async fn fixture(pool: &PgPool, keys: &MasterKeys) -> Fixture {
-    let org = load::create_organisation(pool, "Acme Corp")
+    let org = seed::create_organisation(pool, "Acme Corp")
         .await
         .expect("organisation");
-    let provider = load::create_provider(
+    let provider = seed::create_provider(
         pool,
         org,
         "openai",
@@ -71,7 +73,7 @@ async fn fixture(pool: &PgPool, keys: &MasterKeys) -> Fixture {
     )
     .await
     .expect("provider");
-    let chat = load::create_model(
+    let chat = seed::create_model(
         pool,
         org,
         "gpt-mini",
@@ -82,7 +84,7 @@ async fn fixture(pool: &PgPool, keys: &MasterKeys) -> Fixture {
     )
     .await
     .expect("chat model");
-    let embed = load::create_model(
+    let embed = seed::create_model(
         pool,
         org,
         "embed",
@@ -93,7 +95,7 @@ async fn fixture(pool: &PgPool, keys: &MasterKeys) -> Fixture {
     )
     .await
     .expect("embeddings model");
-    let (key_id, key_secret) = load::create_api_key(
+    let (key_id, key_secret) = seed::create_api_key(
         pool,
         org,
         KeyType::Organisation,
@@ -274,7 +276,7 @@ async fn key_loads_by_hash_with_its_grants() {
     assert!(none.is_none());
 
     // A key with no grant at all.
-    let (_, bare) = load::create_api_key(
+    let (_, bare) = seed::create_api_key(
         &db.pool,
         f.org,
         KeyType::Organisation,
@@ -301,7 +303,7 @@ async fn revoked_and_expiring_keys() {
     let hash = KeyHash::of(&f.key_secret);
 
     let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-    load::set_api_key_expiry(&db.pool, f.key_id, Some(expiry))
+    seed::set_api_key_expiry(&db.pool, f.key_id, Some(expiry))
         .await
         .expect("set expiry");
     let k = load::load_key(&db.pool, &hash)
@@ -312,7 +314,7 @@ async fn revoked_and_expiring_keys() {
     assert!(!k.revoked);
 
     let past = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    load::set_api_key_expiry(&db.pool, f.key_id, Some(past))
+    seed::set_api_key_expiry(&db.pool, f.key_id, Some(past))
         .await
         .expect("set past expiry");
     let k = load::load_key(&db.pool, &hash)
@@ -321,7 +323,7 @@ async fn revoked_and_expiring_keys() {
         .expect("exists");
     assert_eq!(k.expires_at, Some(past.unix_timestamp()));
 
-    load::revoke_api_key(&db.pool, f.key_id)
+    seed::revoke_api_key(&db.pool, f.key_id)
         .await
         .expect("revoke");
     let first: Option<time::OffsetDateTime> =
@@ -331,7 +333,7 @@ async fn revoked_and_expiring_keys() {
             .await
             .expect("revoked_at");
     // Revoking again is harmless and keeps the first revocation time.
-    load::revoke_api_key(&db.pool, f.key_id)
+    seed::revoke_api_key(&db.pool, f.key_id)
         .await
         .expect("revoke again");
     let again: Option<time::OffsetDateTime> =
@@ -351,11 +353,11 @@ async fn revoked_and_expiring_keys() {
 
     let missing = Uuid::new_v4();
     assert!(matches!(
-        load::revoke_api_key(&db.pool, missing).await,
+        seed::revoke_api_key(&db.pool, missing).await,
         Err(LoadError::NotFound { id, .. }) if id == missing
     ));
     assert!(matches!(
-        load::set_api_key_expiry(&db.pool, missing, None).await,
+        seed::set_api_key_expiry(&db.pool, missing, None).await,
         Err(LoadError::NotFound { .. })
     ));
 }
@@ -380,7 +382,7 @@ async fn team_and_user_keys_and_grant_checks() {
     .await
     .expect("user");
 
-    let (_, team_secret) = load::create_api_key(
+    let (_, team_secret) = seed::create_api_key(
         &db.pool,
         f.org,
         KeyType::Team,
@@ -400,7 +402,7 @@ async fn team_and_user_keys_and_grant_checks() {
     assert_eq!(k.user_id, None);
     assert!(k.may_use("gpt-mini") && k.may_use("embed"));
 
-    let (_, user_secret) = load::create_api_key(
+    let (_, user_secret) = seed::create_api_key(
         &db.pool,
         f.org,
         KeyType::User,
@@ -427,7 +429,7 @@ async fn team_and_user_keys_and_grant_checks() {
     ] {
         assert!(
             matches!(
-                load::create_api_key(&db.pool, f.org, kind, t, u, "x", &[]).await,
+                seed::create_api_key(&db.pool, f.org, kind, t, u, "x", &[]).await,
                 Err(LoadError::Invalid { .. })
             ),
             "{kind:?}"
@@ -435,11 +437,11 @@ async fn team_and_user_keys_and_grant_checks() {
     }
 
     // A key cannot be granted another organisation's model.
-    let other = load::create_organisation(&db.pool, "Acme Corp")
+    let other = seed::create_organisation(&db.pool, "Acme Corp")
         .await
         .expect("second org with the same name");
     assert_ne!(other, f.org);
-    let err = load::create_api_key(
+    let err = seed::create_api_key(
         &db.pool,
         other,
         KeyType::Organisation,
@@ -478,10 +480,10 @@ async fn same_model_name_in_two_organisations_resolves_separately() {
             "llama-3",
         ),
     ] {
-        let org = load::create_organisation(&db.pool, org_name)
+        let org = seed::create_organisation(&db.pool, org_name)
             .await
             .expect("org");
-        let provider = load::create_provider(
+        let provider = seed::create_provider(
             &db.pool,
             org,
             "main",
@@ -492,7 +494,7 @@ async fn same_model_name_in_two_organisations_resolves_separately() {
         )
         .await
         .expect("provider");
-        load::create_model(
+        seed::create_model(
             &db.pool,
             org,
             "assistant",
@@ -554,7 +556,7 @@ async fn undecryptable_credentials_load_without_credential_and_warn() {
     let org = f.org.to_string();
     // A second provider sealed under a key that stays configured.
     let rotated = master(&[("old", 1), ("new", 2)]);
-    let anthropic = load::create_provider(
+    let anthropic = seed::create_provider(
         &db.pool,
         f.org,
         "claude",
@@ -665,12 +667,12 @@ async fn undecryptable_credentials_load_without_credential_and_warn() {
 async fn provider_rows_map_like_the_toml_file() {
     let db = TestDb::migrated().await;
     let keys = master(&[("k1", 1)]);
-    let org = load::create_organisation(&db.pool, "Gamma")
+    let org = seed::create_organisation(&db.pool, "Gamma")
         .await
         .expect("org");
     let org_s = org.to_string();
     // No credential at all (e.g. a local vLLM): loaded, no warning.
-    let vllm = load::create_provider(
+    let vllm = seed::create_provider(
         &db.pool,
         org,
         "local",
@@ -681,7 +683,7 @@ async fn provider_rows_map_like_the_toml_file() {
     )
     .await
     .expect("vllm provider");
-    let azure = load::create_provider(
+    let azure = seed::create_provider(
         &db.pool,
         org,
         "azure",
@@ -702,7 +704,7 @@ async fn provider_rows_map_like_the_toml_file() {
     .execute(&db.pool)
     .await
     .expect("provider options");
-    let google = load::create_provider(
+    let google = seed::create_provider(
         &db.pool,
         org,
         "gemini",
@@ -714,7 +716,7 @@ async fn provider_rows_map_like_the_toml_file() {
     .await
     .expect("google provider");
     // A row the TOML file would reject: skipped with a warning, and so is its model.
-    load::create_model(
+    seed::create_model(
         &db.pool,
         org,
         "flash",
@@ -767,7 +769,7 @@ async fn provider_rows_map_like_the_toml_file() {
     ] {
         assert!(
             matches!(
-                load::create_provider(&db.pool, org, name, ProviderKind::Custom, url, &keys, None)
+                seed::create_provider(&db.pool, org, name, ProviderKind::Custom, url, &keys, None)
                     .await,
                 Err(LoadError::Invalid { .. })
             ),
@@ -775,7 +777,7 @@ async fn provider_rows_map_like_the_toml_file() {
         );
     }
     assert!(matches!(
-        load::create_model(
+        seed::create_model(
             &db.pool,
             org,
             "has space",
@@ -852,4 +854,11 @@ async fn a_model_pinned_to_another_credential_uses_it() {
         .unwrap_or(false));
     assert_eq!(cat.warnings.len(), 1, "{:?}", cat.warnings);
     assert!(cat.warnings[0].contains("revoked"), "{:?}", cat.warnings);
+}
+
+#[test]
+fn organisation_slugs() {
+    assert_eq!(seed::slugify("Acme Corp."), "acme-corp");
+    assert_eq!(seed::slugify("  --Ünï  "), "n");
+    assert_eq!(seed::slugify("***"), "org");
 }

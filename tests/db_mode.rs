@@ -4,13 +4,14 @@
 
 mod common;
 
+use common::seed;
+
 use common::db::TestDb;
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use wharf::config::{KeyType, ModelType, Pricing, ProviderKind};
 use wharf::db::crypto::MasterKeys;
-use wharf::db::load;
 
 const MASTER: &str = common::db::TEST_MASTER_KEYS;
 const SECRET: &str = "invalidate-me-please";
@@ -106,7 +107,7 @@ async fn serves_from_postgres_and_direct_sql_changes_apply_within_a_second() {
     // A model added with plain SQL (through the loader's helper) and a key granted it.
     let keys = MasterKeys::parse(MASTER).unwrap();
     let _ = keys;
-    let m2 = load::create_model(
+    let m2 = seed::create_model(
         &db.pool,
         s.org,
         "db-chat-2",
@@ -117,7 +118,7 @@ async fn serves_from_postgres_and_direct_sql_changes_apply_within_a_second() {
     )
     .await
     .unwrap();
-    let (_, secret2) = load::create_api_key(
+    let (_, secret2) = seed::create_api_key(
         &db.pool,
         s.org,
         KeyType::Organisation,
@@ -367,7 +368,7 @@ async fn postgres_outage_serves_cached_keys_and_503s_the_rest() {
     let mock = mock().await;
     let db = TestDb::new(true).await;
     let s = seed(&db, &mock).await;
-    let m = load::create_model(
+    let m = seed::create_model(
         &db.pool,
         s.org,
         "db-chat-3",
@@ -378,7 +379,7 @@ async fn postgres_outage_serves_cached_keys_and_503s_the_rest() {
     )
     .await
     .unwrap();
-    let (_, uncached) = load::create_api_key(
+    let (_, uncached) = seed::create_api_key(
         &db.pool,
         s.org,
         KeyType::Organisation,
@@ -418,7 +419,7 @@ async fn deployments_and_routing_policies_come_from_postgres() {
     let s = seed(&db, &mock).await;
     let keys = MasterKeys::parse(MASTER).unwrap();
     // A provider that answers 503, made the model's own; its healthy deployment stays.
-    let down = load::create_provider(
+    let down = seed::create_provider(
         &db.pool,
         s.org,
         "downp",

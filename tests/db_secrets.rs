@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::seed;
+
 use common::db::TestDb;
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
@@ -121,9 +123,9 @@ async fn rotate_envelopes_reseals_everything_under_the_newest_key() {
     let keys = Keys::new();
     let old = keys.old();
 
-    let org_a = load::create_organisation(p, "Acme").await.expect("org");
-    let org_b = load::create_organisation(p, "Globex").await.expect("org");
-    let openai = load::create_provider(
+    let org_a = seed::create_organisation(p, "Acme").await.expect("org");
+    let org_b = seed::create_organisation(p, "Globex").await.expect("org");
+    let openai = seed::create_provider(
         p,
         org_a,
         "openai",
@@ -134,7 +136,7 @@ async fn rotate_envelopes_reseals_everything_under_the_newest_key() {
     )
     .await
     .expect("provider");
-    let anthropic = load::create_provider(
+    let anthropic = seed::create_provider(
         p,
         org_b,
         "anthropic",
@@ -260,8 +262,8 @@ async fn rotate_envelopes_reports_what_cannot_be_opened_and_rotates_the_rest() {
     let keys = Keys::new();
     let old = keys.old();
 
-    let org = load::create_organisation(p, "Initech").await.expect("org");
-    let provider = load::create_provider(
+    let org = seed::create_organisation(p, "Initech").await.expect("org");
+    let provider = seed::create_provider(
         p,
         org,
         "openai",
@@ -365,8 +367,8 @@ async fn rotate_api_key_keeps_the_id_and_records_history() {
     let t = TestDb::new(true).await;
     let p = &t.pool;
     let keys = Keys::new();
-    let org = load::create_organisation(p, "Umbrella").await.expect("org");
-    let provider = load::create_provider(
+    let org = seed::create_organisation(p, "Umbrella").await.expect("org");
+    let provider = seed::create_provider(
         p,
         org,
         "openai",
@@ -377,7 +379,7 @@ async fn rotate_api_key_keeps_the_id_and_records_history() {
     )
     .await
     .expect("provider");
-    let model = load::create_model(
+    let model = seed::create_model(
         p,
         org,
         "gpt-4o",
@@ -389,7 +391,7 @@ async fn rotate_api_key_keeps_the_id_and_records_history() {
     .await
     .expect("model");
     let (id, old_secret) =
-        load::create_api_key(p, org, KeyType::Organisation, None, None, "ci", &[model])
+        seed::create_api_key(p, org, KeyType::Organisation, None, None, "ci", &[model])
             .await
             .expect("api key");
     let old_hash = KeyHash::of(&old_secret);
@@ -500,14 +502,14 @@ async fn rotate_api_key_keeps_the_id_and_records_history() {
 async fn unrevoke_restores_a_revoked_key() {
     let t = TestDb::new(true).await;
     let p = &t.pool;
-    let org = load::create_organisation(p, "Hooli").await.expect("org");
+    let org = seed::create_organisation(p, "Hooli").await.expect("org");
     let (id, secret) =
-        load::create_api_key(p, org, KeyType::Organisation, None, None, "batch", &[])
+        seed::create_api_key(p, org, KeyType::Organisation, None, None, "batch", &[])
             .await
             .expect("api key");
     let hash = KeyHash::of(&secret);
 
-    load::revoke_api_key(p, id).await.expect("revoke");
+    seed::revoke_api_key(p, id).await.expect("revoke");
     let key = load::load_key(p, &hash).await.expect("load").expect("key");
     assert!(key.revoked);
 
@@ -550,10 +552,10 @@ async fn unrevoke_restores_a_revoked_key() {
 async fn rotate_command_reads_the_master_keys_and_checks_the_schema() {
     let t = TestDb::new(true).await;
     let keys = Keys::new();
-    let org = load::create_organisation(&t.pool, "Vandelay")
+    let org = seed::create_organisation(&t.pool, "Vandelay")
         .await
         .expect("org");
-    let provider = load::create_provider(
+    let provider = seed::create_provider(
         &t.pool,
         org,
         "openai",

@@ -936,13 +936,13 @@ async fn db_seed(
 
 #[tokio::test]
 async fn database_policies_of_key_organisation_and_model_apply() {
+    use common::seed;
     use wharf::config::{KeyType, ModelType, Pricing, ProviderKind};
-    use wharf::db::load;
     let mock = mock().await;
     let db = common::db::TestDb::migrated().await;
     let keys = wharf::db::crypto::MasterKeys::parse(MASTER).unwrap();
-    let org = load::create_organisation(&db.pool, "Gov").await.unwrap();
-    let provider = load::create_provider(
+    let org = seed::create_organisation(&db.pool, "Gov").await.unwrap();
+    let provider = seed::create_provider(
         &db.pool,
         org,
         "mockp",
@@ -953,7 +953,7 @@ async fn database_policies_of_key_organisation_and_model_apply() {
     )
     .await
     .unwrap();
-    let model = load::create_model(
+    let model = seed::create_model(
         &db.pool,
         org,
         "db-chat",
@@ -964,7 +964,7 @@ async fn database_policies_of_key_organisation_and_model_apply() {
     )
     .await
     .unwrap();
-    let (_, secret) = load::create_api_key(
+    let (_, secret) = seed::create_api_key(
         &db.pool,
         org,
         KeyType::Organisation,

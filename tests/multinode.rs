@@ -6,12 +6,13 @@
 
 mod common;
 
+use common::seed;
+
 use common::db::TestDb;
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use wharf::config::{KeyType, ModelType, Pricing};
-use wharf::db::load;
 
 const MASTER: &str = common::db::TEST_MASTER_KEYS;
 
@@ -189,7 +190,7 @@ async fn three_nodes_share_limits_budgets_reloads_and_usage() {
     assert_eq!(ids, 99, "no request recorded twice");
 
     // A model added in SQL reaches all three nodes within a second.
-    let m2 = load::create_model(
+    let m2 = seed::create_model(
         &db.pool,
         s.org,
         "fleet-new",
@@ -200,7 +201,7 @@ async fn three_nodes_share_limits_budgets_reloads_and_usage() {
     )
     .await
     .unwrap();
-    let (_, secret) = load::create_api_key(
+    let (_, secret) = seed::create_api_key(
         &db.pool,
         s.org,
         KeyType::Organisation,

@@ -14,7 +14,8 @@
 //!   and usage stay attached (SPEC §1.2). The replaced hash and a masked form of the replaced
 //!   display prefix go to `api_key_history`. The `api_keys` change notification carries both
 //!   the old and the new hash, so every gateway evicts both cache entries.
-//! * [`unrevoke_api_key`] undoes [`crate::db::load::revoke_api_key`].
+//! * [`unrevoke_api_key`] undoes a revocation (`api_keys.revoked_at`, set by the admin API;
+//!   the tests revoke with `tests/common/seed.rs`'s `revoke_api_key`).
 
 use super::crypto::{self, CryptoError, MasterKeys};
 use super::load::DISPLAY_PREFIX_LEN;

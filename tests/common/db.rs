@@ -212,11 +212,11 @@ pub async fn seed_catalog(
     model: &str,
     slug: &str,
 ) -> SeededCatalog {
+    use super::seed;
     use wharf::config::{ModelType, Pricing, ProviderKind};
-    use wharf::db::load;
     let keys = wharf::db::crypto::MasterKeys::parse(TEST_MASTER_KEYS).unwrap();
-    let org = load::create_organisation(&db.pool, org_name).await.unwrap();
-    let provider = load::create_provider(
+    let org = seed::create_organisation(&db.pool, org_name).await.unwrap();
+    let provider = seed::create_provider(
         &db.pool,
         org,
         "mockp",
@@ -234,7 +234,7 @@ pub async fn seed_catalog(
         reasoning: 2_000_000_000,
         image: 0,
     };
-    let model = load::create_model(
+    let model = seed::create_model(
         &db.pool,
         org,
         model,
@@ -259,7 +259,7 @@ pub async fn seed_key(
     name: &str,
     models: &[uuid::Uuid],
 ) -> (uuid::Uuid, String) {
-    wharf::db::load::create_api_key(
+    super::seed::create_api_key(
         &db.pool,
         org,
         wharf::config::KeyType::Organisation,

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod db;
+pub mod seed;
 
 use serde_json::Value;
 use std::path::PathBuf;
