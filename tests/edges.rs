@@ -457,17 +457,7 @@ async fn broken_chunked_framing_is_a_client_error() {
 #[tokio::test]
 async fn replays_on_a_reused_connection_can_be_turned_off() {
     let mock = mock().await;
-    let gw = Gw::start_custom(
-        &mock,
-        |port, admin, dir| {
-            config_text(&mock.addr().to_string(), port, admin, dir, "").replace(
-                "client_body_timeout_ms = 2000",
-                "client_body_timeout_ms = 2000\nretry_on_reused_connection = false",
-            )
-        },
-        &[],
-    )
-    .await;
+    let gw = gw_with_server(&mock, "retry_on_reused_connection = false", &[]).await;
     let warm = client()
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(KEY_GOOD)
@@ -477,19 +467,7 @@ async fn replays_on_a_reused_connection_can_be_turned_off() {
         .unwrap();
     assert_eq!(warm.status(), 200);
     let before = mock.requests().len();
-    // As in the replay test of tests/gateway.rs: the provider drops the pooled connection
-    // without answering while the large body is sent, which Pingora would replay.
-    let text = "y".repeat(200 * 1024);
-    let body = json!({"model":"chat-a","messages":[{"role":"user","content":text}]});
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(KEY_GOOD)
-        .header("x-mock-fault", "close")
-        .header("x-mock-fault-once", "no-replay-1")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_large_dropped_once(&gw, "no-replay-1").await;
     assert_eq!(r.status(), 502);
     let id = id_of(&r);
     assert_eq!(mock.requests().len(), before + 1, "sent once, not replayed");

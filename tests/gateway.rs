@@ -675,17 +675,7 @@ async fn a_retry_replays_the_whole_large_body() {
     .await;
     assert_eq!(r.status(), 200);
     let accepted = mock.connections_accepted();
-    let text = "y".repeat(200 * 1024);
-    let body = json!({"model":"chat-a","messages":[{"role":"user","content":text}]});
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(KEY_GOOD)
-        .header("x-mock-fault", "close")
-        .header("x-mock-fault-once", "replay-test-1")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_large_dropped_once(&gw, "replay-test-1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-wharf-attempts"], "2");
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
@@ -759,14 +749,9 @@ async fn exactly_one_usage_record_per_request() {
 #[tokio::test]
 async fn metrics_on_the_proxy_listener_need_the_operator_token() {
     let mock = mock().await;
-    let gw = Gw::start_custom(
+    let gw = gw_with_server(
         &mock,
-        |port, admin, dir| {
-            config_text(&mock.addr().to_string(), port, admin, dir, "").replace(
-                "client_body_timeout_ms = 2000",
-                "client_body_timeout_ms = 2000\nmetrics_on_proxy = true\noperator_token_env = \"WHARF_TEST_OPERATOR_TOKEN\"",
-            )
-        },
+        "metrics_on_proxy = true\noperator_token_env = \"WHARF_TEST_OPERATOR_TOKEN\"",
         &[("WHARF_TEST_OPERATOR_TOKEN", "op-secret-token".to_string())],
     )
     .await;
@@ -793,14 +778,9 @@ async fn metrics_on_the_proxy_listener_need_the_operator_token() {
 #[tokio::test]
 async fn health_status_and_metrics() {
     let mock = mock().await;
-    let gw = Gw::start_custom(
+    let gw = gw_with_server(
         &mock,
-        |port, admin, dir| {
-            config_text(&mock.addr().to_string(), port, admin, dir, "").replace(
-                "client_body_timeout_ms = 2000",
-                "client_body_timeout_ms = 2000\noperator_token_env = \"WHARF_TEST_OPERATOR_TOKEN\"",
-            )
-        },
+        "operator_token_env = \"WHARF_TEST_OPERATOR_TOKEN\"",
         &[("WHARF_TEST_OPERATOR_TOKEN", "op-secret-token".to_string())],
     )
     .await;

@@ -436,3 +436,36 @@ pub async fn poll<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> O
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A gateway on the standard configuration with `lines` added to its `[server]` table and
+/// extra environment variables.
+pub async fn gw_with_server(mock: &MockServer, lines: &str, env: &[(&str, String)]) -> Gw {
+    let addr = mock.addr().to_string();
+    Gw::start_custom(
+        mock,
+        |port, admin, dir| {
+            config_text(&addr, port, admin, dir, "").replace(
+                "client_body_timeout_ms = 2000",
+                &format!("client_body_timeout_ms = 2000\n{lines}"),
+            )
+        },
+        env,
+    )
+    .await
+}
+
+/// A 200 KiB chat request, sent with `x-mock-fault: close` once (token `once`): the mock drops
+/// the pooled connection without answering while the body is sent (the idle-close race).
+pub async fn post_large_dropped_once(gw: &Gw, once: &str) -> reqwest::Response {
+    let text = "y".repeat(200 * 1024);
+    let body = serde_json::json!({"model":"chat-a","messages":[{"role":"user","content":text}]});
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_GOOD)
+        .header("x-mock-fault", "close")
+        .header("x-mock-fault-once", once)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
