@@ -85,15 +85,7 @@ pub enum StatusView {
     Organisation(String),
 }
 
-/// The bearer token of `Authorization`, if any.
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
+pub use crate::keys::bearer;
 
 /// Whether `given` is `secret`, compared in constant time (digests of both, so the length
 /// does not show either).

@@ -55,20 +55,26 @@ pub enum CredentialSource {
 
 /// Finds the client's credential, in SPEC order: `Authorization: Bearer`, `X-API-Key`,
 /// `x-goog-api-key`, `?key=`. An empty value counts as absent.
+/// The token of `Authorization: Bearer <token>` (scheme in any case), if any.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let s = headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    if s.len() > 7 && s[..7].eq_ignore_ascii_case("bearer ") {
+        Some(s[7..].trim()).filter(|k| !k.is_empty())
+    } else {
+        None
+    }
+}
+
 pub fn extract_credential<'a>(
     headers: &'a http::HeaderMap,
     query: Option<&'a str>,
 ) -> Option<(&'a str, CredentialSource)> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if s.len() > 7 && s[..7].eq_ignore_ascii_case("bearer ") {
-                let k = s[7..].trim();
-                if !k.is_empty() {
-                    return Some((k, CredentialSource::Bearer));
-                }
-            }
-        }
+    if let Some(k) = bearer(headers) {
+        return Some((k, CredentialSource::Bearer));
     }
     for (name, src) in [
         ("x-api-key", CredentialSource::XApiKey),

@@ -169,19 +169,6 @@ async fn send(gw: &Gw, case: &Case, stream: bool, headers: &[(&str, &str)]) -> r
     rb.send().await.unwrap()
 }
 
-/// Reads a body to its end, keeping what arrived before an error.
-async fn read_all(r: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    let mut s = r.bytes_stream();
-    while let Some(chunk) = s.next().await {
-        match chunk {
-            Ok(c) => body.extend_from_slice(&c),
-            Err(_) => break,
-        }
-    }
-    String::from_utf8(body).unwrap()
-}
-
 fn id_of(r: &reqwest::Response) -> String {
     r.headers()["x-request-id"].to_str().unwrap().to_string()
 }
@@ -233,7 +220,7 @@ async fn cut_streams_bill_exactly_the_content_deltas_that_passed_as_estimated() 
             .await;
             assert_eq!(r.status(), 200, "{} {fault}", case.name);
             let id = id_of(&r);
-            let body = read_all(r).await;
+            let body = read_to_end(r).await;
             let produced = content_events(case.shape, &body);
             assert!(
                 produced >= 1,
@@ -271,7 +258,7 @@ async fn an_openai_cut_does_not_count_the_role_chunk() {
     )
     .await;
     let id = id_of(&r);
-    read_all(r).await;
+    read_to_end(r).await;
     let rec = gw.usage_of(&id).await;
     assert_eq!(rec["tokens"]["output"], 2, "{rec}");
 }
@@ -316,7 +303,7 @@ async fn a_complete_stream_still_bills_the_providers_final_usage() {
         let r = send(&gw, &case, true, &[("x-mock-tokens", "9")]).await;
         assert_eq!(r.status(), 200, "{}", case.name);
         let id = id_of(&r);
-        let body = read_all(r).await;
+        let body = read_to_end(r).await;
         assert!(!body.contains("upstream_error"), "{}: {body}", case.name);
         let rec = gw.usage_of(&id).await;
         assert_eq!(rec["usage_source"], "provider", "{}: {rec}", case.name);

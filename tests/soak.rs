@@ -144,15 +144,6 @@ const FAULTS: [Option<&str>; 4] = [
     Some("error-event"),
 ];
 
-/// A body to its end, keeping what arrived before a transport error.
-async fn read_to_end(mut r: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while let Ok(Some(c)) = r.chunk().await {
-        body.extend_from_slice(&c);
-    }
-    String::from_utf8_lossy(&body).into_owned()
-}
-
 async fn worker(n: usize, gw_url: String, stop: Arc<AtomicBool>, stats: Arc<Mutex<Stats>>) {
     let c = client();
     let mut i = n;

@@ -368,14 +368,7 @@ async fn read_request(http: &mut ServerSession) -> ApiResult<Request> {
     let method = h.method.clone();
     let path = h.uri.path().to_string();
     let query = parse_query(h.uri.query());
-    let bearer = h
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| s.len() > 7 && s[..7].eq_ignore_ascii_case("bearer "))
-        .map(|s| s[7..].trim().to_string())
-        .filter(|s| !s.is_empty());
+    let bearer = crate::keys::bearer(&h.headers).map(str::to_string);
     let mut body = Vec::new();
     loop {
         match http.read_request_body().await {

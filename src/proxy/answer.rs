@@ -10,7 +10,7 @@ impl Gateway {
     /// the other header values, and arms the body mask for an error answer.
     pub(super) fn redact_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         use crate::routing::redact::{RedactStream, DENIED_RESPONSE_HEADERS};
-        for h in DENIED_RESPONSE_HEADERS {
+        for h in &DENIED_RESPONSE_HEADERS {
             resp.remove_header(h);
         }
         let Some(r) = ctx

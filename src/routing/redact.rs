@@ -12,15 +12,16 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Response headers never passed from a provider to the client: credentials (some servers
-/// echo them) and the provider's own cookies.
-pub const DENIED_RESPONSE_HEADERS: [&str; 7] = [
-    "authorization",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "set-cookie",
+/// echo them) and the provider's own cookies. Parsed names, so removing them per response
+/// parses nothing.
+pub static DENIED_RESPONSE_HEADERS: [HeaderName; 7] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    http::header::SET_COOKIE,
 ];
 
 /// Secrets shorter than this are not searched for (they would mask ordinary text).

@@ -469,3 +469,13 @@ pub async fn post_large_dropped_once(gw: &Gw, once: &str) -> reqwest::Response {
         .await
         .unwrap()
 }
+
+/// A response body to its end, keeping what arrived before a transport error (a stream the
+/// gateway or the provider cut).
+pub async fn read_to_end(mut r: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(c)) = r.chunk().await {
+        body.extend_from_slice(&c);
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
