@@ -4,13 +4,16 @@
 //! problem with its key path (`providers[1].base_url: ...`) instead of stopping at the first.
 //! Start-up, `wharf check` and hot reload share this one path.
 
+pub mod filters;
+pub mod mcp;
 pub mod provider;
 pub mod raw;
 
 use crate::keys::KeyHash;
-use crate::routing::credentials::Credentials;
-use crate::routing::policy::RoutingPolicy;
-use crate::routing::{FailoverOn, Router, RouterConfig, Strategy};
+use crate::routing::Router;
+use crate::types::credentials::Credentials;
+use crate::types::routing::{FailoverOn, RouterConfig, Strategy};
+use crate::types::routing_policy::RoutingPolicy;
 use http::{HeaderName, HeaderValue};
 use raw::{RawConfig, RawKey, RawModel, RawProvider};
 use std::collections::{HashMap, HashSet};
@@ -81,12 +84,15 @@ pub struct Config {
     /// Routing policies of organisations (from the file and, in database mode, Postgres).
     pub org_routing: HashMap<String, Arc<RoutingPolicy>>,
     pub telemetry: TelemetryConfig,
-    /// Filter chains (SPEC §9).
-    pub filters: Arc<crate::filters::FilterSet>,
+    /// Filter chains of the file (SPEC §9), as written: the control plane builds them into the
+    /// snapshot's filter set.
+    pub filters: Vec<filters::RawFilter>,
+    /// Filter chains of the database (`filters` rows), in database mode.
+    pub db_filters: Vec<filters::RawFilter>,
     /// Policies of the global, organisation and team scopes; trusted proxies.
     pub governance: crate::governance::GovConfig,
     /// MCP servers of the file and, in database mode, of every organisation (SPEC §8).
-    pub mcp: crate::mcp::config::McpCatalog,
+    pub mcp: mcp::McpCatalog,
 }
 
 /// One organisation's models (database mode).
@@ -185,7 +191,7 @@ pub struct Provider {
     /// The credential header values, ready to insert (built at load), used in turn.
     pub credentials: Credentials,
     /// Masks the provider's secrets in what it answers (built at load).
-    pub redactor: Option<crate::routing::redact::Redactor>,
+    pub redactor: Option<crate::types::redact::Redactor>,
     pub api_key_env: Option<String>,
     /// Header carrying the credential (lower case).
     pub auth_header: HeaderName,
@@ -255,7 +261,7 @@ pub struct Model {
     /// model has only its own. Each target is a `Model` of one deployment (no `deployments`).
     pub deployments: Option<Arc<Deployments>>,
     /// The model's policy (SPEC §7).
-    pub policy: Option<Arc<crate::governance::policy::Policy>>,
+    pub policy: Option<Arc<crate::types::policy::Policy>>,
 }
 
 /// The deployments of a model (SPEC §5) and how one is chosen.
@@ -363,7 +369,7 @@ pub struct VirtualKey {
     /// Routing policy of the key (SPEC §5); it replaces the organisation's rule by rule.
     pub routing: Option<Arc<RoutingPolicy>>,
     /// Policies of the key (and, in database mode, of its organisation and team).
-    pub policies: crate::governance::KeyPolicies,
+    pub policies: crate::types::policy::KeyPolicies,
     /// Ids of the MCP servers the key may reach (`"*"`: every one of its organisation).
     pub mcp_servers: HashSet<String>,
 }
@@ -499,7 +505,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
-    let mcp = crate::mcp::config::build_file_servers(&raw.mcp_servers, &mut errs, &mut warnings);
+    let mcp = mcp::build_file_servers(&raw.mcp_servers, &mut errs, &mut warnings);
     let mcp_ids = mcp.file_ids();
     let mut keys = HashMap::new();
     let mut key_ids = HashSet::new();
@@ -590,7 +596,6 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             v
         });
-    let filters = Arc::new(crate::filters::build(&raw.filters, &mut errs));
     let governance = crate::governance::build_config(
         &raw.policies,
         &raw.organisations,
@@ -626,7 +631,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         routing,
         org_routing,
         telemetry,
-        filters,
+        filters: raw.filters,
+        db_filters: Vec::new(),
         governance,
         mcp,
     })
@@ -882,12 +888,14 @@ fn validate_model(
         None => Strategy::Failover,
     };
     let failover_on = match &m.failover_on {
-        Some(list) => crate::routing::policy::parse_triggers(list, &format!("{at}.failover_on"))
-            .unwrap_or_else(|e| {
-                errs.push(e);
-                Vec::new()
-            }),
-        None => crate::routing::policy::DEFAULT_TRIGGERS.to_vec(),
+        Some(list) => {
+            crate::types::routing_policy::parse_triggers(list, &format!("{at}.failover_on"))
+                .unwrap_or_else(|e| {
+                    errs.push(e);
+                    Vec::new()
+                })
+        }
+        None => crate::types::routing_policy::DEFAULT_TRIGGERS.to_vec(),
     };
     if m.max_retries.is_some_and(|n| n > 8) {
         errs.push(format!("{at}.max_retries: at most 8"));
@@ -917,7 +925,7 @@ fn validate_model(
             ));
         }
     }
-    let policy = crate::governance::validated(at, &m.policies, errs);
+    let policy = crate::types::policy::validated(at, &m.policies, errs);
     if errs.len() > before {
         return None;
     }
@@ -1031,7 +1039,7 @@ fn validate_key(
             mcp_servers.insert(m.clone());
         }
     }
-    let key_policy = crate::governance::validated(at, &k.policies, errs);
+    let key_policy = crate::types::policy::validated(at, &k.policies, errs);
     if errs.len() > before {
         return None;
     }
@@ -1050,7 +1058,7 @@ fn validate_key(
             all_models,
             models: granted,
             routing,
-            policies: crate::governance::KeyPolicies {
+            policies: crate::types::policy::KeyPolicies {
                 key: key_policy,
                 ..Default::default()
             },

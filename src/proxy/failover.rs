@@ -8,13 +8,13 @@
 
 use super::routes::{Family, Route};
 use crate::config::{Model, VirtualKey};
+use crate::control::Snapshot;
 use crate::metrics;
-use crate::routing::policy::RoutingRule;
 use crate::routing::{
     registry, should_fail_over, Deployment, ErrorClass, FailoverOn, InFlightGuard, Router,
     RouterConfig, Strategy,
 };
-use crate::state::Snapshot;
+use crate::types::routing_policy::RoutingRule;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
