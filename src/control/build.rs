@@ -42,7 +42,7 @@ pub async fn merge_catalog(
         cfg.org_routing.entry(org).or_insert(p);
     }
     cfg.warnings.extend(parts.warnings);
-    let (mcp, mcp_warnings) = crate::mcp::db::load(pool, keys)
+    let (mcp, mcp_warnings) = crate::db::load::mcp::load(pool, keys)
         .await
         .map_err(|e| format!("mcp servers: {e}"))?;
     for w in &mcp_warnings {

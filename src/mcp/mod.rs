@@ -13,7 +13,6 @@
 //! ```
 
 pub use crate::config::mcp as config;
-pub mod db;
 pub mod guardrails;
 pub mod http;
 pub mod legacy;

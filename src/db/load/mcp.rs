@@ -6,7 +6,7 @@
 //! OAUTH2 `{"token_url","client_id","client_secret","scope"?,"audience"?,"client_auth"?}`.
 //! A row that does not make a valid server is skipped with a warning (never its secrets).
 
-use super::config::{self, McpPricing, McpServer, OAuth2, ServerSpec, UpstreamAuth};
+use crate::config::mcp::{self as config, McpPricing, McpServer, OAuth2, ServerSpec, UpstreamAuth};
 use crate::config::Secret;
 use crate::db::crypto::MasterKeys;
 use serde_json::Value;
