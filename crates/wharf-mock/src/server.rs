@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -227,6 +227,10 @@ fn respond(reply: Reply, meta: &Meta, conn: Arc<raw::Conn>) -> http::Response<Re
         }
     };
 
+    let resp_body_len = match &body {
+        ReplyBody::Full(bytes) => Some(bytes.as_ref().map_or(0, Bytes::len)),
+        ReplyBody::Stream(_) => content_length,
+    };
     let mut resp = http::Response::new(body);
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if code.canonical_reason().is_none() {
@@ -261,8 +265,17 @@ fn respond(reply: Reply, meta: &Meta, conn: Arc<raw::Conn>) -> http::Response<Re
         }
         TimingHeader::None => {}
     }
-    if let Some(len) = content_length {
-        map.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    // The framing headers, written as the head always had them (hyper would
+    // otherwise add its own after `connection`).
+    match (&resp_body_len, meta.http11) {
+        (Some(len), _) => {
+            map.insert(CONTENT_LENGTH, HeaderValue::from(*len));
+        }
+        (None, true) => {
+            map.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+        // HTTP/1.0 has no chunked encoding: the body ends when we close.
+        (None, false) => {}
     }
     map.insert(
         CONNECTION,
