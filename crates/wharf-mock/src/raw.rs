@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -50,8 +50,10 @@ impl std::error::Error for Takeover {}
 pub(crate) struct Conn {
     /// How many times hyper flushed with nothing left in its buffer.
     flushes: AtomicU64,
-    /// The task waiting for the next flush, if any.
+    /// The task waiting for the next flush, if any (`armed` says whether
+    /// there is one, so that a flush nobody waits for takes no lock).
     waiter: Mutex<Option<Waker>>,
+    armed: AtomicBool,
     ending: Mutex<Option<Ending>>,
 }
 
@@ -63,7 +65,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Conn {
     /// The current flush count, to pass to [`Conn::flushed_since`].
     pub fn flush_count(&self) -> u64 {
-        self.flushes.load(Ordering::Acquire)
+        self.flushes.load(Ordering::SeqCst)
     }
 
     /// Ready once hyper flushed after `count` was read: every byte it had
@@ -73,6 +75,7 @@ impl Conn {
             return Poll::Ready(());
         }
         *lock(&self.waiter) = Some(cx.waker().clone());
+        self.armed.store(true, Ordering::SeqCst);
         // A flush between the first check and the registration.
         if self.flush_count() > count {
             return Poll::Ready(());
@@ -98,9 +101,11 @@ impl Conn {
     }
 
     fn flushed(&self) {
-        self.flushes.fetch_add(1, Ordering::AcqRel);
-        if let Some(waker) = lock(&self.waiter).take() {
-            waker.wake();
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        if self.armed.swap(false, Ordering::SeqCst) {
+            if let Some(waker) = lock(&self.waiter).take() {
+                waker.wake();
+            }
         }
     }
 }

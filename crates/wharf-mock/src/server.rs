@@ -41,6 +41,9 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         // A peer that half-closes may still read its answer.
         .half_close(true)
         .auto_date_header(false)
+        // One contiguous write per flush (head and body, or a chunk with its
+        // framing): cheaper than writev for the small pieces the mock sends.
+        .writev(false)
         .serve_connection(io, service);
     // Without shutdown: the raw layer ends the connection (gracefully, or
     // the way a fault asked for) on the socket hyper hands back.
