@@ -256,11 +256,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Takes `n` units if that many are left.
 fn take_units(a: &AtomicI64, n: i64) -> bool {
     n <= 0
-        || a
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                (v >= n).then_some(v - n)
-            })
-            .is_ok()
+        || a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v >= n).then_some(v - n)
+        })
+        .is_ok()
 }
 
 impl Slice {
@@ -310,7 +309,14 @@ impl Slice {
     }
 
     /// Gives back one request's units taken by [`Slice::take`] (a later scope refused).
-    fn untake(&self, base: &str, l: &ScopeLimits, tokens: u64, slot: Option<Arc<str>>, out: &mut Vec<Ret>) {
+    fn untake(
+        &self,
+        base: &str,
+        l: &ScopeLimits,
+        tokens: u64,
+        slot: Option<Arc<str>>,
+        out: &mut Vec<Ret>,
+    ) {
         for (a, n) in [
             (&self.s.left, i64::from(l.rps > 0)),
             (&self.m.left, i64::from(l.rpm > 0)),
@@ -522,7 +528,12 @@ fn encode_returns(rets: &[Ret], args: &mut Vec<String>) -> usize {
                 n += 1;
             }
             Ret::Gcra { key, units, iv } => {
-                args.extend([key.clone(), "g".into(), units.to_string(), format!("{iv:.3}")]);
+                args.extend([
+                    key.clone(),
+                    "g".into(),
+                    units.to_string(),
+                    format!("{iv:.3}"),
+                ]);
                 n += 1;
             }
             Ret::Slot { key, member } => match slots.iter_mut().find(|(k, _)| k == key) {
@@ -691,10 +702,19 @@ impl RedisLimiter {
             self.queue(rets);
             return;
         }
-        let mut args = vec!["0".into(), "0".into(), String::new(), SHARE.to_string(), "-".into()];
+        let mut args = vec![
+            "0".into(),
+            "0".into(),
+            String::new(),
+            SHARE.to_string(),
+            "-".into(),
+        ];
         args[2] = encode_returns(&rets, &mut args).to_string();
         self.stats.leases.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.run::<Vec<i64>>(LEASE, &self.check_sha, Vec::new(), args).await {
+        if let Err(e) = self
+            .run::<Vec<i64>>(LEASE, &self.check_sha, Vec::new(), args)
+            .await
+        {
             tracing::debug!(error = %e.0, "rate limits: cannot give slices back yet");
             self.requeue_slots(rets);
         }
@@ -937,7 +957,9 @@ impl RedisLimiter {
         keys.extend_from_slice(budget_keys);
         args.extend_from_slice(budget_args);
         self.stats.leases.fetch_add(1, Ordering::Relaxed);
-        let answer = self.run::<Vec<i64>>(LEASE, &self.check_sha, keys, args).await;
+        let answer = self
+            .run::<Vec<i64>>(LEASE, &self.check_sha, keys, args)
+            .await;
         let undo = |taken: &mut Vec<Option<(Arc<Slice>, Option<Arc<str>>)>>| {
             let mut out = Vec::new();
             for ((st, l), t) in states.iter().zip(scopes).zip(taken.iter_mut()) {
@@ -1065,7 +1087,11 @@ impl RedisLimiter {
                     m: window(g.m, 1),
                     t: window(g.t, if l.tpm > 0 { tokens as i64 } else { 0 }),
                     burst: AtomicI64::new((g.burst - 1).max(0)),
-                    slots: Mutex::new((2..=g.slots).map(|j| slot_name(&prefix, k + 1, j)).collect()),
+                    slots: Mutex::new(
+                        (2..=g.slots)
+                            .map(|j| slot_name(&prefix, k + 1, j))
+                            .collect(),
+                    ),
                     scarce,
                 });
                 slice.headers(&mut h);
