@@ -417,15 +417,6 @@ impl Drop for Leader<'_> {
     }
 }
 
-/// Counters of the limiter's Redis traffic (for benchmarks and metrics).
-#[derive(Debug, Default)]
-pub struct LeaseStats {
-    /// Checks answered from a held slice, without Redis.
-    pub local: AtomicU64,
-    /// Lease scripts sent (checks that needed Redis, and returns).
-    pub leases: AtomicU64,
-}
-
 /// Why a Redis check gave no answer.
 #[derive(Debug)]
 pub struct Unavailable(pub String);
@@ -450,7 +441,6 @@ pub struct RedisLimiter {
     /// What goes back to Redis with the next lease (or the ticker's flush).
     returns: Mutex<Vec<Ret>>,
     ticker: std::sync::Once,
-    pub stats: LeaseStats,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -623,7 +613,6 @@ impl RedisLimiter {
             scopes: Mutex::new(HashMap::new()),
             returns: Mutex::new(Vec::new()),
             ticker: std::sync::Once::new(),
-            stats: LeaseStats::default(),
         }))
     }
 
@@ -710,7 +699,7 @@ impl RedisLimiter {
             "-".into(),
         ];
         args[2] = encode_returns(&rets, &mut args).to_string();
-        self.stats.leases.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::RATE_LIMIT_LEASES.inc();
         if let Err(e) = self
             .run::<Vec<i64>>(LEASE, &self.check_sha, Vec::new(), args)
             .await
@@ -893,7 +882,7 @@ impl RedisLimiter {
             .collect();
         let missing: Vec<usize> = (0..scopes.len()).filter(|i| taken[*i].is_none()).collect();
         if missing.is_empty() && budget.is_none() {
-            self.stats.local.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::RATE_LIMIT_SLICE_CHECKS.inc();
             let mut h = RateHeaders::default();
             let mut got = Vec::new();
             for ((st, l), t) in states.iter().zip(scopes).zip(taken) {
@@ -956,7 +945,7 @@ impl RedisLimiter {
         let (budget_keys, budget_args) = budget.unwrap_or_default();
         keys.extend_from_slice(budget_keys);
         args.extend_from_slice(budget_args);
-        self.stats.leases.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::RATE_LIMIT_LEASES.inc();
         let answer = self
             .run::<Vec<i64>>(LEASE, &self.check_sha, keys, args)
             .await;
