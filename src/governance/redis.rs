@@ -16,13 +16,14 @@
 //!
 //! A slice is what one lease grants a node beyond the request that asked: `spare` requests of
 //! each window, burst units, tokens and concurrency slots. Its size follows the node's recent
-//! rate (what it admitted from its previous slice, per millisecond, over [`HORIZON`]) and is
+//! rate (what it admitted since its previous lease, scaled to [`HORIZON`]) and is
 //! never more than `1/`[`SHARE`] of what the limit has left, so near a limit slices shrink to
 //! the one request that asked (and a concurrency slot or token refund then goes back to Redis
 //! as soon as the request ends). A slice expires at the end of its shortest sub-window bucket
 //! and at the latest after [`HORIZON`]; what it did not spend goes back to Redis then (batched
 //! with the next lease, or by the node's ticker within [`TICK`]). Only one lease per scope and
-//! node asks for spare at a time; the others ask for their own request only.
+//! node asks for spare at a time: the requests that find the slice empty meanwhile wait for
+//! it, and ask Redis for their own request only when it does not hold them.
 //!
 //! Time is Redis's own clock (`TIME`), so the nodes' clocks do not matter.
 
@@ -234,12 +235,8 @@ struct Window {
 #[derive(Debug)]
 struct Slice {
     limits: ScopeLimits,
-    born: Instant,
     expires: Instant,
     dead: AtomicBool,
-    /// Admissions and tokens taken from this slice (its rate, for the next lease's size).
-    admitted: AtomicU64,
-    tokens: AtomicU64,
     s: Window,
     m: Window,
     t: Window,
@@ -303,8 +300,6 @@ impl Slice {
         } else {
             None
         };
-        self.admitted.fetch_add(1, Ordering::Relaxed);
-        self.tokens.fetch_add(tokens, Ordering::Relaxed);
         Some(slot)
     }
 
@@ -330,7 +325,6 @@ impl Slice {
         if let Some(m) = slot {
             self.give_slot(base, m, out);
         }
-        self.admitted.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// A slot back into the slice (or to Redis once the slice is retired).
@@ -403,17 +397,55 @@ impl Slice {
 struct ScopeState {
     base: String,
     cur: Mutex<Option<Arc<Slice>>>,
-    /// A lease asking for spare is in flight.
+    /// A lease asking for spare is in flight; the requests that find no room in the slice
+    /// meanwhile wait for it ([`ScopeState::lease_done`]) rather than each asking Redis.
     leasing: AtomicBool,
+    lease_done: tokio::sync::Notify,
     in_flight: AtomicI64,
+    /// Requests and tokens this node admitted in this scope, and their reading at the last
+    /// lease that asked for spare (when, requests, tokens): the node's recent rate.
+    admitted: AtomicU64,
+    tokens: AtomicU64,
+    mark: Mutex<(Instant, u64, u64)>,
 }
 
-/// Clears a scope's `leasing` flag when the lease that set it ends, whatever the path.
+impl ScopeState {
+    /// What the next slice should hold beyond its request: the requests and tokens admitted
+    /// since the last such lease, scaled to [`HORIZON`], and half as many slots again as are
+    /// in flight.
+    fn want(&self, now: Instant) -> (u64, u64, u64) {
+        let (requests, tokens) = (
+            self.admitted.load(Ordering::Relaxed),
+            self.tokens.load(Ordering::Relaxed),
+        );
+        let mut mark = lock(&self.mark);
+        let ms = now
+            .saturating_duration_since(mark.0)
+            .as_secs_f64()
+            .max(0.001);
+        let per = HORIZON.as_secs_f64() / ms;
+        let scaled = |x: u64| ((x as f64 * per).ceil() as u64).min(1_000_000_000_000);
+        let want = (
+            scaled(requests.saturating_sub(mark.1)).min(1_000_000),
+            scaled(tokens.saturating_sub(mark.2)),
+            {
+                let f = self.in_flight.load(Ordering::Relaxed).max(0) as u64;
+                (f + f / 2 + 1).min(MAX_SPARE_SLOTS)
+            },
+        );
+        *mark = (now, requests, tokens);
+        want
+    }
+}
+
+/// Clears a scope's `leasing` flag when the lease that set it ends, whatever the path, and
+/// wakes the requests waiting for it.
 struct Leader<'a>(&'a ScopeState);
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         self.0.leasing.store(false, Ordering::Release);
+        self.0.lease_done.notify_waiters();
     }
 }
 
@@ -729,7 +761,11 @@ impl RedisLimiter {
             base: base(&l.id),
             cur: Mutex::new(None),
             leasing: AtomicBool::new(false),
+            lease_done: tokio::sync::Notify::new(),
             in_flight: AtomicI64::new(0),
+            admitted: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
+            mark: Mutex::new((Instant::now(), 0, 0)),
         });
         map.insert(l.id.clone(), s.clone());
         s
@@ -880,7 +916,38 @@ impl RedisLimiter {
                 Some((cur, slot))
             })
             .collect();
-        let missing: Vec<usize> = (0..scopes.len()).filter(|i| taken[*i].is_none()).collect();
+        let mut missing: Vec<usize> = (0..scopes.len()).filter(|i| taken[*i].is_none()).collect();
+        // A lease of this node for a scope that ran out is on its way: its slice most likely
+        // holds this request too, so wait for it (a few times at most) rather than ask Redis.
+        let mut rounds = 0;
+        while budget.is_none() && !missing.is_empty() && rounds < 4 {
+            let mut waited = false;
+            for &i in &missing {
+                let st = &states[i];
+                if !st.leasing.load(Ordering::Acquire) {
+                    continue;
+                }
+                let done = st.lease_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if st.leasing.load(Ordering::Acquire) {
+                    let _ = tokio::time::timeout(self.timeout, done).await;
+                    waited = true;
+                }
+            }
+            if !waited {
+                break;
+            }
+            rounds += 1;
+            let now = Instant::now();
+            for &i in &missing {
+                taken[i] = lock(&states[i].cur).clone().and_then(|cur| {
+                    let slot = cur.take(&scopes[i], tokens, now)?;
+                    Some((cur, slot))
+                });
+            }
+            missing.retain(|i| taken[*i].is_none());
+        }
         if missing.is_empty() && budget.is_none() {
             crate::metrics::RATE_LIMIT_SLICE_CHECKS.inc();
             let mut h = RateHeaders::default();
@@ -909,21 +976,10 @@ impl RedisLimiter {
                 .is_ok();
             let want = if lead {
                 // The leader retires the slice it replaces: what is left goes back first.
-                let old = lock(&st.cur).take();
-                let want = old.as_ref().map_or((0, 0, 0), |o| {
-                    let ms = o.born.elapsed().as_secs_f64().max(0.001);
-                    let per = HORIZON.as_secs_f64() / ms;
-                    let n = |x: u64| ((x as f64 * per).ceil() as u64).min(1_000_000_000_000);
-                    (
-                        n(o.admitted.load(Ordering::Relaxed)).min(1_000_000),
-                        n(o.tokens.load(Ordering::Relaxed)),
-                        (st.in_flight.load(Ordering::Relaxed).max(0) as u64).min(MAX_SPARE_SLOTS),
-                    )
-                });
-                if let Some(o) = old {
+                if let Some(o) = lock(&st.cur).take() {
                     o.drain(&st.base, &mut rets);
                 }
-                want
+                st.want(sent_at)
             } else {
                 (0, 0, 0)
             };
@@ -1067,11 +1123,8 @@ impl RedisLimiter {
                 };
                 let slice = Arc::new(Slice {
                     limits: l.clone(),
-                    born: sent_at,
                     expires: sent_at + life,
                     dead: AtomicBool::new(false),
-                    admitted: AtomicU64::new(1),
-                    tokens: AtomicU64::new(tokens),
                     s: window(g.s, 1),
                     m: window(g.m, 1),
                     t: window(g.t, if l.tpm > 0 { tokens as i64 } else { 0 }),
@@ -1126,6 +1179,8 @@ impl RedisLimiter {
     ) -> RedisGrant {
         let mut held = Vec::new();
         for (scope, l, slice, slot, direct) in got {
+            scope.admitted.fetch_add(1, Ordering::Relaxed);
+            scope.tokens.fetch_add(tokens, Ordering::Relaxed);
             if l.concurrency == 0 && l.tpm == 0 {
                 continue;
             }
@@ -1186,5 +1241,131 @@ async fn send_then_detach(
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(fut);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ScopeLimits {
+        ScopeLimits {
+            scope: "key",
+            id: "key:k".into(),
+            rps: 0,
+            rpm: 100,
+            burst: 0,
+            burst_interval_ms: 0.0,
+            concurrency: 10,
+            tpm: 1000,
+        }
+    }
+
+    fn slice(requests: i64, tokens: i64, slots: usize) -> Slice {
+        let now = Instant::now();
+        Slice {
+            limits: limits(),
+            expires: now + HORIZON,
+            dead: AtomicBool::new(false),
+            s: Window::default(),
+            m: Window {
+                left: AtomicI64::new(requests),
+                bucket: 7,
+                after: 50,
+            },
+            t: Window {
+                left: AtomicI64::new(tokens),
+                bucket: 7,
+                after: 500,
+            },
+            burst: AtomicI64::new(0),
+            slots: Mutex::new((0..slots).map(|i| Arc::from(format!("n.1.{i}"))).collect()),
+            scarce: false,
+        }
+    }
+
+    #[test]
+    fn a_slice_admits_what_it_holds_and_no_more() {
+        let s = slice(3, 1000, 2);
+        let l = limits();
+        let now = Instant::now();
+        assert!(s.take(&l, 100, now).is_some());
+        assert!(s.take(&l, 100, now).is_some());
+        // Requests left, but no slot: nothing is taken at all.
+        assert!(s.take(&l, 100, now).is_none());
+        assert_eq!(s.m.left.load(Ordering::Relaxed), 1);
+        assert_eq!(s.t.left.load(Ordering::Relaxed), 800);
+        // Another policy, or an expired slice, admits nothing.
+        let mut other = limits();
+        other.rpm = 50;
+        assert!(s.take(&other, 1, now).is_none());
+        assert!(s.take(&l, 1, now + HORIZON).is_none());
+    }
+
+    #[test]
+    fn a_drained_slice_returns_what_it_did_not_spend_once() {
+        let s = slice(5, 300, 1);
+        let l = limits();
+        let slot = s.take(&l, 100, Instant::now()).and_then(|x| x);
+        assert!(slot.is_some());
+        let mut out = Vec::new();
+        s.drain("wharf:rl:key:k", &mut out);
+        s.drain("wharf:rl:key:k", &mut out);
+        let windows: Vec<(String, i64)> = out
+            .iter()
+            .filter_map(|r| match r {
+                Ret::Window { key, n, .. } => Some((key.clone(), *n)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            windows,
+            vec![
+                ("wharf:rl:key:k:wm:7".to_string(), 4),
+                ("wharf:rl:key:k:wt:7".to_string(), 200)
+            ]
+        );
+        // A slot given back to a retired slice goes to Redis.
+        let mut later = Vec::new();
+        if let Some(m) = slot {
+            s.give_slot("wharf:rl:key:k", m, &mut later);
+        }
+        assert!(matches!(&later[..], [Ret::Slot { key, .. }] if key == "wharf:rl:key:k:c"));
+        assert!(s.take(&l, 1, Instant::now()).is_none());
+    }
+
+    #[test]
+    fn returns_group_slots_by_key() {
+        let rets = vec![
+            Ret::Slot {
+                key: "a:c".into(),
+                member: Arc::from("m1"),
+            },
+            Ret::Window {
+                key: "a:wm:3".into(),
+                n: -2,
+                keep_ms: MIN_KEEP,
+            },
+            Ret::Slot {
+                key: "a:c".into(),
+                member: Arc::from("m2"),
+            },
+        ];
+        let mut args = Vec::new();
+        assert_eq!(encode_returns(&rets, &mut args), 2);
+        assert_eq!(
+            args,
+            [
+                "a:wm:3",
+                "w",
+                "-2",
+                &MIN_KEEP.to_string(),
+                "a:c",
+                "z",
+                "2",
+                "m1",
+                "m2"
+            ]
+        );
     }
 }
