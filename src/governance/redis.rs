@@ -617,6 +617,22 @@ impl Granted {
     }
 }
 
+/// What a request took from a slice of this node: the slice, and a slot when it has a
+/// concurrency limit.
+type Taken = Option<(Arc<Slice>, Option<Arc<str>>)>;
+/// What a lease granted a request of one scope: the slice it installed (when it asked for
+/// spare), the request's slot, its token bucket and whether the limit is near.
+type Direct = (Option<Arc<Slice>>, Option<Arc<str>>, i64, bool);
+/// One admitted scope of a request: its state and limits, the slice it took from, its slot,
+/// and (when the units came from a lease) its token bucket and whether the limit is near.
+type Got<'a> = (
+    Arc<ScopeState>,
+    &'a ScopeLimits,
+    Option<Arc<Slice>>,
+    Option<Arc<str>>,
+    Option<(i64, bool)>,
+);
+
 /// Slot `j` (from 1) of scope `i` (from 1) of the lease named `prefix`.
 fn slot_name(prefix: &str, i: usize, j: i64) -> Arc<str> {
     Arc::from(format!("{prefix}.{i}.{j}"))
@@ -907,7 +923,7 @@ impl RedisLimiter {
     ) -> Result<Checked, Unavailable> {
         let now = Instant::now();
         let states: Vec<Arc<ScopeState>> = scopes.iter().map(|l| self.state(l)).collect();
-        let mut taken: Vec<Option<(Arc<Slice>, Option<Arc<str>>)>> = states
+        let mut taken: Vec<Taken> = states
             .iter()
             .zip(scopes)
             .map(|(st, l)| {
@@ -1005,7 +1021,7 @@ impl RedisLimiter {
         let answer = self
             .run::<Vec<i64>>(LEASE, &self.check_sha, keys, args)
             .await;
-        let undo = |taken: &mut Vec<Option<(Arc<Slice>, Option<Arc<str>>)>>| {
+        let undo = |taken: &mut Vec<Taken>| {
             let mut out = Vec::new();
             for ((st, l), t) in states.iter().zip(scopes).zip(taken.iter_mut()) {
                 if let Some((slice, slot)) = t.take() {
@@ -1098,8 +1114,7 @@ impl RedisLimiter {
         let mut h = RateHeaders::default();
         let mut got = Vec::new();
         let mut replaced = Vec::new();
-        let mut granted: Vec<Option<(Option<Arc<Slice>>, Option<Arc<str>>, i64, bool)>> =
-            (0..scopes.len()).map(|_| None).collect();
+        let mut granted: Vec<Option<Direct>> = (0..scopes.len()).map(|_| None).collect();
         for (k, &i) in missing.iter().enumerate() {
             let (st, l) = (&states[i], &scopes[i]);
             let g = Granted::parse(v.get(2 + k * 12..2 + (k + 1) * 12).unwrap_or(&[]));
@@ -1165,18 +1180,7 @@ impl RedisLimiter {
     }
 
     /// The grant of an admitted request: what it holds of every scope with slots or tokens.
-    #[allow(clippy::type_complexity)]
-    fn grant(
-        self: &Arc<Self>,
-        got: Vec<(
-            Arc<ScopeState>,
-            &ScopeLimits,
-            Option<Arc<Slice>>,
-            Option<Arc<str>>,
-            Option<(i64, bool)>,
-        )>,
-        tokens: u64,
-    ) -> RedisGrant {
+    fn grant(self: &Arc<Self>, got: Vec<Got<'_>>, tokens: u64) -> RedisGrant {
         let mut held = Vec::new();
         for (scope, l, slice, slot, direct) in got {
             scope.admitted.fetch_add(1, Ordering::Relaxed);
