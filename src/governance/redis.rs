@@ -21,7 +21,7 @@
 //! the one request that asked (and a concurrency slot or token refund then goes back to Redis
 //! as soon as the request ends). A slice expires at the end of its shortest sub-window bucket
 //! and at the latest after [`HORIZON`]; what it did not spend goes back to Redis then (batched
-//! with the next lease, or by the node's ticker within [`TICK`]). Only one lease per scope and
+//! with the node's next lease, or sent by its ticker after [`RETURN_WAIT`]). Only one lease per scope and
 //! node asks for spare at a time: the requests that find the slice empty meanwhile wait for
 //! it, and ask Redis for their own request only when it does not hold them.
 //!
@@ -40,6 +40,9 @@ pub const HORIZON: Duration = Duration::from_millis(200);
 pub const SHARE: u64 = 8;
 /// How often the node retires expired slices and sends back what they did not spend.
 pub const TICK: Duration = Duration::from_millis(50);
+/// How long a return waits for a lease to take it along before the ticker sends it alone
+/// (returns of a limit that is near are sent at once).
+pub const RETURN_WAIT: Duration = Duration::from_millis(500);
 /// Sub-window buckets (ms) of the second and the minute; a window counts ten buckets + 1.
 const SEC_BUCKET: i64 = 100;
 const MIN_BUCKET: i64 = 6000;
@@ -472,6 +475,8 @@ pub struct RedisLimiter {
     scopes: Mutex<HashMap<String, Arc<ScopeState>>>,
     /// What goes back to Redis with the next lease (or the ticker's flush).
     returns: Mutex<Vec<Ret>>,
+    /// Since when the oldest queued return waits (the ticker sends them after [`RETURN_WAIT`]).
+    returns_since: Mutex<Option<Instant>>,
     ticker: std::sync::Once,
 }
 
@@ -660,6 +665,7 @@ impl RedisLimiter {
             seq: AtomicU64::new(0),
             scopes: Mutex::new(HashMap::new()),
             returns: Mutex::new(Vec::new()),
+            returns_since: Mutex::new(None),
             ticker: std::sync::Once::new(),
         }))
     }
@@ -678,8 +684,9 @@ impl RedisLimiter {
                     loop {
                         every.tick().await;
                         let Some(me) = weak.upgrade() else { break };
-                        me.tick();
-                        me.flush().await;
+                        if me.tick() {
+                            me.flush().await;
+                        }
                     }
                 });
             }
@@ -693,7 +700,9 @@ impl RedisLimiter {
 
     /// Retires the slices past their expiry (what they did not spend is queued for Redis)
     /// and forgets scopes nobody uses.
-    fn tick(&self) {
+    /// Whether the queued returns should go now (their oldest has waited [`RETURN_WAIT`]:
+    /// no lease took them along meanwhile).
+    fn tick(&self) -> bool {
         let now = Instant::now();
         let mut out = Vec::new();
         lock(&self.scopes).retain(|_, st| {
@@ -708,6 +717,7 @@ impl RedisLimiter {
             cur.is_some() || Arc::strong_count(st) > 1
         });
         self.queue(out);
+        lock(&self.returns_since).is_some_and(|t| t.elapsed() >= RETURN_WAIT)
     }
 
     /// Every slice of this node goes back to Redis now (the node stops).
@@ -727,14 +737,24 @@ impl RedisLimiter {
             return;
         }
         let mut q = lock(&self.returns);
+        if q.is_empty() {
+            lock(&self.returns_since).get_or_insert_with(Instant::now);
+        }
         q.extend(out);
         let over = q.len().saturating_sub(MAX_RETURNS);
         q.drain(..over);
     }
 
+    /// Takes every queued return (to send now).
+    fn take_returns(&self) -> Vec<Ret> {
+        let mut q = lock(&self.returns);
+        *lock(&self.returns_since) = None;
+        std::mem::take(&mut *q)
+    }
+
     /// Sends the queued returns (one script; none when nothing is queued).
     async fn flush(&self) {
-        let rets = std::mem::take(&mut *lock(&self.returns));
+        let rets = self.take_returns();
         if rets.is_empty() || !self.client.is_connected() {
             self.queue(rets);
             return;
@@ -1004,7 +1024,7 @@ impl RedisLimiter {
             keys.push(st.base.clone());
             scope_args(l, tokens, want, &mut scope_part);
         }
-        rets.extend(std::mem::take(&mut *lock(&self.returns)));
+        rets.extend(self.take_returns());
         let mut args = vec![
             lease_ttl.as_millis().to_string(),
             missing.len().to_string(),
