@@ -5,7 +5,9 @@
 //! Start-up, `wharf check` and hot reload share this one path.
 
 pub mod filters;
+pub mod governance;
 pub mod mcp;
+pub mod meters;
 pub mod provider;
 pub mod raw;
 
@@ -90,7 +92,7 @@ pub struct Config {
     /// Filter chains of the database (`filters` rows), in database mode.
     pub db_filters: Vec<filters::RawFilter>,
     /// Policies of the global, organisation and team scopes; trusted proxies.
-    pub governance: crate::governance::GovConfig,
+    pub governance: governance::GovConfig,
     /// MCP servers of the file and, in database mode, of every organisation (SPEC §8).
     pub mcp: mcp::McpCatalog,
 }
@@ -385,7 +387,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             v
         });
-    let governance = crate::governance::build_config(
+    let governance = governance::build_config(
         &raw.policies,
         &raw.organisations,
         &raw.teams,
@@ -394,14 +396,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         &mut errs,
     );
     let mut governance = governance;
-    governance.meters = crate::governance::budget::build_meters(&raw.budgets, false, &mut errs);
+    governance.meters = meters::build_meters(&raw.budgets, false, &mut errs);
     governance
         .meters
-        .extend(crate::governance::budget::build_meters(
-            &raw.quotas,
-            true,
-            &mut errs,
-        ));
+        .extend(meters::build_meters(&raw.quotas, true, &mut errs));
     if !errs.is_empty() {
         return Err(ConfigError(errs));
     }

@@ -43,17 +43,17 @@ pub struct RawConfig {
     pub policies: Option<crate::types::policy::Policy>,
     /// Policies of organisations and teams, by id.
     #[serde(default)]
-    pub organisations: BTreeMap<String, crate::governance::RawScope>,
+    pub organisations: BTreeMap<String, super::governance::RawScope>,
     #[serde(default)]
-    pub teams: BTreeMap<String, crate::governance::RawScope>,
+    pub teams: BTreeMap<String, super::governance::RawScope>,
     /// Rate-limit store behaviour.
     #[serde(default)]
-    pub governance: crate::governance::RawGovernance,
+    pub governance: super::governance::RawGovernance,
     /// Budgets and quotas (SPEC §7).
     #[serde(default)]
-    pub budgets: Vec<crate::governance::budget::RawMeter>,
+    pub budgets: Vec<super::meters::RawMeter>,
     #[serde(default)]
-    pub quotas: Vec<crate::governance::budget::RawMeter>,
+    pub quotas: Vec<super::meters::RawMeter>,
     /// MCP servers (SPEC §8, see `super::mcp`).
     #[serde(default)]
     pub mcp_servers: Vec<super::mcp::RawMcpServer>,

@@ -50,8 +50,7 @@ use uuid::Uuid;
 
 /// How often settled amounts are written to Postgres.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// How often expired reservations are looked for, by default.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+pub use crate::config::governance::SWEEP_EVERY;
 /// The set of window keys the sweep visits.
 const INDEX: &str = "wharf:bw:index";
 /// How long a window's hash outlives its window.
