@@ -15,8 +15,8 @@
 //! release; leases and reservations are also released when the request context is dropped,
 //! whatever the path).
 //!
-//! Stores: in-process counters ([`local`]) or Redis ([`redis`], one script per check) for rate
-//! limits; in memory with an optional state file (file-configured budgets) or Postgres
+//! Stores: in-process counters ([`local`]) or Redis ([`redis`]: slices of every limit leased by
+//! one script and spent in process, so most checks make no round trip) for rate limits; in memory with an optional state file (file-configured budgets) or Postgres
 //! (database budgets and quotas) for budgets.
 
 pub mod budget;
@@ -487,8 +487,8 @@ impl Governance {
     /// Pipeline steps 7–8: one atomic check of every counter (requests per second / minute,
     /// burst, concurrency lease, tokens per minute reserving the input estimate + the output
     /// asked for), then a reservation on every budget and quota of the key's owners. With
-    /// Redis, the database's periodic meters are reserved by the same script as the limits
-    /// (one round trip); the file's meters are reserved in memory, prepaid balances in
+    /// Redis, the database's periodic meters are reserved by the same script that leases the
+    /// limits (one round trip per request that has them); the file's meters are reserved in memory, prepaid balances in
     /// Postgres, and every database meter in Postgres when Redis cannot answer. All or none:
     /// on a refusal every hold is given back.
     async fn admit(
