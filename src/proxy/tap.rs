@@ -7,30 +7,33 @@
 
 use crate::sse::{parse_event, SseParser};
 use crate::types::Tokens;
+use aho_corasick::AhoCorasick;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
 use once_cell::sync::Lazy;
 
 /// Substring searchers built once (building one per event would dominate the per-event cost).
 static USAGE: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"usage\""));
-/// Keys whose non-empty string value is generated content (one key a searcher).
-static OPENAI_CONTENT: Lazy<[Finder<'static>; 4]> = Lazy::new(|| {
-    [
-        Finder::new(b"\"content\":"),
-        Finder::new(b"\"arguments\":"),
-        Finder::new(b"\"text\":"),
-        Finder::new(b"\"reasoning_content\":"),
-    ]
+/// Keys whose non-empty string value is generated content: one automaton a wire format, so
+/// that an event is scanned once whatever the number of keys.
+static OPENAI_CONTENT: Lazy<AhoCorasick> = Lazy::new(|| {
+    keys(&[
+        "\"content\":",
+        "\"arguments\":",
+        "\"text\":",
+        "\"reasoning_content\":",
+    ])
 });
-static RESPONSES_CONTENT: Lazy<[Finder<'static>; 1]> = Lazy::new(|| [Finder::new(b"\"delta\":")]);
-static ANTHROPIC_CONTENT: Lazy<[Finder<'static>; 3]> = Lazy::new(|| {
-    [
-        Finder::new(b"\"text\":"),
-        Finder::new(b"\"partial_json\":"),
-        Finder::new(b"\"thinking\":"),
-    ]
-});
-static GEMINI_CONTENT: Lazy<[Finder<'static>; 1]> = Lazy::new(|| [Finder::new(b"\"text\":")]);
+static RESPONSES_CONTENT: Lazy<AhoCorasick> = Lazy::new(|| keys(&["\"delta\":"]));
+static ANTHROPIC_CONTENT: Lazy<AhoCorasick> =
+    Lazy::new(|| keys(&["\"text\":", "\"partial_json\":", "\"thinking\":"]));
+static GEMINI_CONTENT: Lazy<AhoCorasick> = Lazy::new(|| keys(&["\"text\":"]));
+
+/// Every key begins with `"` and ends with `":`, so no match can start inside another one:
+/// the non-overlapping matches are all the places any of the keys occurs.
+fn keys(patterns: &[&str]) -> AhoCorasick {
+    AhoCorasick::new(patterns).expect("valid key patterns")
+}
 static FUNCTION_CALL: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"functionCall\""));
 static RESPONSES_EVENT: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"type\":\"response."));
 static COMPLETED: Lazy<Finder<'static>> =
@@ -178,7 +181,7 @@ impl ResponseTap {
     fn on_anthropic_event(&mut self, raw: &[u8]) {
         let ev = parse_event(raw);
         match ev.event {
-            Some("content_block_delta") if has_content(&ev.data, &ANTHROPIC_CONTENT[..]) => {
+            Some("content_block_delta") if has_content(&ev.data, &ANTHROPIC_CONTENT) => {
                 self.content_events += 1;
             }
             Some("message_stop") => self.done = true,
@@ -219,7 +222,7 @@ impl ResponseTap {
             self.error_event = true;
             return;
         }
-        if has_content(data, &GEMINI_CONTENT[..]) || FUNCTION_CALL.find(data).is_some() {
+        if has_content(data, &GEMINI_CONTENT) || FUNCTION_CALL.find(data).is_some() {
             self.content_events += 1;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
@@ -262,9 +265,9 @@ impl ResponseTap {
         // Responses API events repeat the whole text in their `*.done` events: only deltas
         // count there. Chat and legacy completions chunks count when they carry text.
         let is_content = if RESPONSES_EVENT.find(data).is_some() {
-            has_content(data, &RESPONSES_CONTENT[..])
+            has_content(data, &RESPONSES_CONTENT)
         } else {
-            has_content(data, &OPENAI_CONTENT[..])
+            has_content(data, &OPENAI_CONTENT)
         };
         if is_content {
             self.content_events += 1;
@@ -396,15 +399,13 @@ impl ResponseTap {
 }
 
 /// Whether `data` has one of `keys` (each `"key":`) with a non-empty string value.
-fn has_content(data: &[u8], keys: &[Finder<'static>]) -> bool {
-    keys.iter().any(|k| {
-        k.find_iter(data).any(|at| {
-            let mut i = at + k.needle().len();
-            while data.get(i).is_some_and(u8::is_ascii_whitespace) {
-                i += 1;
-            }
-            data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|c| *c != b'"')
-        })
+fn has_content(data: &[u8], keys: &AhoCorasick) -> bool {
+    keys.find_iter(data).any(|m| {
+        let mut i = m.end();
+        while data.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|c| *c != b'"')
     })
 }
 
