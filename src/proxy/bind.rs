@@ -124,12 +124,12 @@ impl Gateway {
             insp.client_include_usage = prepared.include_usage;
             ctx.body = Some(prepared.body);
             ctx.upstream_uri = Some(uri);
-            ctx.unified = Some(Unified {
+            ctx.unified = Some(Box::new(Unified {
                 target: target_family,
                 stream: None,
                 buffer: None,
                 upstream_status: 0,
-            });
+            }));
             ctx.model = Some(target);
             return Ok(());
         }
