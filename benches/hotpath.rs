@@ -8,7 +8,6 @@
 //! measures the same path with real sockets against the bare passthrough.
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -117,7 +116,7 @@ async fn one(b: &mut Bench, req: &[u8], head: &ResponseHeader, answer: &[Bytes])
     gw.response_filter(&mut s, &mut resp, &mut ctx)
         .await
         .expect("client head");
-    s.write_response_header(Box::new(resp))
+    s.write_response_header(Box::new(resp), false)
         .await
         .expect("head written");
     for (i, chunk) in answer.iter().enumerate() {
