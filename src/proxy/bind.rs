@@ -153,7 +153,7 @@ impl Gateway {
                 Ok(()) => {
                     // The rebuilt body goes through the `pre_upstream` filters again.
                     Self::filters_for(s, ctx);
-                    let set = ctx.snap.config.filters.clone();
+                    let set = ctx.snap.filters.clone();
                     let Some(fx) = ctx.filters.as_mut() else {
                         return true;
                     };
