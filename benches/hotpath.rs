@@ -15,8 +15,8 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use tokio::io::AsyncWriteExt;
 use wharf::config;
+use wharf::control::State;
 use wharf::proxy::Gateway;
-use wharf::state::State;
 use wharf::usage::{UsageRecord, UsageSink};
 
 const CONFIG: &str = r#"
@@ -24,7 +24,7 @@ const CONFIG: &str = r#"
 name = "mock"
 type = "OPENAI"
 base_url = "http://127.0.0.1:18080"
-api_key = "sk-mock"
+api_key_env = "WHARF_HOTPATH_PROVIDER_KEY"
 
 [[models]]
 name = "bench-model"
@@ -79,9 +79,13 @@ struct Bench {
 }
 
 fn gateway() -> Bench {
+    std::env::set_var("WHARF_HOTPATH_PROVIDER_KEY", "sk-mock");
     let cfg = config::parse(CONFIG).expect("valid configuration");
     let (sink, rx) = UsageSink::new(1 << 16);
-    let state = State::new(cfg, String::new(), sink, None);
+    let mut errors = Vec::new();
+    let filters = std::sync::Arc::new(wharf::filters::build(&cfg.filters, &mut errors));
+    assert!(errors.is_empty(), "filters: {errors:?}");
+    let state = State::new(cfg, filters, String::new(), sink, None);
     Bench {
         gw: Gateway { state },
         rx,
