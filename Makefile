@@ -76,9 +76,10 @@ conf-check:
 sdk:
 	bash tests/sdk/run.sh
 
-## Criterion micro-benchmarks (SSE parser, body rewrite, translation).
+## Criterion micro-benchmarks (SSE parser, body rewrite, translation) and the whole per-request
+## path without sockets (hotpath).
 bench: deps
-	$(CARGO) bench --bench sse --bench rewrite --bench translate --bench routing --bench filters --bench safety --bench keycache --bench mcp
+	$(CARGO) bench --bench sse --bench rewrite --bench translate --bench routing --bench filters --bench safety --bench keycache --bench mcp --bench hotpath
 
 ## Load benchmark: direct-to-mock vs bare Pingora passthrough vs Wharf, in one run.
 bench-load: deps

@@ -26,6 +26,12 @@
 #   PIN_SERVICES=1   also pin the local Postgres and Redis servers to the mock's cores for the
 #                    run (restored to every core at exit), so that the database-mode and
 #                    governed rows do not share the proxy's core with them
+#   TOKENS_HI        tokens per response of the second streaming run, for the CPU per SSE
+#                    event (the slope between TOKENS and TOKENS_HI)     (default 256)
+#   FRONTIER_STEPS   open-loop rates for the latency frontier, as fractions of the
+#                    passthrough's closed-loop unary throughput   (default 0.1 ... 0.95)
+#   FRONTIER_DURATION  measured seconds per frontier step              (default 3)
+#   QUICK=1          only the core rows (no Anthropic, failover, filter or half-rate rows)
 #   MOCK_BIN, WHARF_BIN, PT_BIN, LOADGEN  override binary paths
 set -euo pipefail
 
@@ -36,6 +42,10 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 TOKENS=${TOKENS:-16}
 HOLD=${HOLD:-1000}
+TOKENS_HI=${TOKENS_HI:-256}
+FRONTIER_STEPS=${FRONTIER_STEPS:-0.1 0.2 0.35 0.5 0.6 0.7 0.8 0.9 0.95}
+FRONTIER_DURATION=${FRONTIER_DURATION:-3}
+QUICK=${QUICK:-0}
 
 MOCK_HOST=127.0.0.1 MOCK_PORT=18080
 PT_HOST=127.0.0.1 PT_PORT=18081
@@ -233,6 +243,28 @@ jget() {
 
 calc() { awk "BEGIN { printf \"%s\", $* }"; }
 
+# Postgres CPU: the backends serving the benchmark database (the gateway's pool), and the
+# server's background processes (WAL writer, checkpointer, background writer, autovacuum),
+# which every database on the server shares. Each snapshot prints "pid ticks" lines.
+pg_pids() {
+    psql "$BENCH_DB_URL" -Atc "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND $1" 2>/dev/null || true
+}
+pg_snapshot() {
+    local pid
+    for pid in $(pg_pids "$1"); do
+        echo "$pid $(cpu_ticks "$pid")"
+    done
+}
+PG_BACKENDS="datname = current_database()"
+PG_BACKGROUND="backend_type IN ('walwriter', 'checkpointer', 'background writer', 'autovacuum launcher', 'autovacuum worker')"
+# pg_ticks BEFORE AFTER: CPU ticks spent between two snapshots (a process new in AFTER
+# counts from zero).
+pg_ticks() {
+    awk 'NR == FNR { b[$1] = $2; next } { t += $2 - ($1 in b ? b[$1] : 0) } END { print t + 0 }' \
+        <(printf '%s\n' "$1") <(printf '%s\n' "$2")
+}
+pg_rows() { psql "$BENCH_DB_URL" -Atc "SELECT count(*) FROM usage_records" 2>/dev/null || echo 0; }
+
 # ---------------------------------------------------------------------------
 # Build and start
 # ---------------------------------------------------------------------------
@@ -426,7 +458,7 @@ lg() {
     local path=$1 mode=$2
     shift 2
     local -a a=(--url "$(url_of "$path")" --json --threads "$LOADGEN_THREADS"
-        -H "x-mock-tokens: $TOKENS" -H "x-mock-ttft-ms: 0" -H "x-mock-itl-ms: 0")
+        -H "x-mock-tokens: ${LG_TOKENS:-$TOKENS}" -H "x-mock-ttft-ms: 0" -H "x-mock-itl-ms: 0")
     case $path in
     wharf) a+=(-H "authorization: Bearer wharf-bench-key" --model bench-model) ;;
     wharf-failover20) a+=(-H "authorization: Bearer wharf-bench-key" --model bench-failover) ;;
@@ -449,24 +481,32 @@ lg() {
     pin "$LG_CPUS" "$LOADGEN" "${a[@]}" "$@" 2>>"$OUT_DIR/loadgen.log" || true
 }
 
-# measure PATH MODE [RATE]: warm-up, then one measured run; records results.
+# measure PATH MODE [RATE] [CONCURRENCY] [TOKENS]: warm-up, then one measured run; records
+# results. In database mode it also reads the Postgres CPU spent per usage record.
 measure() {
-    local path=$1 mode=$2 rate=${3:-}
+    local path=$1 mode=$2 rate=${3:-} conc=${4:-$CONCURRENCY} tokens=${5:-$TOKENS}
     local pid load out
     pid=$(pid_of "$path")
-    load="c=$CONCURRENCY"
+    load="c=$conc"
+    [[ $tokens != "$TOKENS" ]] && load+=" t=$tokens"
     local -a extra=()
     if [[ -n $rate ]]; then
         load="rate=$rate"
         extra=(--rate "$rate")
     fi
     log "run: $path $mode $load"
-    lg "$path" "$mode" --concurrency "$CONCURRENCY" --warmup 0 --duration "$WARMUP" >/dev/null
+    LG_TOKENS=$tokens lg "$path" "$mode" --concurrency "$conc" --warmup 0 --duration "$WARMUP" >/dev/null
     reset_hwm "$pid"
-    local c0 c1
+    local c0 c1 pgb0="" pgg0="" rows0=""
+    if [[ $path == wharf-db ]]; then
+        sleep 0.3
+        rows0=$(pg_rows)
+        pgb0=$(pg_snapshot "$PG_BACKENDS")
+        pgg0=$(pg_snapshot "$PG_BACKGROUND")
+    fi
     if [[ $path == wharf-gov ]]; then redis_mark; fi
     c0=$(cpu_ticks "$pid")
-    out=$(lg "$path" "$mode" --concurrency "$CONCURRENCY" --warmup 0 --duration "$DURATION" \
+    out=$(LG_TOKENS=$tokens lg "$path" "$mode" --concurrency "$conc" --warmup 0 --duration "$DURATION" \
         "${extra[@]+"${extra[@]}"}")
     c1=$(cpu_ticks "$pid")
     echo "$path $mode $load $out" >>"$OUT_DIR/results.jsonl"
@@ -487,11 +527,52 @@ measure() {
     else
         R[cpu|$key]=""
     fi
+    if [[ $path == wharf-db ]]; then
+        # The writer flushes every 20 ms; wait for the run's last batch.
+        sleep 0.5
+        local rows1 pgb1 pgg1 n
+        pgb1=$(pg_snapshot "$PG_BACKENDS")
+        pgg1=$(pg_snapshot "$PG_BACKGROUND")
+        rows1=$(pg_rows)
+        n=$((rows1 - rows0))
+        R[pgrows|$key]=$n
+        if ((n > 0)); then
+            R[pgcpu|$key]=$(calc "$(pg_ticks "$pgb0" "$pgb1") / $CLK_TCK / $n * 1e6")
+            R[pgbg|$key]=$(calc "$(pg_ticks "$pgg0" "$pgg1") / $CLK_TCK / $n * 1e6")
+        fi
+        log "  postgres: $n records, backends ${R[pgcpu|$key]:-?} us/record, background ${R[pgbg|$key]:-?} us/record"
+    fi
     if [[ $path == wharf-gov ]]; then redis_record "$key" "${completed:-0}"; fi
     if [[ -n ${errors:-} && $errors != 0 ]]; then
         log "warning: $path $mode $load: $errors errors (first: $(jget "$out" first_error))"
     fi
     log "  -> ${R[rps|$key]:-?} req/s, p50 ${R[p50|$key]:-?} us, p99 ${R[p99|$key]:-?} us, errors ${R[errors|$key]}"
+}
+
+# frontier PATH: steps an open-loop unary rate up through FRONTIER_STEPS (fractions of the
+# passthrough's closed-loop throughput) and keeps the highest achieved rate whose p99 stays
+# within 1 ms and within 5 ms. A step that does not reach 95% of its target rate, or whose
+# p99 passes 5 ms, ends the walk.
+frontier() {
+    local path=$1 max=$2 f rate out rps p99 errors
+    local best1="" best5=""
+    for f in $FRONTIER_STEPS; do
+        rate=$(calc "int($max * $f)")
+        ((rate > 0)) || continue
+        out=$(lg "$path" unary --rate "$rate" --concurrency 128 --warmup 0.5 --duration "$FRONTIER_DURATION")
+        echo "$path unary frontier rate=$rate $out" >>"$OUT_DIR/results.jsonl"
+        rps=$(jget "$out" rps)
+        p99=$(jget "$out" lat_p99_us)
+        errors=$(jget "$out" errors)
+        log "frontier: $path rate=$rate -> ${rps:-?} req/s, p99 ${p99:-?} us, errors ${errors:-?}"
+        [[ -n $rps && -n $p99 && ${errors:-1} == 0 ]] || break
+        [[ $(calc "($rps >= 0.95 * $rate)") == 1 ]] || break
+        ((p99 <= 1000)) && best1=$rps
+        ((p99 <= 5000)) || break
+        best5=$rps
+    done
+    R[f1|$path]=$best1
+    R[f5|$path]=$best5
 }
 
 : >"$OUT_DIR/results.jsonl"
@@ -508,9 +589,31 @@ for mode in unary stream; do
     done
 done
 
-# Governance at c=1: the latency a governed request adds on an idle gateway.
+# One connection: latency and time to first byte without queueing.
+C1_PATHS=(passthrough)
+((WHARF_OK)) && C1_PATHS+=(wharf)
+for mode in unary stream; do
+    for path in "${C1_PATHS[@]}"; do
+        measure "$path" "$mode" "" 1
+    done
+done
+
+# Longer streams: the CPU per SSE event is the slope between TOKENS and TOKENS_HI.
+for path in "${C1_PATHS[@]}"; do
+    measure "$path" stream "" "" "$TOKENS_HI"
+done
+
+# Throughput frontier: the highest open-loop unary rate with p99 within 1 ms and 5 ms.
+PT_MAX=${R[rps|passthrough|unary|c=$CONCURRENCY]:-}
+if [[ -n $PT_MAX ]]; then
+    for path in "${C1_PATHS[@]}"; do
+        frontier "$path" "$PT_MAX"
+    done
+fi
+
+# Governance at c=1: the latency a governed request adds on an idle gateway (beside the
+# `wharf` c=1 row above).
 if ((WHARF_GOV_OK)); then
-    CONCURRENCY=1 measure wharf unary
     CONCURRENCY=1 measure wharf-gov unary
 fi
 
@@ -522,6 +625,7 @@ if ((WHARF_OK)); then
     ANTH_PATHS+=(wharf-anthropic)
     [[ $(http_status "$WHARF_HOST" "$WHARF_PORT" /v1/llm/chat) != 404 ]] && ANTH_PATHS+=(wharf-unified-anthropic)
 fi
+if ((!QUICK)); then
 for path in "${ANTH_PATHS[@]}"; do
     measure "$path" stream
 done
@@ -548,8 +652,16 @@ for mode in unary stream; do
         measure "$path" "$mode" "$half"
     done
 done
+fi
 
-# Memory per open stream through wharf.
+# Memory per open stream: the passthrough, then wharf, the same slow streams.
+log "hold: $HOLD concurrent slow streams through the passthrough"
+HOLD_PT_OUT=$(pin "$LG_CPUS" "$LOADGEN" --url "$(url_of passthrough)" --json --threads "$LOADGEN_THREADS" \
+    --stream --hold "$HOLD" --pid "$PT_PID" --timeout 120 --model mock-gpt \
+    -H "authorization: Bearer sk-mock" \
+    -H "x-mock-tokens: 50" -H "x-mock-itl-ms: 100" -H "x-mock-ttft-ms: 0" \
+    2>>"$OUT_DIR/loadgen.log" || true)
+echo "passthrough hold $HOLD $HOLD_PT_OUT" >>"$OUT_DIR/results.jsonl"
 HOLD_OUT=""
 if ((WHARF_OK)); then
     log "hold: $HOLD concurrent slow streams through wharf"
@@ -636,19 +748,86 @@ report() {
     else
         echo "- Wharf idle RSS after start: n/a"
     fi
-    if [[ -n $HOLD_OUT ]]; then
-        local before during open kb
-        before=$(jget "$HOLD_OUT" rss_before_kb)
-        during=$(jget "$HOLD_OUT" rss_during_kb)
-        open=$(jget "$HOLD_OUT" open_at_sample)
-        if [[ -n $before && -n $during && -n $open && $open -gt 0 ]]; then
-            kb=$(calc "sprintf(\"%.1f\", ($during - $before) / $open)")
-            echo "- Wharf memory per open stream: $kb KB ($open of $HOLD streams open at once; RSS $before → $during kB)"
+    local wkb="" pkb="" h
+    for h in wharf passthrough; do
+        local o=$HOLD_OUT
+        [[ $h == passthrough ]] && o=${HOLD_PT_OUT:-}
+        if [[ -n $o ]]; then
+            echo "- $h memory per open stream: $(fmt "$(per_stream_kb "$h" "$o")") KB ($(fmt "$(jget "$o" open_at_sample)") of $HOLD streams open at once; RSS $(fmt "$(jget "$o" rss_before_kb)") → $(fmt "$(jget "$o" rss_during_kb)") kB; first error: $(fmt "$(jget "$o" first_error)"))"
         else
-            echo "- Wharf memory per open stream: n/a (open at once: $(fmt "$open") of $HOLD; first error: $(fmt "$(jget "$HOLD_OUT" first_error)"))"
+            echo "- $h memory per open stream: n/a"
         fi
-    else
-        echo "- Wharf memory per open stream: n/a"
+    done
+    wkb=$(per_stream_kb wharf "$HOLD_OUT")
+    pkb=$(per_stream_kb passthrough "${HOLD_PT_OUT:-}")
+    if [[ -n $wkb && -n $pkb ]]; then
+        echo "- Memory per open stream, same run: wharf $wkb KB, passthrough $pkb KB; wharf adds $(calc "sprintf(\"%.1f\", $wkb - $pkb)") KB (target ≤ 4)"
+    fi
+    echo
+    echo "### Against the hot-path targets (one run)"
+    echo
+    local wu=${R[cpu|wharf|unary|c=$CONCURRENCY]:-} pu=${R[cpu|passthrough|unary|c=$CONCURRENCY]:-}
+    local du=${R[cpu|wharf-db|unary|c=$CONCURRENCY]:-}
+    if [[ -n $wu && -n $pu ]]; then
+        echo "- CPU per unary request (c=$CONCURRENCY): wharf $(us "$wu") µs, passthrough $(us "$pu") µs: $(calc "sprintf(\"%.2f\", $wu / $pu)")× (target ≤ 1.15×)"
+    fi
+    local wr=${R[rps|wharf|unary|c=$CONCURRENCY]:-} pr=${R[rps|passthrough|unary|c=$CONCURRENCY]:-}
+    if [[ -n $wr && -n $pr ]]; then
+        echo "- Unary throughput (c=$CONCURRENCY) wharf/passthrough: $(calc "sprintf(\"%.2f\", $wr / $pr)") (target ≥ 0.85)"
+    fi
+    if [[ -n $du && -n $wu ]]; then
+        echo "- Database mode gateway CPU per unary request: $(us "$du") µs vs file mode $(us "$wu") µs: $(calc "sprintf(\"%+.1f\", ($du / $wu - 1) * 100)")% (target within 5%)"
+    fi
+    local m
+    for m in unary stream; do
+        local k="wharf-db|$m|c=$CONCURRENCY"
+        if [[ -n ${R[pgcpu|$k]:-} ]]; then
+            echo "- Postgres CPU per usage record ($m, ${R[pgrows|$k]} records): backends $(calc "sprintf(\"%.1f\", ${R[pgcpu|$k]})") µs (target ≤ 10), plus the server's background processes $(calc "sprintf(\"%.1f\", ${R[pgbg|$k]})") µs (shared with every database on the server)"
+        fi
+    done
+    local wt=${R[ttfb50|wharf|stream|c=1]:-} pt=${R[ttfb50|passthrough|stream|c=1]:-}
+    if [[ -n $wt && -n $pt ]]; then
+        echo "- Time to first byte, c=1, p50: wharf $wt µs, passthrough $pt µs: +$((wt - pt)) µs (target ≤ 50)"
+    fi
+    local w1=${R[p50|wharf|unary|c=1]:-} p1=${R[p50|passthrough|unary|c=1]:-}
+    if [[ -n $w1 && -n $p1 ]]; then
+        echo "- Unary latency, c=1, p50: wharf $w1 µs, passthrough $p1 µs: +$((w1 - p1)) µs"
+    fi
+    local wl=${R[cpu|wharf|stream|c=$CONCURRENCY]:-} wh=${R[cpu|wharf|stream|c=$CONCURRENCY t=$TOKENS_HI]:-}
+    local pl=${R[cpu|passthrough|stream|c=$CONCURRENCY]:-} ph=${R[cpu|passthrough|stream|c=$CONCURRENCY t=$TOKENS_HI]:-}
+    if [[ -n $wl && -n $wh && -n $pl && -n $ph ]]; then
+        local ws ps
+        ws=$(calc "($wh - $wl) * 1000 / ($TOKENS_HI - $TOKENS)")
+        ps=$(calc "($ph - $pl) * 1000 / ($TOKENS_HI - $TOKENS)")
+        echo "- CPU per SSE event ($TOKENS → $TOKENS_HI tokens a stream): wharf $(calc "sprintf(\"%.2f\", $ws)") µs, passthrough $(calc "sprintf(\"%.2f\", $ps)") µs: wharf adds $(calc "sprintf(\"%.2f\", $ws - $ps)") µs (target ≤ 1)"
+    fi
+    if [[ -n ${R[f5|passthrough]+x} ]]; then
+        echo
+        echo "| frontier (unary, open loop) | req/s at p99 ≤ 1 ms | req/s at p99 ≤ 5 ms | closed loop c=$CONCURRENCY req/s |"
+        echo "|---|---:|---:|---:|"
+        local f
+        for f in passthrough wharf; do
+            [[ -n ${R[f5|$f]+x} ]] || continue
+            printf '| %s | %s | %s | %s |\n' "$f" "$(fmt "${R[f1|$f]:-}")" "$(fmt "${R[f5|$f]:-}")" \
+                "$(fmt "${R[rps|$f|unary|c=$CONCURRENCY]:-}")"
+        done
+        echo
+        echo "(rates stepped at $FRONTIER_STEPS of the passthrough's closed-loop rate, ${FRONTIER_DURATION} s each)"
+    fi
+}
+
+# us MS_PER_REQUEST: microseconds, one decimal.
+us() { calc "sprintf(\"%.1f\", $1 * 1000)"; }
+
+# per_stream_kb NAME HOLD_JSON: memory per open stream from a hold run, and a report line.
+per_stream_kb() {
+    local name=$1 out=$2 before during open
+    [[ -n $out ]] || return 0
+    before=$(jget "$out" rss_before_kb)
+    during=$(jget "$out" rss_during_kb)
+    open=$(jget "$out" open_at_sample)
+    if [[ -n $before && -n $during && -n $open && $open -gt 0 ]]; then
+        calc "sprintf(\"%.1f\", ($during - $before) / $open)"
     fi
 }
 

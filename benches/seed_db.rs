@@ -24,7 +24,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         org,
         "mock",
         ProviderKind::OpenAi,
-        "http://127.0.0.1:18080/v1",
+        // The mock of benches/load.sh unless WHARF_BENCH_MOCK_URL names another.
+        &std::env::var("WHARF_BENCH_MOCK_URL")
+            .unwrap_or_else(|_| "http://127.0.0.1:18080/v1".into()),
         &keys,
         Some("sk-mock"),
     )

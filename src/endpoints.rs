@@ -17,6 +17,21 @@ pub fn rfc3339(t: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    // Every request's usage record carries its start second: formatting it once per second
+    // and thread, not once per request, keeps the formatter off the request path.
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            *last = (secs, format_rfc3339(secs));
+        }
+        last.1.clone()
+    })
+}
+
+fn format_rfc3339(secs: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs as i64)
         .ok()
         .and_then(|t| {
@@ -260,4 +275,24 @@ pub fn key_info(snap: &Snapshot, key: &VirtualKey, balances: Vec<serde_json::Val
             "balances": balances,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_per_second_cache_follows_the_clock() {
+        let at = |s: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        // The same second again (a cache hit), with a fraction, then going back in time.
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_700_000_000_999)),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(at(1_700_000_001), "2023-11-14T22:13:21Z");
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+    }
 }

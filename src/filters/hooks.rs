@@ -446,12 +446,9 @@ pub fn finish(set: &Arc<FilterSet>, fx: Option<&mut RequestFilters>, rec: &mut U
     if set.is_empty() {
         return;
     }
-    let mut req = None;
-    if let Some(fx) = fx {
+    let mut fx = fx;
+    if let Some(fx) = fx.as_deref_mut() {
         rec.filters = fx.take_report();
-        let mut r = fx.req.clone();
-        r.body = fx.prompt.take();
-        req = Some(r);
     }
     if !set.has(Phase::PostResponse) {
         return;
@@ -465,6 +462,12 @@ pub fn finish(set: &Arc<FilterSet>, fx: Option<&mut RequestFilters>, rec: &mut U
     if chain.is_empty() {
         return;
     }
+    // The request as the filters saw it: copied only when a `post_response` chain runs.
+    let req = fx.map(|fx| {
+        let mut r = fx.req.clone();
+        r.body = fx.prompt.take();
+        r
+    });
     let req = req.unwrap_or_else(|| Request {
         route: "",
         request_id: rec.request_id.clone(),

@@ -335,6 +335,11 @@ impl FilterSet {
         self.phases.contains(phase)
     }
 
+    /// Some filter's scope takes `who` (at any phase).
+    pub fn may_apply(&self, who: &Who<'_>) -> bool {
+        self.entries.iter().any(|e| e.scope.matches(who))
+    }
+
     /// The chain for `phase` and `who`, in order.
     pub fn select(&self, phase: Phase, who: &Who<'_>) -> Vec<Arc<Entry>> {
         if !self.has(phase) {

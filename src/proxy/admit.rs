@@ -383,7 +383,10 @@ impl Gateway {
             insp.stream = route == Route::GeminiStream;
         }
         let mut raw = raw;
-        if !snap.filters.is_empty() {
+        // Filter state only for a request some filter may see: every filter's scope that
+        // could take it names the requested model, or the model it resolves to
+        // (`Self::filters_for`, before `pre_upstream`).
+        if Self::filters_scope(&snap, &key, &insp.model) {
             let t_filters = Instant::now();
             let h = &s.req_header().headers;
             let fx = ctx.filters.insert(crate::filters::RequestFilters::new(
@@ -459,6 +462,42 @@ impl Gateway {
         self.pre_upstream(s, ctx, json).await
     }
 
+    /// Whether a filter's scope takes a request of `key` for `model`.
+    pub(super) fn filters_scope(snap: &Snapshot, key: &VirtualKey, model: &str) -> bool {
+        let set = &snap.filters;
+        !set.is_empty()
+            && set.may_apply(&crate::filters::Who {
+                organisation_id: &key.organisation_id,
+                key_id: &key.id,
+                model,
+            })
+    }
+
+    /// The filter state of a request bound to a model that a filter's scope takes when the
+    /// requested model's did not (an alias, a failover target): the same state admission
+    /// would have built, with no `pre_route` filter run (none took the requested model).
+    pub(super) fn filters_for(s: &Session, ctx: &mut Ctx) {
+        if ctx.filters.is_some() {
+            return;
+        }
+        let (Some(route), Some(key), Some(model), Some(insp)) =
+            (ctx.route, &ctx.key, &ctx.model, &ctx.insp)
+        else {
+            return;
+        };
+        if !Self::filters_scope(&ctx.snap, key, &model.name) {
+            return;
+        }
+        ctx.filters = Some(crate::filters::RequestFilters::new(
+            &ctx.request_id,
+            route.name(),
+            key,
+            &s.req_header().headers,
+            &insp.model,
+            insp.stream,
+        ));
+    }
+
     /// Filters at `pre_upstream` (after limits and reservations), on the body the provider
     /// will get. `Ok(true)`: a filter blocked and the answer was written.
     pub(super) async fn pre_upstream(
@@ -467,6 +506,7 @@ impl Gateway {
         ctx: &mut Ctx,
         json: bool,
     ) -> Result<bool> {
+        Self::filters_for(s, ctx);
         let Some(fx) = ctx.filters.as_mut() else {
             return Ok(false);
         };

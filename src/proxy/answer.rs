@@ -255,8 +255,17 @@ impl Gateway {
     /// The headers the client sees on a proxied answer: both request ids, the provider, the
     /// model, the provider's request id, the attempts and the limit headers.
     pub(super) fn client_head(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-        resp.insert_header("x-request-id", ctx.echoed_request_id())?;
-        resp.insert_header("x-wharf-request-id", ctx.request_id.as_str())?;
+        use http::HeaderValue;
+        /// `x-wharf-attempts` for the usual counts, without formatting a number.
+        const ATTEMPTS: [&str; 10] = ["1", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        // One value for both ids when the client sent none (a clone shares the bytes).
+        let id = HeaderValue::from_str(&ctx.request_id)
+            .explain_err(ErrorType::InvalidHTTPHeader, |_| "invalid request id")?;
+        match &ctx.client_request_id {
+            Some(c) => resp.insert_header("x-request-id", c.as_str())?,
+            None => resp.insert_header("x-request-id", id.clone())?,
+        }
+        resp.insert_header("x-wharf-request-id", id)?;
         if let Some(m) = &ctx.model {
             resp.insert_header("x-wharf-provider", m.provider.name.as_str())?;
             resp.insert_header("x-wharf-model", m.name.as_str())?;
@@ -264,7 +273,10 @@ impl Gateway {
         if let Some(id) = &ctx.provider_request_id {
             resp.insert_header("x-wharf-upstream-request-id", id.as_str())?;
         }
-        resp.insert_header("x-wharf-attempts", ctx.attempts.len().max(1).to_string())?;
+        match ATTEMPTS.get(ctx.attempts.len()) {
+            Some(n) => resp.insert_header("x-wharf-attempts", HeaderValue::from_static(n))?,
+            None => resp.insert_header("x-wharf-attempts", ctx.attempts.len().to_string())?,
+        }
         for (k, v) in ctx.gov.header_pairs() {
             resp.insert_header(k, v)?;
         }

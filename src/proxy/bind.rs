@@ -124,12 +124,12 @@ impl Gateway {
             insp.client_include_usage = prepared.include_usage;
             ctx.body = Some(prepared.body);
             ctx.upstream_uri = Some(uri);
-            ctx.unified = Some(Unified {
+            ctx.unified = Some(Box::new(Unified {
                 target: target_family,
                 stream: None,
                 buffer: None,
                 upstream_status: 0,
-            });
+            }));
             ctx.model = Some(target);
             return Ok(());
         }
@@ -152,6 +152,7 @@ impl Gateway {
             match self.bind(ctx, route, t, &raw, query.as_deref()) {
                 Ok(()) => {
                     // The rebuilt body goes through the `pre_upstream` filters again.
+                    Self::filters_for(s, ctx);
                     let set = ctx.snap.filters.clone();
                     let Some(fx) = ctx.filters.as_mut() else {
                         return true;

@@ -121,8 +121,30 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
             ))
         }
     };
+    // The plain deserializer first: tracking the path of every value costs more than the
+    // rest of the inspection, and it is only needed for the message of a body that fails.
     let mut de = serde_json::Deserializer::from_str(text);
-    let peek: Peek<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let peek = match Peek::deserialize(&mut de) {
+        Ok(p) => p,
+        Err(_) => {
+            de = serde_json::Deserializer::from_str(text);
+            peek_with_path(&mut de)?
+        }
+    };
+    de.end().map_err(|e| {
+        bad(
+            ErrorCode::InvalidRequest,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    finish_inspect(kind, body, object_start, peek)
+}
+
+/// The body's fields with the path of the value that failed in the error.
+fn peek_with_path<'a>(
+    de: &mut serde_json::Deserializer<serde_json::de::StrRead<'a>>,
+) -> Result<Peek<'a>, GatewayError> {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -136,14 +158,15 @@ pub fn inspect(kind: BodyKind, body: &[u8]) -> Result<Inspected, GatewayError> {
                 format!("invalid value for `{path}`: {inner}"),
             )
         }
-    })?;
-    de.end().map_err(|e| {
-        bad(
-            ErrorCode::InvalidRequest,
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
+    })
+}
 
+fn finish_inspect(
+    kind: BodyKind,
+    body: &[u8],
+    object_start: usize,
+    peek: Peek<'_>,
+) -> Result<Inspected, GatewayError> {
     let (model, model_span) = if kind == BodyKind::Gemini {
         (String::new(), None)
     } else {

@@ -47,8 +47,9 @@ pub struct Ctx {
     pub(super) provider_request_id: Option<String>,
     pub(super) overhead: Duration,
     pub(super) recorded: bool,
-    /// `/v1/llm/chat`: the target family and how its answer is turned back.
-    pub(super) unified: Option<Unified>,
+    /// `/v1/llm/chat`: the target family and how its answer is turned back (boxed: a rare
+    /// route's state is not moved with every request's context).
+    pub(super) unified: Option<Box<Unified>>,
     /// The client's body as received, kept while another target may need it rewritten.
     pub(super) raw: Option<Bytes>,
     /// Which deployments are tried, in order (SPEC §5).
@@ -154,5 +155,17 @@ impl Ctx {
             mcp: None,
             _in_flight: InFlight::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The context is moved into Pingora's boxed request future on every request: the rare
+    /// routes' state stays behind a pointer so that it does not grow with them.
+    #[test]
+    fn the_context_stays_small() {
+        let size = std::mem::size_of::<super::Ctx>();
+        assert!(size <= 1400, "Ctx is {size} bytes");
+        assert!(std::mem::size_of::<Option<Box<super::Unified>>>() <= 8);
     }
 }

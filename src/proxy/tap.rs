@@ -7,30 +7,33 @@
 
 use crate::sse::{parse_event, SseParser};
 use crate::types::Tokens;
+use aho_corasick::AhoCorasick;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
 use once_cell::sync::Lazy;
 
 /// Substring searchers built once (building one per event would dominate the per-event cost).
 static USAGE: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"usage\""));
-/// Keys whose non-empty string value is generated content (one key a searcher).
-static OPENAI_CONTENT: Lazy<[Finder<'static>; 4]> = Lazy::new(|| {
-    [
-        Finder::new(b"\"content\":"),
-        Finder::new(b"\"arguments\":"),
-        Finder::new(b"\"text\":"),
-        Finder::new(b"\"reasoning_content\":"),
-    ]
+/// Keys whose non-empty string value is generated content: one automaton a wire format, so
+/// that an event is scanned once whatever the number of keys.
+static OPENAI_CONTENT: Lazy<AhoCorasick> = Lazy::new(|| {
+    keys(&[
+        "\"content\":",
+        "\"arguments\":",
+        "\"text\":",
+        "\"reasoning_content\":",
+    ])
 });
-static RESPONSES_CONTENT: Lazy<[Finder<'static>; 1]> = Lazy::new(|| [Finder::new(b"\"delta\":")]);
-static ANTHROPIC_CONTENT: Lazy<[Finder<'static>; 3]> = Lazy::new(|| {
-    [
-        Finder::new(b"\"text\":"),
-        Finder::new(b"\"partial_json\":"),
-        Finder::new(b"\"thinking\":"),
-    ]
-});
-static GEMINI_CONTENT: Lazy<[Finder<'static>; 1]> = Lazy::new(|| [Finder::new(b"\"text\":")]);
+static RESPONSES_CONTENT: Lazy<AhoCorasick> = Lazy::new(|| keys(&["\"delta\":"]));
+static ANTHROPIC_CONTENT: Lazy<AhoCorasick> =
+    Lazy::new(|| keys(&["\"text\":", "\"partial_json\":", "\"thinking\":"]));
+static GEMINI_CONTENT: Lazy<AhoCorasick> = Lazy::new(|| keys(&["\"text\":"]));
+
+/// Every key begins with `"` and ends with `":`, so no match can start inside another one:
+/// the non-overlapping matches are all the places any of the keys occurs.
+fn keys(patterns: &[&str]) -> AhoCorasick {
+    AhoCorasick::new(patterns).expect("valid key patterns")
+}
 static FUNCTION_CALL: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"functionCall\""));
 static RESPONSES_EVENT: Lazy<Finder<'static>> = Lazy::new(|| Finder::new(b"\"type\":\"response."));
 static COMPLETED: Lazy<Finder<'static>> =
@@ -178,7 +181,7 @@ impl ResponseTap {
     fn on_anthropic_event(&mut self, raw: &[u8]) {
         let ev = parse_event(raw);
         match ev.event {
-            Some("content_block_delta") if has_content(&ev.data, &ANTHROPIC_CONTENT[..]) => {
+            Some("content_block_delta") if has_content(&ev.data, &ANTHROPIC_CONTENT) => {
                 self.content_events += 1;
             }
             Some("message_stop") => self.done = true,
@@ -219,7 +222,7 @@ impl ResponseTap {
             self.error_event = true;
             return;
         }
-        if has_content(data, &GEMINI_CONTENT[..]) || FUNCTION_CALL.find(data).is_some() {
+        if has_content(data, &GEMINI_CONTENT) || FUNCTION_CALL.find(data).is_some() {
             self.content_events += 1;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
@@ -262,9 +265,9 @@ impl ResponseTap {
         // Responses API events repeat the whole text in their `*.done` events: only deltas
         // count there. Chat and legacy completions chunks count when they carry text.
         let is_content = if RESPONSES_EVENT.find(data).is_some() {
-            has_content(data, &RESPONSES_CONTENT[..])
+            has_content(data, &RESPONSES_CONTENT)
         } else {
-            has_content(data, &OPENAI_CONTENT[..])
+            has_content(data, &OPENAI_CONTENT)
         };
         if is_content {
             self.content_events += 1;
@@ -342,15 +345,15 @@ impl ResponseTap {
                     #[derive(serde::Deserialize)]
                     struct Unary {
                         id: Option<String>,
-                        usage: Option<serde_json::Value>,
+                        usage: Option<UsageCounts>,
                         data: Option<Vec<serde::de::IgnoredAny>>,
                     }
                     if let Ok(v) = serde_json::from_slice::<Unary>(&self.unary) {
                         self.tokens = v.usage.as_ref().and_then(|u| {
                             if self.format == WireFormat::Anthropic {
-                                Tokens::from_anthropic_usage(u)
+                                u.anthropic()
                             } else {
-                                Tokens::from_openai_usage(u)
+                                u.openai()
                             }
                         });
                         self.response_id = v.id;
@@ -395,16 +398,315 @@ impl ResponseTap {
     }
 }
 
-/// Whether `data` has one of `keys` (each `"key":`) with a non-empty string value.
-fn has_content(data: &[u8], keys: &[Finder<'static>]) -> bool {
-    keys.iter().any(|k| {
-        k.find_iter(data).any(|at| {
-            let mut i = at + k.needle().len();
-            while data.get(i).is_some_and(u8::is_ascii_whitespace) {
-                i += 1;
-            }
-            data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|c| *c != b'"')
+/// The counts of a unary answer's `usage` object, read as the parser passes them (no JSON
+/// tree): exactly what [`Tokens::from_openai_usage`] and [`Tokens::from_anthropic_usage`] read
+/// from the object, with their leniency — a count that is not a non-negative integer is
+/// absent, a details value that is not an object has no counts, the last of repeated keys
+/// wins, and a `usage` that is not an object gives no tokens.
+#[derive(Debug, Default, PartialEq)]
+struct UsageCounts {
+    object: bool,
+    prompt_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    prompt_tokens_details: Details,
+    input_tokens_details: Details,
+    completion_tokens_details: Details,
+    output_tokens_details: Details,
+}
+
+/// `*_tokens_details`: the cached and reasoning counts.
+#[derive(Debug, Default, PartialEq, Clone, Copy)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+impl UsageCounts {
+    /// As [`Tokens::from_openai_usage`].
+    fn openai(&self) -> Option<Tokens> {
+        if !self.object {
+            return None;
+        }
+        let input = self.prompt_tokens.or(self.input_tokens)?;
+        let output = self.completion_tokens.or(self.output_tokens).unwrap_or(0);
+        let cached_input = (self.prompt_tokens_details.cached_tokens)
+            .or(self.input_tokens_details.cached_tokens)
+            .unwrap_or(0);
+        let reasoning = (self.completion_tokens_details.reasoning_tokens)
+            .or(self.output_tokens_details.reasoning_tokens)
+            .unwrap_or(0);
+        let total = self.total_tokens.unwrap_or(input + output);
+        Some(Tokens {
+            input,
+            output,
+            cached_input: cached_input.min(input),
+            reasoning: reasoning.min(output),
+            total,
+            images: 0,
         })
+    }
+
+    /// As [`Tokens::from_anthropic_usage`].
+    fn anthropic(&self) -> Option<Tokens> {
+        if !self.object {
+            return None;
+        }
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        let input =
+            self.input_tokens.unwrap_or(0) + self.cache_creation_input_tokens.unwrap_or(0) + read;
+        let output = self.output_tokens.unwrap_or(0);
+        Some(Tokens {
+            input,
+            output,
+            cached_input: read,
+            reasoning: 0,
+            total: input + output,
+            images: 0,
+        })
+    }
+}
+
+/// A value read as a count: `Some` for a non-negative integer, `None` for anything else
+/// (which is skipped whole).
+struct Count(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(Some(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Count, E> {
+                Ok(Count(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_unit<E>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_none<E>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Count(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Count(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The keys of a `usage` object the tap reads (others are skipped unread).
+enum UsageKey {
+    PromptTokens,
+    InputTokens,
+    CompletionTokens,
+    OutputTokens,
+    TotalTokens,
+    CacheCreation,
+    CacheRead,
+    PromptDetails,
+    InputDetails,
+    CompletionDetails,
+    OutputDetails,
+    CachedTokens,
+    ReasoningTokens,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for UsageKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UsageKey, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = UsageKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, k: &str) -> Result<UsageKey, E> {
+                Ok(match k {
+                    "prompt_tokens" => UsageKey::PromptTokens,
+                    "input_tokens" => UsageKey::InputTokens,
+                    "completion_tokens" => UsageKey::CompletionTokens,
+                    "output_tokens" => UsageKey::OutputTokens,
+                    "total_tokens" => UsageKey::TotalTokens,
+                    "cache_creation_input_tokens" => UsageKey::CacheCreation,
+                    "cache_read_input_tokens" => UsageKey::CacheRead,
+                    "prompt_tokens_details" => UsageKey::PromptDetails,
+                    "input_tokens_details" => UsageKey::InputDetails,
+                    "completion_tokens_details" => UsageKey::CompletionDetails,
+                    "output_tokens_details" => UsageKey::OutputDetails,
+                    "cached_tokens" => UsageKey::CachedTokens,
+                    "reasoning_tokens" => UsageKey::ReasoningTokens,
+                    _ => UsageKey::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Details {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Details, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Details;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Details, A::Error> {
+                let mut out = Details::default();
+                while let Some(k) = a.next_key::<UsageKey>()? {
+                    match k {
+                        UsageKey::CachedTokens => out.cached_tokens = a.next_value::<Count>()?.0,
+                        UsageKey::ReasoningTokens => {
+                            out.reasoning_tokens = a.next_value::<Count>()?.0
+                        }
+                        _ => {
+                            a.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Details, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Details::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+            fn visit_unit<E>(self) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UsageCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UsageCounts, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UsageCounts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UsageCounts, A::Error> {
+                let mut c = UsageCounts {
+                    object: true,
+                    ..Default::default()
+                };
+                while let Some(k) = a.next_key::<UsageKey>()? {
+                    match k {
+                        UsageKey::PromptTokens => c.prompt_tokens = a.next_value::<Count>()?.0,
+                        UsageKey::InputTokens => c.input_tokens = a.next_value::<Count>()?.0,
+                        UsageKey::CompletionTokens => {
+                            c.completion_tokens = a.next_value::<Count>()?.0
+                        }
+                        UsageKey::OutputTokens => c.output_tokens = a.next_value::<Count>()?.0,
+                        UsageKey::TotalTokens => c.total_tokens = a.next_value::<Count>()?.0,
+                        UsageKey::CacheCreation => {
+                            c.cache_creation_input_tokens = a.next_value::<Count>()?.0
+                        }
+                        UsageKey::CacheRead => {
+                            c.cache_read_input_tokens = a.next_value::<Count>()?.0
+                        }
+                        UsageKey::PromptDetails => c.prompt_tokens_details = a.next_value()?,
+                        UsageKey::InputDetails => c.input_tokens_details = a.next_value()?,
+                        UsageKey::CompletionDetails => {
+                            c.completion_tokens_details = a.next_value()?
+                        }
+                        UsageKey::OutputDetails => c.output_tokens_details = a.next_value()?,
+                        _ => {
+                            a.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(c)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UsageCounts, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(UsageCounts::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<UsageCounts, E> {
+                Ok(UsageCounts::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<UsageCounts, E> {
+                Ok(UsageCounts::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<UsageCounts, E> {
+                Ok(UsageCounts::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<UsageCounts, E> {
+                Ok(UsageCounts::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UsageCounts, E> {
+                Ok(UsageCounts::default())
+            }
+            fn visit_unit<E>(self) -> Result<UsageCounts, E> {
+                Ok(UsageCounts::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Whether `data` has one of `keys` (each `"key":`) with a non-empty string value.
+fn has_content(data: &[u8], keys: &AhoCorasick) -> bool {
+    keys.find_iter(data).any(|m| {
+        let mut i = m.end();
+        while data.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|c| *c != b'"')
     })
 }
 
@@ -520,6 +822,49 @@ mod tests {
         let d = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":1}}\n\n";
         tap.on_chunk(&mut Some(Bytes::from_static(d.as_bytes())), false);
         assert!(tap.final_usage);
+    }
+
+    #[test]
+    fn unary_usage_counts_read_as_the_json_tree_reads_them() {
+        let cases = [
+            r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":2,"accepted_prediction_tokens":0}}"#,
+            r#"{"input_tokens":7,"output_tokens":3,"total_tokens":10,"input_tokens_details":{"cached_tokens":99},"output_tokens_details":{"reasoning_tokens":9}}"#,
+            r#"{"input_tokens":10,"cache_creation_input_tokens":5,"cache_read_input_tokens":20,"output_tokens":7,"service_tier":"standard"}"#,
+            r#"{"prompt_tokens":-1,"input_tokens":3,"completion_tokens":2.5,"output_tokens":"4"}"#,
+            r#"{"prompt_tokens":null,"completion_tokens":true,"total_tokens":[1,2],"prompt_tokens_details":[{"cached_tokens":1}]}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":8,"prompt_tokens_details":{"cached_tokens":3},"prompt_tokens_details":{"other":1}}"#,
+            r#"{"prompt_\u0074okens":6,"completion_tokens":{"x":[1,{"y":2}]},"nested":{"prompt_tokens":100}}"#,
+            r#"{"prompt_tokens":18446744073709551615,"completion_tokens":0}"#,
+            r#"{"prompt_tokens":3,"prompt_tokens_details":5,"completion_tokens_details":"x","output_tokens_details":null}"#,
+            r#"{"prompt_tokens":3,"completion_tokens":9,"completion_tokens_details":{"reasoning_tokens":50}}"#,
+            r#"{}"#,
+            r#"null"#,
+            r#"[{"prompt_tokens":1}]"#,
+            r#"12"#,
+            r#""usage""#,
+        ];
+        for case in cases {
+            let tree: serde_json::Value = serde_json::from_str(case).expect("json");
+            let counts: UsageCounts = serde_json::from_str(case).expect("counts");
+            assert_eq!(
+                counts.openai(),
+                Tokens::from_openai_usage(&tree),
+                "openai: {case}"
+            );
+            assert_eq!(
+                counts.anthropic(),
+                Tokens::from_anthropic_usage(&tree),
+                "anthropic: {case}"
+            );
+        }
+        // In a whole answer, through the tap.
+        let body = r#"{"id":"r1","choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":1}"}}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11,"prompt_tokens_details":{"cached_tokens":4}}}"#;
+        let (tap, _) = run(TapMode::Unary, &[body.as_bytes()]);
+        assert_eq!(tap.response_id.as_deref(), Some("r1"));
+        let t = tap.tokens.expect("usage");
+        assert_eq!((t.input, t.output, t.total, t.cached_input), (9, 2, 11, 4));
+        assert!(tap.final_usage && !tap.invalid_body);
     }
 
     #[test]
