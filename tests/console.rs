@@ -609,7 +609,7 @@ async fn roles_are_enforced_as_in_the_api() {
         .submit(
             "/alpha/budgets",
             "/alpha/budgets",
-            &[("scope", "ORG"), ("amount_nanos", "5"), ("period", "DAILY")],
+            &[("scope", "ORG"), ("amount_usd", "5"), ("period", "DAILY")],
         )
         .await;
     assert_eq!(p.status, 403, "{}", p.body);
@@ -673,8 +673,8 @@ async fn api_key_secret_is_shown_once_and_lifecycle_works() {
                 ("slug", "up-chat-x"),
                 ("model_type", "chat"),
                 ("provider_id", &provider_id),
-                ("input_price_nanos", "1000000000"),
-                ("output_price_nanos", "2000000000"),
+                ("input_price_usd", "1.00"),
+                ("output_price_usd", "$2"),
             ],
         )
         .await;
@@ -1869,8 +1869,8 @@ async fn browser_end_to_end() {
     wd.click("#c_model_type option[value=chat]").await;
     wd.click(&format!("#c_provider_id option[value='{provider_id}']"))
         .await;
-    wd.fill("#c_input_price_nanos", "1000000000").await;
-    wd.fill("#c_output_price_nanos", "2000000000").await;
+    wd.fill("#c_input_price_usd", "1.00").await;
+    wd.fill("#c_output_price_usd", "2").await;
     wd.click("details.create button[type=submit]").await;
     wd.wait_url("done=Created").await;
 
@@ -2878,4 +2878,104 @@ async fn sign_in_is_throttled_per_client_not_per_account() {
     assert_eq!(p.status, 303, "{}", p.body);
     assert!(owner.cookies.contains_key("wharf_session"));
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Prices and budgets are typed and shown in dollars (USD per 1M tokens, per image, per
+/// call); the admin API keeps integer nanos-USD.
+#[tokio::test]
+async fn money_is_entered_and_shown_in_dollars() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let prov = e
+        .root
+        .create(
+            &format!("/api/organisations/{a}/providers"),
+            json!({"name": "p", "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let form = b.page("/alpha/models").await;
+    for want in [
+        "Input price (USD per 1M tokens)",
+        "Image price (USD per image)",
+        "name=\"input_price_usd\"",
+    ] {
+        assert!(form.body.contains(want), "{want} not in the model form");
+    }
+    assert!(!form.body.contains("nanos-USD"), "the form speaks nanos");
+    let p = b
+        .submit(
+            "/alpha/models",
+            "/alpha/models",
+            &[
+                ("name", "m1"),
+                ("slug", "up-m1"),
+                ("model_type", "chat"),
+                ("provider_id", &id(&prov)),
+                ("input_price_usd", "2.50"),
+                ("output_price_usd", "$10"),
+                ("cached_input_price_usd", "0.125"),
+                ("image_price_usd", "0.04"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let (_, models) = e
+        .root
+        .call("GET", &format!("/api/organisations/{a}/models"), None)
+        .await;
+    let m = &models["data"][0];
+    assert_eq!(m["input_price_nanos"], 2_500_000_000i64, "{m}");
+    assert_eq!(m["output_price_nanos"], 10_000_000_000i64, "{m}");
+    assert_eq!(m["cached_input_price_nanos"], 125_000_000i64, "{m}");
+    assert_eq!(m["image_price_nanos"], 40_000_000i64, "{m}");
+    // The list and the item page show dollars; the edit form holds the exact amount.
+    let list = b.page("/alpha/models").await;
+    assert!(list.body.contains("<td>$2.50</td>"), "{}", list.body);
+    assert!(list.body.contains("<td>$10.00</td>"), "{}", list.body);
+    let item = b.page(&format!("/alpha/models/{}", id(m))).await;
+    assert!(item.body.contains("value=\"0.125\""), "{}", item.body);
+    assert!(item.body.contains("value=\"2.50\""), "{}", item.body);
+    assert!(item.body.contains("$0.040000"), "{}", item.body);
+    // A malformed amount is refused with the field's name, not stored.
+    let p = b
+        .submit(
+            "/alpha/models",
+            "/alpha/models",
+            &[
+                ("name", "m2"),
+                ("slug", "up-m2"),
+                ("provider_id", &id(&prov)),
+                ("input_price_usd", "2,5.0.1"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.body.contains("Input price (USD per 1M tokens)"),
+        "{}",
+        p.body
+    );
+    // Budgets: the amount in dollars.
+    let p = b
+        .submit(
+            "/alpha/budgets",
+            "/alpha/budgets",
+            &[
+                ("name", "monthly"),
+                ("scope", "ORG"),
+                ("amount_usd", "250"),
+                ("period", "MONTHLY"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let (_, budgets) = e
+        .root
+        .call("GET", &format!("/api/organisations/{a}/budgets"), None)
+        .await;
+    assert_eq!(budgets["data"][0]["amount_nanos"], 250_000_000_000i64);
+    let list = b.page("/alpha/budgets").await;
+    assert!(list.body.contains("$250.00"), "{}", list.body);
 }

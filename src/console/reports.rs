@@ -623,7 +623,7 @@ fn invoice_tables(inv: &Value) -> Markup {
                                 td { (view::cell("requests", &r["requests"])) }
                                 td { (view::cell("input_tokens", &r["input_tokens"])) }
                                 td { (view::cell("output_tokens", &r["output_tokens"])) }
-                                td.num { (str_of(r, "cost_usd")) }
+                                td.num { (view::usd(i(&r["cost_nanos"]))) }
                             }
                         }
                     }
@@ -638,7 +638,7 @@ fn invoice_tables(inv: &Value) -> Markup {
             dt { "Requests" } dd { (view::cell("requests", &t["requests"])) }
             dt { "Tokens (in / out)" } dd { (view::cell("x", &t["input_tokens"])) " / " (view::cell("x", &t["output_tokens"])) }
             dt { "MCP calls" } dd { (view::cell("x", &t["mcp_calls"])) }
-            dt { "Total" } dd.total { "USD " (str_of(t, "cost_usd")) }
+            dt { "Total" } dd.total { (view::usd(i(&t["cost_nanos"]))) }
         }
         (section("By team", "teams", None))
         (section("By API key", "api_keys", Some(("prefix", "Key"))))

@@ -84,7 +84,7 @@ pub(super) fn body_of(
         if !writable || col.virtual_field {
             continue;
         }
-        let Some(raw) = cx.req.f(col.name) else {
+        let Some(raw) = cx.req.f(&view::form_name(col.name)) else {
             continue;
         };
         if let Some(v) = view::form_value(col, raw, updating)? {
@@ -166,7 +166,7 @@ pub(super) fn error_box(e: Option<&ApiError>) -> Markup {
 pub(super) fn submitted(cx: &Cx<'_>, res: &Resource) -> Value {
     let mut m = Map::new();
     for col in res.columns {
-        if let Some(v) = cx.req.f(col.name) {
+        if let Some(v) = cx.req.f(&view::form_name(col.name)) {
             if let Ok(Some(v)) = view::form_value(col, v, false) {
                 m.insert(col.name.to_string(), v);
             }
@@ -258,7 +258,7 @@ pub(super) async fn item_page(
         p { a href=(scope.href(page.section)) { "← All " (page.section) } }
         dl.details {
             @for (k, v) in row.as_object().into_iter().flatten() {
-                dt { (view::label(k)) } dd { (view::cell(k, v)) }
+                dt { (view::label_with_unit(k)) } dd { (view::cell(k, v)) }
             }
         }
         section aria-labelledby="edit-h" {
