@@ -2979,3 +2979,98 @@ async fn money_is_entered_and_shown_in_dollars() {
     let list = b.page("/alpha/budgets").await;
     assert!(list.body.contains("$250.00"), "{}", list.body);
 }
+
+/// Seed 002's `/api/auth/*` routes: JSON aliases of the console's sign-in, session and
+/// sign-out, with the same session cookie, throttling answers and CSRF rules.
+#[tokio::test]
+async fn api_auth_routes_alias_the_console_sign_in() {
+    let e = env().await;
+    let mut b = Browser::new(&e.gw);
+    let base = b.base.clone();
+    let http = b.http.clone();
+    let url = |p: &str| format!("{base}{p}");
+    let login = |body: Value| http.post(url("/api/auth/login")).json(&body);
+    // Not JSON (a cross-site form): refused before any password check.
+    let p = b
+        .send(
+            http.post(url("/api/auth/login"))
+                .form(&[("email", ROOT), ("password", ROOT_PW)]),
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(b.cookies.is_empty());
+    // A foreign origin.
+    let rq =
+        login(json!({"email": ROOT, "password": ROOT_PW})).header("origin", "https://evil.example");
+    let p = b.send(rq).await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    // Wrong password: 401 in the admin API's envelope, no session.
+    let p = b
+        .send(login(json!({"email": ROOT, "password": "nope-nope"})))
+        .await;
+    assert_eq!(p.status, 401, "{}", p.body);
+    let v: Value = serde_json::from_str(&p.body).unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized", "{v}");
+    assert!(!b.cookies.contains_key("wharf_session"));
+    // No session yet.
+    let p = b.get("/api/auth/session").await;
+    assert_eq!(p.status, 401, "{}", p.body);
+    // Signed in: the session cookie, the user, its home and the CSRF token.
+    let p = b
+        .send(login(json!({"email": ROOT, "password": ROOT_PW})))
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let v: Value = serde_json::from_str(&p.body).unwrap();
+    assert_eq!(v["user"]["email"], ROOT, "{v}");
+    assert_eq!(v["user"]["role"], "SUPER_ADMIN", "{v}");
+    assert_eq!(v["home"], "/admin/dashboard", "{v}");
+    let csrf = v["csrf_token"].as_str().unwrap().to_string();
+    assert!(b.set_cookies[0].contains("HttpOnly"), "{:?}", b.set_cookies);
+    // The same session signs the console in, and both session routes answer it.
+    b.page("/admin/dashboard").await;
+    for path in ["/api/auth/session", "/api/auth/me"] {
+        let p = b.page(path).await;
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        assert_eq!(v["user"]["email"], ROOT, "{path}: {v}");
+        assert_eq!(v["csrf_token"], csrf.as_str(), "{path}: {v}");
+    }
+    // Unknown routes and methods answer JSON.
+    let p = b.get("/api/auth/nope").await;
+    assert_eq!(p.status, 404, "{}", p.body);
+    assert!(p.body.contains("\"not_found\""), "{}", p.body);
+    let p = b.get("/api/auth/login").await;
+    assert_eq!(p.status, 405, "{}", p.body);
+    // A password change needs the CSRF header, then keeps this session.
+    let rq = b
+        .http
+        .put(url("/api/auth/password"))
+        .json(&json!({"password": "new-root-password"}));
+    let p = b.send(rq).await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    let rq = b
+        .http
+        .put(url("/api/auth/password"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"password": "new-root-password"}));
+    let p = b.send(rq).await;
+    assert_eq!(p.status, 204, "{}", p.body);
+    b.page("/api/auth/session").await;
+    // Sign-out: the CSRF header is required; afterwards the session is gone.
+    let p = b
+        .send(http.post(url("/api/auth/logout")).json(&json!({})))
+        .await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    let rq = b
+        .http
+        .post(url("/api/auth/logout"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({}));
+    let p = b.send(rq).await;
+    assert_eq!(p.status, 204, "{}", p.body);
+    assert!(!b.cookies.contains_key("wharf_session"));
+    let p = b.get("/admin/dashboard").await;
+    assert_eq!(p.status, 303);
+    // The new password signs in through the console form as well.
+    let mut c = Browser::new(&e.gw);
+    assert_eq!(c.login(ROOT, "new-root-password").await.status, 303);
+}

@@ -7,6 +7,7 @@
 //! (`console_sessions`, migration 0008), CSRF tokens and HTML.
 //!
 //! * `GET /login`, `POST /login`, `POST /logout`, `GET|POST /invite/{token}`.
+//! * `/api/auth/{login, session, me, logout, password}`: the same sign-in as JSON.
 //! * Platform pages (SUPER_ADMIN): `/admin/{dashboard, organisations, teams, users, …}`.
 //! * Organisation pages: `/{organisation slug}/{dashboard, providers, models, …}`.
 //! * Assets (compiled in): `/console/static/app.css`, `/console/static/app.js`.
@@ -15,6 +16,7 @@
 //! is HTML-escaped. No external resource is loaded (the console works offline) and the
 //! Content-Security-Policy allows only the console's own script and style.
 
+mod auth_api;
 mod once;
 mod pages;
 mod reports;
@@ -40,10 +42,10 @@ const MAX_FORM_BYTES: usize = 1 << 20;
 const RESERVED: &[&str] = &["api", "v1", "v1beta", "metrics", "health", "healthz"];
 
 /// Whether the console answers `path`: in database mode, every path of the admin listener
-/// that is not one of its API or health routes.
+/// that is not one of its API or health routes, and the session routes `/api/auth/*`.
 pub fn handles(state: &State, path: &str) -> bool {
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    state.db.is_some() && !RESERVED.contains(&first)
+    state.db.is_some() && (!RESERVED.contains(&first) || auth_api::handles(path))
 }
 
 /// A parsed console request.
@@ -61,6 +63,12 @@ pub struct Req {
     /// The client address: the TCP peer, or `X-Forwarded-For`'s client when the peer is one of
     /// `server.trusted_proxies` (as the proxy's governance reads it).
     pub client: Option<std::net::IpAddr>,
+    /// `Content-Type` (the `/api/auth/*` routes take JSON).
+    pub content_type: Option<String>,
+    /// `X-CSRF-Token`: the session's CSRF token on `/api/auth/*` writes.
+    pub csrf_header: Option<String>,
+    /// The raw body of a POST or PUT.
+    pub body: Vec<u8>,
 }
 
 impl Req {
@@ -214,8 +222,11 @@ async fn read(state: &State, http: &mut ServerSession) -> Result<Req, Resp> {
         origin: header("origin"),
         user_agent: header("user-agent"),
         client,
+        content_type: header("content-type"),
+        csrf_header: header("x-csrf-token"),
+        body: Vec::new(),
     };
-    if req.method == Method::POST {
+    if req.method == Method::POST || req.method == Method::PUT {
         let mut body = Vec::new();
         loop {
             match http.read_request_body().await {
@@ -229,7 +240,8 @@ async fn read(state: &State, http: &mut ServerSession) -> Result<Req, Resp> {
                 Err(_) => return Err(view::error_page(None, 400, "The form could not be read.")),
             }
         }
-        let text = String::from_utf8_lossy(&body);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        req.body = body;
         req.form = text
             .split('&')
             .filter(|p| !p.is_empty())
@@ -432,6 +444,9 @@ async fn route(state: &State, req: Req) -> Resp {
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let get = req.method == Method::GET || req.method == Method::HEAD;
     let post = req.method == Method::POST;
+    if auth_api::handles(&req.path) {
+        return auth_api::route(state, req, &segs).await;
+    }
     match (segs.as_slice(), get, post) {
         (["console", "static", "app.css"], true, _) => return view::asset_css(),
         (["console", "static", "app.js"], true, _) => return view::asset_js(),
