@@ -3074,3 +3074,106 @@ async fn api_auth_routes_alias_the_console_sign_in() {
     let mut c = Browser::new(&e.gw);
     assert_eq!(c.login(ROOT, "new-root-password").await.status, 303);
 }
+
+fn wharf_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// First run: `wharf secrets new-master-key` prints a key the gateway accepts, `wharf migrate`
+/// says what it applied (then that nothing was left), and `conf/database.example.toml` serves the
+/// console and the admin API on a fresh database once migrated and bootstrapped.
+#[tokio::test]
+async fn first_run_from_the_database_example() {
+    // A master key entry, fresh each time, in the format WHARF_MASTER_KEYS reads.
+    let a = wharf_cmd(&["secrets", "new-master-key"]);
+    let b = wharf_cmd(&["secrets", "new-master-key", "--id", "prod-2"]);
+    assert!(a.status.success() && b.status.success());
+    let (a, b) = (
+        String::from_utf8(a.stdout).unwrap().trim().to_string(),
+        String::from_utf8(b.stdout).unwrap().trim().to_string(),
+    );
+    assert!(b.starts_with("prod-2:"), "{b}");
+    assert_ne!(
+        a.split(':').nth(1),
+        b.split(':').nth(1),
+        "the same key twice"
+    );
+    let keys = wharf::db::crypto::MasterKeys::parse(&format!("{a},{b}")).unwrap();
+    assert_eq!(keys.newest_id(), "prod-2");
+    assert!(!wharf_cmd(&["secrets", "new-master-key", "--id", "bad id"])
+        .status
+        .success());
+
+    // `wharf migrate` on an empty database names each migration it applied.
+    let db = TestDb::empty().await;
+    let out = wharf_cmd(&["migrate", "--database-url", &db.url()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let applied: Vec<&str> = text.lines().filter(|l| l.starts_with("applied ")).collect();
+    let embedded = wharf::db::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .count();
+    assert_eq!(applied.len(), embedded, "{text}");
+    assert!(applied[0].starts_with("applied 0001 "), "{text}");
+    assert!(text.contains("schema up to date"), "{text}");
+    let again = wharf_cmd(&["migrate", "--database-url", &db.url()]);
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert!(again.contains("nothing to apply"), "{again}");
+    assert!(!again.contains("applied "), "{again}");
+
+    // The example file, on its own ports, with the new master key.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/database.example.toml"),
+    )
+    .unwrap();
+    let mock = mock().await;
+    let gw = Gw::start_custom(
+        &mock,
+        |port, admin, dir| {
+            example
+                .replace("0.0.0.0:8080", &format!("127.0.0.1:{port}"))
+                .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"))
+                .replace("/tmp/wharf.pid", &format!("{}/wharf.pid", dir.display()))
+                .replace(
+                    "/tmp/wharf-upgrade.sock",
+                    &format!("{}/upgrade.sock", dir.display()),
+                )
+                .replace(
+                    "/tmp/wharf-usage-spill.jsonl",
+                    &format!("{}/spill.jsonl", dir.display()),
+                )
+        },
+        &[
+            ("DATABASE_URL", db.url()),
+            ("REDIS_URL", common::db::redis_url()),
+            ("WHARF_MASTER_KEYS", a.clone()),
+            ("WHARF_INVALIDATION_SECRET", "first-run-secret".into()),
+            ("WHARF_OPERATOR_TOKEN", "first-run-operator".into()),
+        ],
+    )
+    .await;
+    let r = client()
+        .get(gw.admin_url("/v1/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.log());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["admin", "bootstrap", "--email", ROOT])
+        .args(["--password-env", "FIRST_RUN_PASSWORD"])
+        .env("DATABASE_URL", db.url())
+        .env("FIRST_RUN_PASSWORD", ROOT_PW)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut br = Browser::new(&gw);
+    assert_eq!(br.login(ROOT, ROOT_PW).await.status, 303);
+    br.page("/admin/dashboard").await;
+    // The operator token guards the metrics of the admin listener.
+    let r = client().get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
