@@ -3177,3 +3177,146 @@ async fn first_run_from_the_database_example() {
     let r = client().get(gw.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// `make demo` (scripts/demo.sh) on its own ports: throwaway Postgres and Redis, migrated, a
+/// super admin with the printed password, a seeded organisation with traffic on its usage page
+/// and dashboard; stopping it stops the services it started.
+#[tokio::test]
+async fn the_demo_script_seeds_a_console() {
+    use tokio::io::AsyncBufReadExt;
+    let mock = mock().await;
+    let (proxy, admin, pg, redis) = (free_port(), free_port(), free_port(), free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh"))
+        .env("WHARF_BIN", env!("CARGO_BIN_EXE_wharf"))
+        .env("DEMO_OWN_MOCK", "0")
+        .env("DEMO_PROVIDER_KEY", PROVIDER_KEY)
+        .env("MOCK_ADDR", mock.addr().to_string())
+        .env("DEMO_PROXY_PORT", proxy.to_string())
+        .env("DEMO_ADMIN_PORT", admin.to_string())
+        .env("DEMO_PG_PORT", pg.to_string())
+        .env("DEMO_REDIS_PORT", redis.to_string())
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stops the demo (its own cleanup: gateway and throwaway services) however the test ends.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let pid = self.0.to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            for _ in 0..300 {
+                let alive = std::process::Command::new("kill")
+                    .args(["-0", &pid])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !alive {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let stop = Stop(child.id().unwrap());
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut password, mut key, mut text) = (None, None, String::new());
+    let read = async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            text.push_str(&l);
+            text.push('\n');
+            if let Some(rest) = l.trim().strip_prefix("Sign in:") {
+                password = rest.split(" / ").nth(1).map(|p| p.trim().to_string());
+            }
+            if let Some((_, k)) = l.split_once("virtual key: ") {
+                key = Some(k.trim().to_string());
+            }
+            if l.starts_with("Ctrl-C stops") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(240), read)
+        .await
+        .unwrap_or_else(|_| panic!("the demo did not finish seeding: {text}"));
+    let password = password.unwrap_or_else(|| panic!("no password in {text}"));
+    assert!(key.unwrap_or_default().starts_with("wharf_"), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{admin}/")),
+        "no console URL in {text}"
+    );
+    let mut b = Browser {
+        base: format!("http://127.0.0.1:{admin}"),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        cookies: HashMap::new(),
+        set_cookies: Vec::new(),
+        extra: Vec::new(),
+    };
+    assert_eq!(b.login("admin@demo.test", &password).await.status, 303);
+    // The traffic is on the organisation's usage page: successes and provider errors.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = b.page("/demo/usage").await;
+        if [
+            "<td>gpt-4o-mini</td>",
+            "<td>gpt-4o</td>",
+            "<td>200</td>",
+            "<td>500</td>",
+        ]
+        .iter()
+        .all(|w| p.body.contains(w))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no demo traffic: {}", p.body);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for page in [
+        "/demo/dashboard",
+        "/demo/models",
+        "/demo/apikeys",
+        "/demo/budgets",
+    ] {
+        b.page(page).await;
+    }
+    // Stopping the demo stops the gateway and the throwaway services.
+    let t = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &stop.0.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the demo did not stop")
+        .unwrap();
+    assert!(!status.success(), "a stopped demo exits non-zero: {status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+    std::mem::forget(stop);
+    // (Redis is sent SIGTERM and exits moments later.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for port in [admin, pg, redis] {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "port {port} still open after the demo stopped (admin {admin}, Postgres {pg}, Redis {redis})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
