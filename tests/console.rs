@@ -1937,6 +1937,34 @@ async fn browser_end_to_end() {
         .await;
     assert!(recs["total"].as_i64().unwrap() >= 1);
     assert_eq!(wd.text("#stat-requests").await, recs["total"].to_string());
+    // The requests chart: one bar per day of the last 30 days (zero days included), both axes
+    // labelled, a visible bar for today's traffic, the hover value of a bar.
+    let chart = wd
+        .execute(
+            "var c = document.querySelector('#chart-requests');
+             var bars = c.querySelectorAll('g.bar');
+             var drawn = Array.from(bars).filter(function (g) {
+                 return Array.from(g.querySelectorAll('rect')).some(function (r) {
+                     return !r.classList.contains('hit') && r.getBoundingClientRect().height > 0; }); });
+             return {bars: bars.length, buckets: Number(c.dataset.buckets),
+                     labels: Array.from(c.querySelectorAll('text.axis-label')).map(function (t) { return t.textContent; }),
+                     ticks: c.querySelectorAll('text.tick').length,
+                     drawn: drawn.length,
+                     title: bars[bars.length - 1].querySelector('title').textContent,
+                     height: c.querySelector('svg').getBoundingClientRect().height};",
+        )
+        .await;
+    assert_eq!(chart["bars"], 31, "{chart}");
+    assert_eq!(chart["buckets"], 31, "{chart}");
+    assert_eq!(chart["labels"], json!(["requests", "Day (UTC)"]), "{chart}");
+    assert!(chart["ticks"].as_i64().unwrap() >= 5 + 4, "{chart}");
+    assert!(chart["drawn"].as_i64().unwrap() >= 1, "{chart}");
+    assert!(
+        chart["title"].as_str().unwrap().contains(" · 2xx "),
+        "{chart}"
+    );
+    assert!(chart["height"].as_f64().unwrap() > 100.0, "{chart}");
+    wd.screenshot(&shots.join("dashboard-charts.png")).await;
 
     // The playground: the pasted key's models, a streamed answer, its usage record.
     wd.goto(&at("/acme/playground")).await;
@@ -3319,4 +3347,124 @@ async fn the_demo_script_seeds_a_console() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Inserts a usage record of `org` `minutes_ago`, with a status and a latency.
+async fn record_at(db: &TestDb, org: &str, minutes_ago: i64, status: i16, latency: f64) {
+    let outcome = if status < 400 { "success" } else { "error" };
+    sqlx::query(
+        "INSERT INTO usage_records (request_id, organisation_id, endpoint, model, provider, status,
+                                    outcome, error_code, latency_ms, ttfb_ms, input_tokens,
+                                    output_tokens, cost_nanos, stream, attempts, created_at)
+         VALUES ($1, $2::uuid, '/v1/chat/completions', 'chat-x', 'mockp', $3, $4,
+                 CASE WHEN $3 >= 400 THEN 'upstream_error' END, $5, $5 / 2, 10, 20, 1500, $3 = 200,
+                 '[{\"provider\":\"mockp\",\"model\":\"chat-x\",\"outcome\":\"ok\"}]'::jsonb,
+                 now() - make_interval(mins => $6::int))",
+    )
+    .bind(format!("rec-{}", uuid::Uuid::new_v4().simple()))
+    .bind(org)
+    .bind(status)
+    .bind(outcome)
+    .bind(latency)
+    .bind(minutes_ago as i32)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+/// The dashboard's charts: one bar per hour of the last 24 hours (or per day), zero buckets
+/// included, labelled axes, requests stacked by status class, hover values, latency p50/p95;
+/// the series come from the admin API's `usage/series`.
+#[tokio::test]
+async fn dashboard_charts_have_a_full_time_axis() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    for (ago, status, lat) in [
+        (125, 200, 100.0),
+        (125, 200, 200.0),
+        (125, 200, 300.0),
+        (125, 500, 900.0),
+        (300, 429, 50.0),
+    ] {
+        record_at(&e.db, &o, ago, status, lat).await;
+    }
+    let (st, v) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/series?period=last_24_hours&granularity=HOUR"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let points = v["data"].as_array().unwrap();
+    assert_eq!(points.len(), 25, "every hour the 24 hours touch: {v}");
+    let busy: Vec<&Value> = points.iter().filter(|p| p["requests"] == 4).collect();
+    assert_eq!(busy.len(), 1, "{v}");
+    let busy = busy[0];
+    assert_eq!(busy["status_2xx"], 3);
+    assert_eq!(busy["status_5xx"], 1);
+    assert_eq!(busy["errors"], 1);
+    assert_eq!(busy["cost_nanos"], 6000);
+    assert_eq!(busy["latency_p50_ms"].as_f64().unwrap(), 250.0);
+    assert!(busy["latency_p95_ms"].as_f64().unwrap() > 800.0);
+    assert_eq!(points.iter().filter(|p| p["requests"] == 0).count(), 23);
+    let (st, v) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/series?period=last_30_days"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 31, "{v}");
+    let (st, _) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/series?period=custom&from=2000-01-01&to=2026-01-01&granularity=HOUR"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "too many buckets");
+
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let dash = b.page("/alpha/dashboard?period=last_24_hours").await;
+    let at = dash
+        .body
+        .find("id=\"chart-requests\"")
+        .expect("requests chart");
+    let chart = &dash.body[at..at + dash.body[at..].find("</figure>").unwrap()];
+    assert!(chart.contains("data-buckets=\"25\""), "{chart}");
+    assert_eq!(chart.matches("<g class=\"bar\"").count(), 25, "{chart}");
+    for want in [
+        "Hour (UTC)",
+        ">requests</text>",
+        "· 2xx 3 · 4xx 0 · 5xx 1 · other 0</title>",
+        "class=\"s-5xx\"",
+    ] {
+        assert!(chart.contains(want), "{want} not in {chart}");
+    }
+    assert!(dash.body.contains("id=\"chart-latency\""));
+    assert!(
+        dash.body.contains("· p95 810 ms · p50 250 ms</title>"),
+        "latency hover"
+    );
+    assert_eq!(
+        dash.body[dash.body.find("stat-requests").unwrap()..]
+            .split('>')
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap(),
+        "5"
+    );
+    let month = b.page("/alpha/dashboard").await;
+    let at = month.body.find("id=\"chart-requests\"").unwrap();
+    let chart = &month.body[at..at + month.body[at..].find("</figure>").unwrap()];
+    assert_eq!(chart.matches("<g class=\"bar\"").count(), 31);
+    assert!(chart.contains("Day (UTC)"));
 }

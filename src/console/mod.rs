@@ -17,6 +17,7 @@
 //! Content-Security-Policy allows only the console's own script and style.
 
 mod auth_api;
+mod chart;
 mod once;
 mod pages;
 mod reports;

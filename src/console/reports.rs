@@ -1,4 +1,4 @@
-//! Dashboard (SVG charts from the usage rollups), usage records with CSV export, invoices
+//! Dashboard (SVG charts of the usage series, top lists from the rollups), usage records with CSV export, invoices
 //! (CSV and printable HTML), the API docs page and the playground. All figures come from the
 //! admin API's usage, rollup and invoice operations as the signed-in user, so a MANAGER sees
 //! their teams' traffic and a USER their own.
@@ -139,36 +139,172 @@ async fn filter_form(
     }
 }
 
-/// A bar chart as inline SVG, with a text alternative.
-fn chart(title: &str, points: &[(String, f64)], fmt: &dyn Fn(f64) -> String) -> Markup {
-    let (w, h, pad) = (640.0_f64, 160.0_f64, 4.0_f64);
-    let max = points.iter().map(|p| p.1).fold(0.0_f64, f64::max);
-    let n = points.len().max(1) as f64;
-    let bw = ((w - pad * 2.0) / n).max(1.0);
-    let total: f64 = points.iter().map(|p| p.1).sum();
-    let summary = match (points.first(), points.last()) {
-        (Some(a), Some(b)) => format!(
-            "{title}: {} buckets from {} to {}, peak {}",
-            points.len(),
-            a.0,
-            b.0,
-            fmt(max)
-        ),
-        _ => format!("{title}: no data"),
-    };
-    html! {
-        figure.chart {
-            figcaption { (title) " " span.muted { "peak " (fmt(max)) } }
-            svg viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(summary) preserveAspectRatio="none" {
-                line x1="0" y1=(h - 0.5) x2=(w) y2=(h - 0.5) class="axis" {}
-                @for (i, (label, v)) in points.iter().enumerate() {
-                    @let bh = if max > 0.0 { (v / max) * (h - pad * 2.0) } else { 0.0 };
-                    rect x=(format!("{:.2}", pad + i as f64 * bw + bw * 0.1)) y=(format!("{:.2}", h - bh)) width=(format!("{:.2}", bw * 0.8)) height=(format!("{:.2}", bh)) {
-                        title { (label) ": " (fmt(*v)) }
-                    }
-                }
+/// The usage series of the dashboard's period and filters (`…/usage/series`), one point per
+/// bucket, zero buckets included.
+async fn usage_series(
+    cx: &Cx<'_>,
+    org: Uuid,
+    q: &[(String, String)],
+) -> Result<Vec<Value>, crate::api::ApiError> {
+    let v = cx
+        .api(
+            Method::GET,
+            &format!("/api/organisations/{org}/usage/series"),
+            q.to_vec(),
+            None,
+        )
+        .await?;
+    Ok(v["data"].as_array().cloned().unwrap_or_default())
+}
+
+/// The dashboard's charts of a usage series: requests stacked by status class, tokens by
+/// kind, cost, error rate, and latency p50 inside p95.
+pub(super) fn series_charts(points: &[Value], hourly: bool) -> Markup {
+    use super::chart::{render, Chart, Mode, Series};
+    let buckets: Vec<(String, String)> = points
+        .iter()
+        .map(|p| {
+            let t = view::fmt_time_str(p["bucket_start"].as_str().unwrap_or(""));
+            if hourly {
+                let short = t.get(11..16).unwrap_or("").to_string();
+                (t, short)
+            } else {
+                let day: String = t.chars().take(10).collect();
+                let short = day.get(5..).unwrap_or("").to_string();
+                (day, short)
             }
-            @if points.is_empty() || total == 0.0 { p.muted { "No traffic in this period." } }
+        })
+        .collect();
+    let col = |f: &str| -> Vec<f64> {
+        points
+            .iter()
+            .map(|p| p[f].as_f64().unwrap_or(0.0))
+            .collect()
+    };
+    let x_label = if hourly { "Hour (UTC)" } else { "Day (UTC)" };
+    let requests = col("requests");
+    let errors = col("errors");
+    let rate: Vec<f64> = requests
+        .iter()
+        .zip(&errors)
+        .map(|(r, e)| if *r > 0.0 { e / r * 100.0 } else { 0.0 })
+        .collect();
+    let usd = |v: f64| view::usd(v.round() as i64);
+    let pct = |v: f64| format!("{v:.0}%");
+    let ms = |v: f64| format!("{v:.0} ms");
+    let charts = [
+        Chart {
+            id: "chart-requests",
+            title: "Requests",
+            y_label: "requests",
+            x_label,
+            buckets: &buckets,
+            series: vec![
+                Series {
+                    name: "2xx",
+                    class: "s-2xx",
+                    values: col("status_2xx"),
+                },
+                Series {
+                    name: "4xx",
+                    class: "s-4xx",
+                    values: col("status_4xx"),
+                },
+                Series {
+                    name: "5xx",
+                    class: "s-5xx",
+                    values: col("status_5xx"),
+                },
+                Series {
+                    name: "other",
+                    class: "s-other",
+                    values: col("status_other"),
+                },
+            ],
+            mode: Mode::Stack,
+            integer: true,
+            fmt: &num,
+        },
+        Chart {
+            id: "chart-tokens",
+            title: "Tokens",
+            y_label: "tokens",
+            x_label,
+            buckets: &buckets,
+            series: vec![
+                Series {
+                    name: "input",
+                    class: "s-in",
+                    values: col("input_tokens"),
+                },
+                Series {
+                    name: "output",
+                    class: "s-out",
+                    values: col("output_tokens"),
+                },
+            ],
+            mode: Mode::Stack,
+            integer: true,
+            fmt: &num,
+        },
+        Chart {
+            id: "chart-cost",
+            title: "Cost",
+            y_label: "USD",
+            x_label,
+            buckets: &buckets,
+            series: vec![Series {
+                name: "cost",
+                class: "s-cost",
+                values: col("cost_nanos"),
+            }],
+            mode: Mode::Stack,
+            integer: false,
+            fmt: &usd,
+        },
+        Chart {
+            id: "chart-errors",
+            title: "Error rate",
+            y_label: "% of requests",
+            x_label,
+            buckets: &buckets,
+            series: vec![Series {
+                name: "errors",
+                class: "s-5xx",
+                values: rate,
+            }],
+            mode: Mode::Stack,
+            integer: true,
+            fmt: &pct,
+        },
+        Chart {
+            id: "chart-latency",
+            title: "Latency",
+            y_label: "ms",
+            x_label,
+            buckets: &buckets,
+            series: vec![
+                Series {
+                    name: "p95",
+                    class: "s-p95",
+                    values: col("latency_p95_ms"),
+                },
+                Series {
+                    name: "p50",
+                    class: "s-p50",
+                    values: col("latency_p50_ms"),
+                },
+            ],
+            mode: Mode::Overlay,
+            integer: true,
+            fmt: &ms,
+        },
+    ];
+    let quiet = requests.iter().all(|r| *r == 0.0);
+    html! {
+        @if quiet { p.muted { "No traffic in this period." } }
+        div.charts {
+            @for c in &charts { (render(c)) }
         }
     }
 }
@@ -368,6 +504,22 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
         Ok(x) => x,
         Err(e) => return api_error_page(cx, &e),
     };
+    let mut sq: Vec<(String, String)> = q
+        .iter()
+        .filter(|(k, _)| k != "granularity")
+        .cloned()
+        .collect();
+    sq.push(("granularity".into(), gran.into()));
+    let points = match usage_series(cx, org, &sq).await {
+        Ok(p) => p,
+        Err(e) => return api_error_page(cx, &e),
+    };
+    let sum = |f: &str| {
+        points
+            .iter()
+            .map(|p| p[f].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+    };
     // Per bucket: requests, errors, tokens, cost, latency sum.
     let mut buckets: BTreeMap<String, [f64; 5]> = BTreeMap::new();
     let mut by: HashMap<&str, HashMap<String, [f64; 3]>> = HashMap::new();
@@ -387,25 +539,15 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
             e[2] += i(&r["cost_nanos"]) as f64;
         }
     }
-    let label = |b: &str| {
-        let t = view::fmt_time_str(b);
-        if gran == "DAY" {
-            t.chars().take(10).collect()
-        } else {
-            t
-        }
-    };
-    let series = |f: &dyn Fn(&[f64; 5]) -> f64| -> Vec<(String, f64)> {
-        buckets.iter().map(|(k, v)| (label(k), f(v))).collect()
-    };
     let tot = buckets.values().fold([0.0; 5], |mut a, b| {
         for (x, y) in a.iter_mut().zip(b) {
             *x += y;
         }
         a
     });
-    let err_rate = if tot[0] > 0.0 {
-        tot[1] / tot[0] * 100.0
+    let requests = sum("requests");
+    let err_rate = if requests > 0.0 {
+        sum("errors") / requests * 100.0
     } else {
         0.0
     };
@@ -446,19 +588,13 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
     let body = html! {
         (filter_form(cx, org, &action, &["team_id", "api_key_id", "model", "provider"], &["last_30_days", "last_24_hours", "this_month", "last_month", "custom"]).await)
         div.cards {
-            div.stat { span.k { "Requests" } span.v #stat-requests { (num(tot[0])) } }
-            div.stat { span.k { "Tokens" } span.v { (num(tot[2])) } }
-            div.stat { span.k { "Cost" } span.v { (usd(tot[3])) } }
+            div.stat { span.k { "Requests" } span.v #stat-requests { (num(requests)) } }
+            div.stat { span.k { "Tokens" } span.v { (num(sum("input_tokens") + sum("output_tokens"))) } }
+            div.stat { span.k { "Cost" } span.v { (usd(sum("cost_nanos"))) } }
             div.stat { span.k { "Error rate" } span.v { (format!("{err_rate:.1}%")) } }
             div.stat { span.k { "Avg latency" } span.v { (format!("{avg_lat:.0} ms")) } }
         }
-        div.charts {
-            (chart("Requests", &series(&|b| b[0]), &num))
-            (chart("Tokens", &series(&|b| b[2]), &num))
-            (chart("Cost", &series(&|b| b[3]), &usd))
-            (chart("Error rate (%)", &series(&|b| if b[0] > 0.0 { b[1] / b[0] * 100.0 } else { 0.0 }), &|v| format!("{v:.1}%")))
-            (chart("Average latency (ms)", &series(&|b| if b[0] > 0.0 { b[4] / b[0] } else { 0.0 }), &|v| format!("{v:.0} ms")))
-        }
+        (series_charts(&points, gran == "HOUR"))
         div.tops {
             @for (dim, title) in [("model", "Top models"), ("api_key_id", "Top API keys"), ("team_id", "Top teams")] {
                 section {
