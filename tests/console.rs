@@ -3294,10 +3294,10 @@ async fn the_demo_script_seeds_a_console() {
     loop {
         let p = b.page("/demo/usage").await;
         if [
-            "<td>gpt-4o-mini</td>",
-            "<td>gpt-4o</td>",
-            "<td>200</td>",
-            "<td>500</td>",
+            ">gpt-4o-mini<",
+            ">gpt-4o<",
+            "active\">200<",
+            "revoked\">500<",
         ]
         .iter()
         .all(|w| p.body.contains(w))
@@ -3467,4 +3467,128 @@ async fn dashboard_charts_have_a_full_time_axis() {
     let chart = &month.body[at..at + month.body[at..].find("</figure>").unwrap()];
     assert_eq!(chart.matches("<g class=\"bar\"").count(), 31);
     assert!(chart.contains("Day (UTC)"));
+}
+
+/// The usage log: one-line times, key, team and user by name, the error code, TTFB, the stream
+/// flag and the attempts of each request; "errors only"; a row's detail page with its attempts,
+/// pricing and verdicts.
+#[tokio::test]
+async fn usage_log_shows_who_what_failed_and_details() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    let team = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/teams"),
+            json!({"name": "Search team"}),
+        )
+        .await;
+    let key = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/api-keys"),
+            json!({"name": "search-bot", "key_type": "TEAM", "team_id": id(&team)}),
+        )
+        .await;
+    record_at(&e.db, &o, 10, 200, 120.0).await;
+    record_at(&e.db, &o, 5, 502, 40.0).await;
+    sqlx::query(
+        "UPDATE usage_records SET api_key_id = $1::uuid, team_id = $2::uuid,
+                pricing = '{\"input\": 2500000000, \"output\": 10000000000}'::jsonb
+          WHERE organisation_id = $3::uuid",
+    )
+    .bind(id(&key))
+    .bind(id(&team))
+    .bind(&o)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    let rid_of = |status: i16| {
+        let pool = e.db.pool.clone();
+        let o = o.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT request_id FROM usage_records WHERE organisation_id = $1::uuid AND status = $2",
+            )
+            .bind(o)
+            .bind(status)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let failed = rid_of(502).await;
+    let ok = rid_of(200).await;
+
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let p = b.page("/alpha/usage").await;
+    for want in [
+        "search-bot",
+        "Search team",
+        "<code>upstream_error</code>",
+        ">60 ms<",
+        ">120 ms<",
+        "Errors only",
+        "<td class=\"nowrap\"><time",
+    ] {
+        assert!(
+            p.body.contains(want),
+            "{want} not on the usage page: {}",
+            p.body
+        );
+    }
+    assert!(p.body.contains(&ok) && p.body.contains(&failed));
+    // Errors only (the API's `errors=true`).
+    let p = b.page("/alpha/usage?errors=true").await;
+    assert!(p.body.contains(&failed), "{}", p.body);
+    assert!(!p.body.contains(&ok), "a success among the errors");
+    assert!(p
+        .body
+        .contains("id=\"f_errors\" type=\"checkbox\" name=\"errors\" value=\"true\" checked"));
+    let (st, v) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/records?errors=true"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+    let (st, _) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/records?errors=maybe"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400);
+    // A row's details.
+    let d = b.page(&format!("/alpha/usage/{failed}")).await;
+    for want in [
+        "Attempts (1)",
+        "mockp",
+        "upstream_error",
+        "search-bot",
+        "Search team",
+        "input $2.50 · output $10.00",
+        "time to first byte 20 ms",
+        "No filter or safety check acted on this request.",
+    ] {
+        assert!(d.body.contains(want), "{want} not in {}", d.body);
+    }
+    let p = b.get("/alpha/usage/no-such-request").await;
+    assert_eq!(p.status, 404);
+    // Another organisation's request is not found from this one.
+    let beta = org(&e, "Beta", "beta").await;
+    record_at(&e.db, &beta, 1, 200, 10.0).await;
+    let theirs: String =
+        sqlx::query_scalar("SELECT request_id FROM usage_records WHERE organisation_id = $1::uuid")
+            .bind(&beta)
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(b.get(&format!("/alpha/usage/{theirs}")).await.status, 404);
 }

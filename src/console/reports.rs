@@ -134,6 +134,12 @@ async fn filter_form(
                     }
                 }
             }
+            @if dims.contains(&"errors") {
+                div.check {
+                    input #f_errors type="checkbox" name="errors" value="true" checked[cx.req.q("errors") == Some("true")];
+                    label for="f_errors" { "Errors only" }
+                }
+            }
             button type="submit" { "Apply" }
         }
     }
@@ -654,21 +660,151 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
     Resp::html(200, view::layout(cx, scope, "dashboard", "Dashboard", body))
 }
 
-const RECORD_COLS: &[(&str, &str)] = &[
-    ("created_at", "Time"),
-    ("model", "Model"),
-    ("provider", "Provider"),
-    ("endpoint", "Endpoint"),
-    ("status", "Status"),
-    ("outcome", "Outcome"),
-    ("input_tokens", "In"),
-    ("output_tokens", "Out"),
-    ("cost_nanos", "Cost"),
-    ("latency_ms", "Latency ms"),
-    ("request_id", "Request id"),
+const USAGE_DIMS: &[&str] = &[
+    "team_id",
+    "api_key_id",
+    "model",
+    "provider",
+    "outcome",
+    "errors",
 ];
 
-const USAGE_DIMS: &[&str] = &["team_id", "api_key_id", "model", "provider", "outcome"];
+/// Names of the organisation's keys, teams and users by id (what the caller may list).
+async fn owner_names(cx: &Cx<'_>, org: Uuid) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    for (what, label) in [("api-keys", "name"), ("teams", "name"), ("users", "email")] {
+        if let Ok(v) = cx
+            .api(
+                Method::GET,
+                &format!("/api/organisations/{org}/{what}"),
+                vec![("limit".into(), "500".into())],
+                None,
+            )
+            .await
+        {
+            for r in v["data"].as_array().into_iter().flatten() {
+                names.insert(str_of(r, "id"), str_of(r, label));
+            }
+        }
+    }
+    names
+}
+
+/// `12:34:56` (UTC) and the date of an RFC 3339 instant.
+fn time_parts(s: &str) -> (String, String) {
+    let t = view::fmt_time_str(s);
+    let precise = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| {
+            t.to_offset(time::UtcOffset::UTC)
+                .format(&time::macros::format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]:[second]"
+                ))
+                .ok()
+        })
+        .unwrap_or(t);
+    let (d, h) = precise.split_once(' ').unwrap_or((&precise, ""));
+    (d.to_string(), h.to_string())
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64()
+        .map(|m| format!("{m:.0} ms"))
+        .unwrap_or_else(|| "—".into())
+}
+
+/// One usage record in full: `/{org}/usage/{request id}`.
+async fn usage_record(cx: &Cx<'_>, scope: &Scope, org: Uuid, rid: &str) -> Resp {
+    let v = match cx
+        .api(
+            Method::GET,
+            &format!("/api/organisations/{org}/usage/records"),
+            vec![("request_id".into(), rid.to_string())],
+            None,
+        )
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return api_error_page(cx, &e),
+    };
+    let Some(r) = v["data"].get(0).cloned() else {
+        return view::error_page(Some(cx), 404, "Not found.");
+    };
+    let names = owner_names(cx, org).await;
+    let name = |k: &str| {
+        r[k].as_str()
+            .map(|id| names.get(id).cloned().unwrap_or_else(|| id.to_string()))
+            .unwrap_or_else(|| "—".into())
+    };
+    let attempts = r["attempts"].as_array().cloned().unwrap_or_default();
+    let decisions: Vec<Value> = r["filter_decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(r["safety_decisions"].as_array().into_iter().flatten())
+        .cloned()
+        .collect();
+    let (date, hms) = time_parts(r["created_at"].as_str().unwrap_or(""));
+    let body = html! {
+        p { a href=(scope.href("usage")) { "← All usage" } }
+        dl.details #record {
+            dt { "Time (UTC)" } dd { (date) " " (hms) }
+            dt { "Request id" } dd { code { (str_of(&r, "request_id")) } }
+            dt { "Endpoint" } dd { (str_of(&r, "method")) " " (str_of(&r, "endpoint")) }
+            dt { "Model" } dd { (view::cell("model", &r["model"])) " → " (view::cell("upstream_model", &r["upstream_model"])) }
+            dt { "Provider" } dd { (view::cell("provider", &r["provider"])) }
+            dt { "API key" } dd { (name("api_key_id")) }
+            dt { "Team" } dd { (name("team_id")) }
+            dt { "User" } dd { (name("user_id")) }
+            dt { "Status" } dd { (view::cell("status", &r["status"])) " · " (str_of(&r, "outcome")) }
+            dt { "Error" } dd { (view::cell("error_code", &r["error_code"])) @if let Some(d) = r["denied_by"].as_str() { " (denied by " (d) ")" } }
+            dt { "Stream" } dd { (view::cell("stream", &r["stream"])) @if r["stream_cut"] == true { " (cut)" } @if r["client_disconnected"] == true { " (client disconnected)" } }
+            dt { "Latency" } dd { (ms(&r["latency_ms"])) " · time to first byte " (ms(&r["ttfb_ms"])) }
+            dt { "Tokens" } dd { (view::cell("input_tokens", &r["input_tokens"])) " in (" (view::cell("x", &r["cached_input_tokens"])) " cached) · " (view::cell("output_tokens", &r["output_tokens"])) " out (" (view::cell("x", &r["reasoning_tokens"])) " reasoning)" }
+            dt { "Cost" } dd { (view::cell("cost_nanos", &r["cost_nanos"])) }
+            dt { "Pricing used" } dd {
+                @match r["pricing"].as_object() {
+                    Some(p) => {
+                        @for (n, (k, v)) in p.iter().enumerate() {
+                            @if n > 0 { " · " }
+                            (k) " " (v.as_i64().map(view::usd).unwrap_or_else(|| v.to_string()))
+                        }
+                        span.muted { " (per 1M tokens; images per image)" }
+                    }
+                    None => { "—" }
+                }
+            }
+        }
+        section aria-labelledby="att-h" {
+            h2 #att-h { "Attempts (" (attempts.len()) ")" }
+            div.tablewrap { table {
+                thead { tr { th scope="col" { "#" } th scope="col" { "Provider" } th scope="col" { "Model" } th scope="col" { "Outcome" } th scope="col" { "Error class" } th scope="col" { "Status" } th scope="col" { "Latency" } } }
+                tbody {
+                    @if attempts.is_empty() { tr { td.muted colspan="7" { "None (the request was answered before any upstream call)." } } }
+                    @for (n, a) in attempts.iter().enumerate() {
+                        tr {
+                            td { (n + 1) }
+                            td { (view::cell("provider", &a["provider"])) }
+                            td { (view::cell("model", &a["model"])) }
+                            td { (view::cell("outcome", &a["outcome"])) }
+                            td { (view::cell("error_class", &a["error_class"])) }
+                            td { (view::cell("status", &a["status"])) }
+                            td { (ms(&a["latency_ms"])) }
+                        }
+                    }
+                }
+            } }
+        }
+        section aria-labelledby="dec-h" {
+            h2 #dec-h { "Filter and safety verdicts" }
+            @if decisions.is_empty() { p.muted { "No filter or safety check acted on this request." } }
+            @else {
+                ul { @for d in &decisions { li { code { (d.to_string()) } } } }
+            }
+        }
+    };
+    Resp::html(200, view::layout(cx, scope, "usage", "Usage record", body))
+}
 
 /// `/{org}/usage` and `/{org}/usage/export.csv`.
 pub async fn usage(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp {
@@ -696,8 +832,10 @@ pub async fn usage(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp
         let csv = crate::api::csv::from_objects(crate::api::usage::RECORD_CSV, &rows);
         return csv_resp(csv, "usage.csv");
     }
-    if !tail.is_empty() {
-        return view::error_page(Some(cx), 404, "Not found.");
+    match tail {
+        [] => {}
+        [rid] => return usage_record(cx, scope, org, rid).await,
+        _ => return view::error_page(Some(cx), 404, "Not found."),
     }
     let limit = 50_i64;
     let offset: i64 = cx
@@ -715,12 +853,50 @@ pub async fn usage(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> Resp
     };
     let rows = v["data"].as_array().cloned().unwrap_or_default();
     let total = i(&v["total"]);
+    let names = owner_names(cx, org).await;
     let href = scope.href("usage");
     let qs = query_string(&q);
     let body = html! {
         (filter_form(cx, org, &href, USAGE_DIMS, &["last_30_days", "last_24_hours", "this_month", "last_month", "custom"]).await)
         p { a.button href=(format!("{href}/export.csv?{qs}")) download { "Export CSV" } }
-        (view::table(&rows, RECORD_COLS, None, &|_, _| None))
+        div.tablewrap { table.usage {
+            thead { tr {
+                th scope="col" { "Time (UTC)" } th scope="col" { "Model" } th scope="col" { "Key · team · user" }
+                th scope="col" { "Status" } th scope="col" { "Error" } th scope="col" { "Tokens in / out" }
+                th scope="col" { "Cost" } th scope="col" { "Latency" } th scope="col" { "TTFB" }
+                th scope="col" { "Stream" } th scope="col" { "Attempts" } th scope="col" { span.sr { "Details" } }
+            } }
+            tbody {
+                @if rows.is_empty() { tr { td.muted colspan="12" { "No usage in this period." } } }
+                @for r in &rows {
+                    @let (date, hms) = time_parts(r["created_at"].as_str().unwrap_or(""));
+                    @let failed = r["status"].as_i64().unwrap_or(0) >= 400 || r["outcome"] != "success";
+                    tr class=[failed.then_some("failed")] {
+                        td.nowrap { time datetime=(str_of(r, "created_at")) title=(date) { span.muted { (date.get(5..).unwrap_or("")) } " " (hms) } }
+                        td { (view::cell("model", &r["model"])) br; span.muted { (view::cell("provider", &r["provider"])) " · " (str_of(r, "endpoint")) } }
+                        td {
+                            @for (n, k) in ["api_key_id", "team_id", "user_id"].iter().enumerate() {
+                                @if n > 0 { span.muted { " · " } }
+                                @match r[*k].as_str() {
+                                    Some(id) => { (names.get(id).cloned().unwrap_or_else(|| id.chars().take(8).collect())) }
+                                    None => { span.muted { "—" } }
+                                }
+                            }
+                        }
+                        td { span class=(if failed { "badge revoked" } else { "badge active" }) { (view::cell("status", &r["status"])) } }
+                        td { @if let Some(code) = r["error_code"].as_str() { code { (code) } } @else { span.muted { "—" } }
+                             @if let Some(d) = r["denied_by"].as_str() { br; span.muted { "denied by " (d) } } }
+                        td.nowrap { (view::cell("input_tokens", &r["input_tokens"])) " / " (view::cell("output_tokens", &r["output_tokens"])) }
+                        td.nowrap { (view::cell("cost_nanos", &r["cost_nanos"])) }
+                        td.nowrap { (ms(&r["latency_ms"])) }
+                        td.nowrap { (ms(&r["ttfb_ms"])) }
+                        td { (if r["stream"] == true { "yes" } else { "no" }) }
+                        td { (r["attempts"].as_array().map(Vec::len).unwrap_or(0)) }
+                        td { a href=(format!("{href}/{}", view::url_encode(&str_of(r, "request_id")))) aria-label=(format!("Details of {}", str_of(r, "request_id"))) { "Details" } }
+                    }
+                }
+            }
+        } }
         (view::pager(&format!("{href}?{qs}"), offset, limit, total))
     };
     Resp::html(200, view::layout(cx, scope, "usage", "Usage", body))
