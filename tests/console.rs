@@ -3592,3 +3592,97 @@ async fn usage_log_shows_who_what_failed_and_details() {
             .unwrap();
     assert_eq!(b.get(&format!("/alpha/usage/{theirs}")).await.status, 404);
 }
+
+/// The budgets list and a budget's page: spend in the current window, what remains, the bar,
+/// when it resets, the thresholds crossed and a link to the usage it counts.
+#[tokio::test]
+async fn budgets_page_shows_spend_remaining_and_reset() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    let team = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/teams"),
+            json!({"name": "Search team"}),
+        )
+        .await;
+    let budget = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/budgets"),
+            json!({"name": "search monthly", "scope": "TEAM", "scope_id": id(&team),
+                   "amount_nanos": 10_000_000_000i64, "period": "MONTHLY",
+                   "warning_thresholds": [50, 80]}),
+        )
+        .await;
+    let (_, limits) = e
+        .root
+        .call("GET", &format!("/api/organisations/{o}/usage/limits"), None)
+        .await;
+    let m = limits["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == budget["id"])
+        .unwrap()
+        .clone();
+    let (start, end) = (
+        m["window"]["start"].as_str().unwrap().to_string(),
+        m["window"]["end"].as_str().unwrap().to_string(),
+    );
+    sqlx::query(
+        "INSERT INTO budget_windows (budget_id, window_start, window_end, used_nanos, reserved_nanos)
+         VALUES ($1::uuid, $2::timestamptz, $3::timestamptz, 6000000000, 0)",
+    )
+    .bind(id(&budget))
+    .bind(&start)
+    .bind(&end)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    for path in [
+        "/alpha/budgets".to_string(),
+        format!("/alpha/budgets/{}", id(&budget)),
+    ] {
+        let p = b.page(&path).await;
+        let at = p
+            .body
+            .find(&format!("<tr data-budget-id=\"{}\"", id(&budget)))
+            .unwrap_or_else(|| panic!("no meter on {path}: {}", p.body));
+        let row = &p.body[at..at + p.body[at..].find("</tr>").unwrap()];
+        for want in [
+            "team Search team".to_string(),
+            "$6.00".to_string(),
+            "$4.00".to_string(),
+            "of $10.00".to_string(),
+            "width=\"60.00\"".to_string(),
+            "<span class=\"badge expired\">50%</span>".to_string(),
+            format!("<time datetime=\"{end}\">"),
+            format!("team_id={}", id(&team)),
+            "period=custom".to_string(),
+        ] {
+            assert!(row.contains(&want), "{path}: {want} not in {row}");
+        }
+        assert!(!row.contains(">80%<"), "80% is not crossed: {row}");
+    }
+    // The usage link opens the usage page filtered to the team and the window.
+    let p = b.page("/alpha/budgets").await;
+    let at = p.body.find("Usage →").unwrap();
+    let href_at = p.body[..at].rfind("href=\"").unwrap() + 6;
+    let href = p.body[href_at..at]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let u = b.page(&href).await;
+    assert!(
+        u.body.contains(&format!(
+            "<option value=\"{}\" selected>Search team</option>",
+            id(&team)
+        )),
+        "{}",
+        u.body
+    );
+}

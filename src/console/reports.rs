@@ -365,10 +365,11 @@ fn num(n: f64) -> String {
 /// One budget of the dashboard's burn-down: its current window as the admin API computes it
 /// (`GET …/usage/limits`: the period in the budget's time zone, the limit with the amount
 /// rolled over, the settled and reserved spend, the thresholds already warned about).
-struct Burn {
+pub(super) struct Burn {
     id: String,
     name: String,
     scope: String,
+    scope_id: String,
     period: String,
     timezone: String,
     start: String,
@@ -425,7 +426,7 @@ fn local_time(s: &str, tz: &str) -> String {
 }
 
 /// The active budgets of the organisation with their current windows (at most 20).
-async fn burn_down(cx: &Cx<'_>, org: Uuid) -> Vec<Burn> {
+pub(super) async fn burn_down(cx: &Cx<'_>, org: Uuid) -> Vec<Burn> {
     let Ok(limits) = cx
         .api(
             Method::GET,
@@ -476,6 +477,7 @@ async fn burn_down(cx: &Cx<'_>, org: Uuid) -> Vec<Burn> {
                     .unwrap_or("budget")
                     .to_string(),
                 scope: str_of(m, "scope"),
+                scope_id: str_of(m, "scope_id"),
                 period: m["period"].as_str().unwrap_or("BALANCE").to_string(),
                 timezone: m["timezone"].as_str().unwrap_or("UTC").to_string(),
                 start: str_of(&m["window"], "start"),
@@ -663,6 +665,7 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
 const USAGE_DIMS: &[&str] = &[
     "team_id",
     "api_key_id",
+    "user_id",
     "model",
     "provider",
     "outcome",
@@ -1238,5 +1241,99 @@ fn json_resp(status: u16, v: &Value) -> Resp {
         content_type: "application/json",
         headers: Vec::new(),
         body: v.to_string().into_bytes(),
+    }
+}
+
+/// The budgets page's meters (`only`: one budget, on its own page): spend in the current
+/// window, what remains, a bar with the warning thresholds, when the window resets, the
+/// thresholds crossed, and a link to the usage the budget counts (its owner, its window).
+pub(super) async fn budget_meters(
+    cx: &Cx<'_>,
+    scope: &Scope,
+    org: Uuid,
+    only: Option<&str>,
+) -> Markup {
+    let burns: Vec<Burn> = burn_down(cx, org)
+        .await
+        .into_iter()
+        .filter(|b| only.is_none_or(|id| b.id == id))
+        .collect();
+    let names = owner_names(cx, org).await;
+    let usage = scope.href("usage");
+    let link = |b: &Burn| {
+        let mut q = vec![
+            ("period".to_string(), "custom".to_string()),
+            ("from".to_string(), b.start.clone()),
+        ];
+        if let Some(end) = &b.end {
+            q.push(("to".into(), end.clone()));
+        }
+        match b.scope.as_str() {
+            "TEAM" => q.push(("team_id".into(), b.scope_id.clone())),
+            "APIKEY" => q.push(("api_key_id".into(), b.scope_id.clone())),
+            "USER" => q.push(("user_id".into(), b.scope_id.clone())),
+            _ => {}
+        }
+        format!("{usage}?{}", query_string(&q))
+    };
+    let owner = |b: &Burn| match b.scope.as_str() {
+        "ORG" => "the organisation".to_string(),
+        _ => format!(
+            "{} {}",
+            b.scope.to_lowercase().replace("apikey", "key"),
+            names
+                .get(&b.scope_id)
+                .cloned()
+                .unwrap_or_else(|| b.scope_id.chars().take(8).collect())
+        ),
+    };
+    html! {
+        section.meters aria-labelledby="meters-h" {
+            h2 #meters-h { @if only.is_some() { "Current window" } @else { "Current windows" } }
+            @if burns.is_empty() {
+                p.muted { @if only.is_some() { "This budget is not active now (disabled, not started or ended)." } @else { "No active budget." } }
+            } @else {
+                div.tablewrap { table.meters {
+                    thead { tr {
+                        th scope="col" { "Budget" } th scope="col" { "Owner" } th scope="col" { "Spent" }
+                        th scope="col" { "Remaining" } th scope="col" { "Used" } th scope="col" { "Resets" }
+                        th scope="col" { "Thresholds crossed" } th scope="col" { span.sr { "Usage" } }
+                    } }
+                    tbody {
+                        @for b in &burns {
+                            @let pct = b.pct();
+                            @let crossed = b.crossed();
+                            tr data-budget-id=(b.id) {
+                                td { a href=(format!("{}/{}", scope.href("budgets"), b.id)) { (b.name) } br; span.muted { (b.period.to_lowercase()) } }
+                                td { (owner(b)) }
+                                td.nowrap { (view::usd(b.spent())) @if b.reserved > 0 { br; span.muted { (view::usd(b.reserved)) " reserved" } } }
+                                td.nowrap.remaining { (view::usd((b.limit - b.spent()).max(0))) br; span.muted { "of " (view::usd(b.limit)) } }
+                                td {
+                                    svg.burn viewBox="0 0 100 8" role="img" aria-label=(format!("{pct:.0}% of the budget used")) preserveAspectRatio="none" {
+                                        rect x="0" y="0" width="100" height="8" class="track" {}
+                                        rect x="0" y="0" width=(format!("{:.2}", pct.min(100.0))) height="8" class=(if pct >= 100.0 { "over" } else { "used" }) {}
+                                        @for t in &b.thresholds {
+                                            line x1=(t) x2=(t) y1="0" y2="8" class=(if crossed.contains(t) { "threshold crossed" } else { "threshold" }) {}
+                                        }
+                                    }
+                                    span.muted { (format!("{pct:.0}%")) }
+                                }
+                                td.nowrap {
+                                    @match &b.end {
+                                        Some(end) => { time datetime=(end) { (local_time(end, &b.timezone)) } br; span.muted { (b.timezone) } }
+                                        None => { "never (prepaid balance)" }
+                                    }
+                                }
+                                td {
+                                    @if crossed.is_empty() { span.muted { "none" } }
+                                    @for t in &crossed { span.badge.expired { (t) "%" } " " }
+                                }
+                                td { a href=(link(b)) { "Usage →" } }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
     }
 }

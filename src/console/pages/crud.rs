@@ -215,6 +215,9 @@ pub(super) async fn list_page(
         @if page.section == "users" && scope.org.is_some() {
             (invitations_block(cx, scope).await)
         }
+        @if let (true, Some(org)) = (page.section == "budgets", scope.org) {
+            (crate::console::reports::budget_meters(cx, scope, org, None).await)
+        }
         details.create #create open[error.is_some() || cx.req.q("create").is_some()] {
             summary { "Create" }
             form method="post" action=(href) {
@@ -251,6 +254,9 @@ pub(super) async fn item_page(
         ("providers", Some(_)) => provider_keys_block(cx, &base, id, &href).await,
         ("teams", Some(_)) => members_block(cx, scope, &base, id, &href).await,
         ("users", _) => password_block(cx, &href),
+        ("budgets", Some(org)) => {
+            crate::console::reports::budget_meters(cx, scope, org, Some(id)).await
+        }
         _ => html! {},
     };
     let title = row[page.title].as_str().unwrap_or(id).to_string();
