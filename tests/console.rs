@@ -3686,3 +3686,103 @@ async fn budgets_page_shows_spend_remaining_and_reset() {
         u.body
     );
 }
+
+/// The API keys list shows each key's model count, last use, this month's spend and budget;
+/// the "created" page shows the gateway's base URL and a curl that works as pasted.
+#[tokio::test]
+async fn api_keys_list_and_created_page_are_ready_to_use() {
+    let e = env().await;
+    let cat = common::db::seed_catalog(&e.db, &e._mock, "Alpha", "chat-x", "up-chat-x").await;
+    let o = cat.org.to_string();
+    let slug: String = sqlx::query_scalar("SELECT slug FROM organisations WHERE id = $1")
+        .bind(cat.org)
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let p = b
+        .submit(
+            &format!("/{slug}/apikeys"),
+            &format!("/{slug}/apikeys"),
+            &[
+                ("name", "ci"),
+                ("key_type", "ORGANISATION"),
+                ("models", &cat.model.to_string()),
+            ],
+        )
+        .await;
+    let p = b.follow(p).await;
+    let secret = {
+        let at = p.body.find("value=\"wharf_").expect("secret");
+        let rest = &p.body[at + 7..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+    let base = e.gw.url("");
+    let base = base.trim_end_matches('/');
+    assert!(
+        p.body
+            .contains(&format!("<code id=\"once-base\">{base}/v1</code>")),
+        "{}",
+        p.body
+    );
+    let at = p.body.find("<pre id=\"once-curl\"><code>").expect("a curl");
+    let curl = &p.body[at..at + p.body[at..].find("</code>").unwrap()];
+    for want in [
+        format!("curl {base}/v1/chat/completions"),
+        format!("Authorization: Bearer {secret}"),
+        "&quot;model&quot;: &quot;chat-x&quot;".to_string(),
+    ] {
+        assert!(curl.contains(&want), "{want} not in {curl}");
+    }
+    // What the curl sends works against the gateway.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .header("Authorization", format!("Bearer {secret}"))
+            .json(&json!({"model": "chat-x", "messages": [{"role": "user", "content": "Hello!"}]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the curl answered {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A budget on the key; its spend and last use reach the list.
+    let (_, keys) = e
+        .root
+        .call("GET", &format!("/api/organisations/{o}/api-keys"), None)
+        .await;
+    let key_id = id(&keys["data"][0]);
+    e.root
+        .create(
+            &format!("/api/organisations/{o}/budgets"),
+            json!({"name": "ci daily", "scope": "APIKEY", "scope_id": key_id,
+                   "amount_nanos": 5_000_000_000i64, "period": "DAILY"}),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let row = loop {
+        let p = b.page(&format!("/{slug}/apikeys")).await;
+        let at = p
+            .body
+            .find(&format!("<tr data-key-id=\"{key_id}\""))
+            .expect("the key's row");
+        let row = p.body[at..at + p.body[at..].find("</tr>").unwrap()].to_string();
+        if !row.contains("never") && row.contains("$0.0000") {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no usage on the row: {row}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(row.contains("<td class=\"models\">1</td>"), "{row}");
+    assert!(row.contains(" of $5.00 ("), "{row}");
+    assert!(row.contains(" UTC</td>"), "last used: {row}");
+}

@@ -386,6 +386,21 @@ pub(super) struct Burn {
 }
 
 impl Burn {
+    /// The budget belongs to the API key `id`.
+    pub(super) fn is_key(&self, id: &str) -> bool {
+        self.scope == "APIKEY" && self.scope_id == id
+    }
+
+    /// `$1.20 of $5.00 (24%)`.
+    pub(super) fn summary(&self) -> String {
+        format!(
+            "{} of {} ({:.0}%)",
+            view::usd(self.spent()),
+            view::usd(self.limit),
+            self.pct()
+        )
+    }
+
     fn spent(&self) -> i64 {
         self.used.saturating_add(self.reserved)
     }
@@ -1021,7 +1036,7 @@ pub async fn invoices(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) -> R
 
 /// The gateway's base URL as the browser can reach it: the proxy listener's port on the host
 /// the console was reached by (unless the listener names a host).
-fn gateway_base(cx: &Cx<'_>) -> String {
+pub(super) fn gateway_base(cx: &Cx<'_>) -> String {
     let listen = cx.state.current().config.server.listen.clone();
     let (host, port) = listen.rsplit_once(':').unwrap_or((listen.as_str(), "8080"));
     let host = if ["0.0.0.0", "[::]", "::", ""].contains(&host) {
