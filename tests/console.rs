@@ -3786,3 +3786,121 @@ async fn api_keys_list_and_created_page_are_ready_to_use() {
     assert!(row.contains(" of $5.00 ("), "{row}");
     assert!(row.contains(" UTC</td>"), "last used: {row}");
 }
+
+/// The API docs page: a model picker, and for each model only the snippets it can serve as
+/// pasted (its provider's family and its type); the Common Errors table with Wharf's codes; the
+/// environment of IDE and CLI integrations.
+#[tokio::test]
+async fn docs_page_offers_only_snippets_a_model_can_serve() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    let mut models = HashMap::new();
+    let mut providers: HashMap<&str, Value> = HashMap::new();
+    for (ptype, model, mtype) in [
+        ("OPENAI", "gpt-x", "chat"),
+        ("ANTHROPIC", "claude-x", "chat"),
+        ("GOOGLE", "gem-x", "chat"),
+        ("OPENAI", "emb-x", "embeddings"),
+    ] {
+        if !providers.contains_key(ptype) {
+            let p = e
+                .root
+                .create(
+                    &format!("/api/organisations/{o}/providers"),
+                    json!({"name": format!("{model}-p"), "provider_type": ptype,
+                           "base_url": "http://127.0.0.1:9/v1"}),
+                )
+                .await;
+            providers.insert(ptype, p);
+        }
+        let p = &providers[ptype];
+        let m = e
+            .root
+            .create(
+                &format!("/api/organisations/{o}/models"),
+                json!({"name": model, "slug": format!("up-{model}"), "model_type": mtype,
+                       "provider_id": id(p)}),
+            )
+            .await;
+        models.insert(model, id(&m));
+    }
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let snippets = |body: &str| -> Vec<String> {
+        body.match_indices("data-snippet=\"")
+            .map(|(at, m)| {
+                let rest = &body[at + m.len()..];
+                rest[..rest.find('"').unwrap()].to_string()
+            })
+            .collect()
+    };
+    let page = b.page("/alpha/docs").await;
+    assert!(page
+        .body
+        .contains("<select id=\"docs_model\" name=\"model\" data-autosubmit>"));
+    assert_eq!(
+        snippets(&page.body),
+        [
+            "chat-curl",
+            "chat-py",
+            "chat-js",
+            "stream-curl",
+            "unified-curl"
+        ],
+        "the first chat model (OpenAI)"
+    );
+    assert!(page.body.contains("/v1/chat/completions \\\n"));
+    let claude = b.page("/alpha/docs?model=claude-x").await;
+    assert_eq!(
+        snippets(&claude.body),
+        ["anthropic-curl", "anthropic-py", "unified-curl"]
+    );
+    assert!(claude.body.contains("/v1/messages"));
+    assert!(claude
+        .body
+        .contains("&quot;model&quot;: &quot;claude-x&quot;"));
+    assert!(
+        !claude.body.contains("/v1/chat/completions \\\n"),
+        "an OpenAI snippet for Claude"
+    );
+    let gem = b.page("/alpha/docs?model=gem-x").await;
+    assert_eq!(
+        snippets(&gem.body),
+        ["gemini-curl", "gemini-py", "unified-curl"]
+    );
+    assert!(gem.body.contains("/v1beta/models/gem-x:generateContent"));
+    let emb = b.page("/alpha/docs?model=emb-x").await;
+    assert_eq!(snippets(&emb.body), ["embed-curl"]);
+    assert!(emb.body.contains("&quot;model&quot;: &quot;emb-x&quot;"));
+    // Common errors, from the gateway's codes.
+    let at = page.body.find("id=\"common-errors\"").unwrap();
+    let table = &page.body[at..at + page.body[at..].find("</table>").unwrap()];
+    for (status, code) in [
+        (401, "unauthorized"),
+        (402, "budget_exceeded"),
+        (403, "model_not_allowed"),
+        (400, "model_not_found"),
+        (429, "rpm_exceeded"),
+        (429, "quota_exceeded"),
+        (502, "upstream_error"),
+        (503, "dependency_unavailable"),
+        (504, "upstream_timeout"),
+    ] {
+        assert!(
+            table.contains(&format!("<td>{status}</td><td><code>{code}</code>")),
+            "{status} {code} not in {table}"
+        );
+    }
+    // IDE and CLI integrations with the environment each needs.
+    let base = e.gw.url("");
+    let base = base.trim_end_matches('/');
+    for want in [
+        format!("ANTHROPIC_BASE_URL={base}\nANTHROPIC_AUTH_TOKEN=$WHARF_API_KEY"),
+        format!("OPENAI_BASE_URL={base}/v1\nOPENAI_API_KEY=$WHARF_API_KEY\ncodex --model gpt-x"),
+        format!("apiBase: {base}/v1"),
+        "aider --model openai/gpt-x".to_string(),
+        "data-tool=\"Cursor\"".to_string(),
+    ] {
+        assert!(page.body.contains(&want), "{want} not on the docs page");
+    }
+}

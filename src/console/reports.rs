@@ -1105,55 +1105,208 @@ async fn own_key_models(cx: &Cx<'_>, org: Uuid) -> Vec<Value> {
     out
 }
 
-/// `/{org}/docs`: base URL, auth header, copy-ready snippets for the organisation's models,
-/// live gateway status.
+/// The API family a model's provider speaks (`None` when the caller may not read providers).
+fn family_of(provider_type: Option<&str>) -> Option<&'static str> {
+    Some(match provider_type? {
+        "OPENAI" | "AZURE_OPENAI" | "CUSTOM" => "openai",
+        "ANTHROPIC" => "anthropic",
+        "GOOGLE" => "gemini",
+        "VLLM" => "vllm",
+        _ => return None,
+    })
+}
+
+/// The snippets a model can serve as pasted: `(id, title, code)`, by its type and family.
+fn snippets_for(
+    base: &str,
+    model: &str,
+    model_type: &str,
+    family: Option<&str>,
+) -> Vec<(&'static str, &'static str, String)> {
+    let auth = "-H \"Authorization: Bearer $WHARF_API_KEY\"";
+    let mut out: Vec<(&'static str, &'static str, String)> = Vec::new();
+    let chatty = ["chat", "reasoning"].contains(&model_type);
+    match (model_type, family) {
+        (t, Some("openai")) if chatty || t.is_empty() => {
+            out.push(("chat-curl", "Chat completions (curl)", format!(
+                "curl {base}/v1/chat/completions \\\n  -H \"Content-Type: application/json\" \\\n  {auth} \\\n  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")));
+            out.push(("chat-py", "Chat completions (Python, openai)", format!(
+                "import os\nfrom openai import OpenAI\nclient = OpenAI(base_url=\"{base}/v1\", api_key=os.environ[\"WHARF_API_KEY\"])\nr = client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])\nprint(r.choices[0].message.content)")));
+            out.push(("chat-js", "Chat completions (JavaScript, openai)", format!(
+                "import OpenAI from \"openai\";\nconst client = new OpenAI({{ baseURL: \"{base}/v1\", apiKey: process.env.WHARF_API_KEY }});\nconst r = await client.chat.completions.create({{ model: \"{model}\", messages: [{{ role: \"user\", content: \"Hello!\" }}] }});\nconsole.log(r.choices[0].message.content);")));
+            out.push(("stream-curl", "Streaming (curl, SSE)", format!(
+                "curl -N {base}/v1/chat/completions \\\n  -H \"Content-Type: application/json\" \\\n  {auth} \\\n  -d '{{\"model\": \"{model}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Stream a greeting.\"}}]}}'")));
+        }
+        (_, Some("anthropic")) if chatty => {
+            out.push(("anthropic-curl", "Anthropic Messages (curl)", format!(
+                "curl {base}/v1/messages \\\n  -H \"Content-Type: application/json\" \\\n  -H \"x-api-key: $WHARF_API_KEY\" \\\n  -H \"anthropic-version: 2023-06-01\" \\\n  -d '{{\"model\": \"{model}\", \"max_tokens\": 256, \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")));
+            out.push(("anthropic-py", "Anthropic Messages (Python, anthropic)", format!(
+                "import os\nimport anthropic\nclaude = anthropic.Anthropic(base_url=\"{base}\", api_key=os.environ[\"WHARF_API_KEY\"])\nr = claude.messages.create(model=\"{model}\", max_tokens=256, messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])\nprint(r.content[0].text)")));
+        }
+        (_, Some("gemini")) if chatty => {
+            out.push(("gemini-curl", "Gemini generateContent (curl)", format!(
+                "curl {base}/v1beta/models/{model}:generateContent \\\n  -H \"Content-Type: application/json\" \\\n  -H \"x-goog-api-key: $WHARF_API_KEY\" \\\n  -d '{{\"contents\": [{{\"parts\": [{{\"text\": \"Hello!\"}}]}}]}}'")));
+            out.push(("gemini-py", "Gemini (Python, google-genai)", format!(
+                "import os\nfrom google import genai\ngem = genai.Client(api_key=os.environ[\"WHARF_API_KEY\"], http_options={{\"base_url\": \"{base}\"}})\nprint(gem.models.generate_content(model=\"{model}\", contents=\"Hello!\").text)")));
+        }
+        (_, Some("vllm")) if chatty => {
+            out.push(("vllm-curl", "vLLM chat completions (curl)", format!(
+                "curl {base}/v1/vllm/chat/completions \\\n  -H \"Content-Type: application/json\" \\\n  {auth} \\\n  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")));
+        }
+        ("embeddings", Some("openai" | "vllm") | None) => {
+            let path = if family == Some("vllm") {
+                "/v1/vllm/embeddings"
+            } else {
+                "/v1/embeddings"
+            };
+            out.push(("embed-curl", "Embeddings (curl)", format!(
+                "curl {base}{path} \\\n  -H \"Content-Type: application/json\" \\\n  {auth} \\\n  -d '{{\"model\": \"{model}\", \"input\": \"The quick brown fox\"}}'")));
+        }
+        ("image", Some("openai") | None) => {
+            out.push(("image-curl", "Images (curl)", format!(
+                "curl {base}/v1/images/generations \\\n  -H \"Content-Type: application/json\" \\\n  {auth} \\\n  -d '{{\"model\": \"{model}\", \"prompt\": \"a cat reading a book, watercolor\", \"size\": \"1024x1024\"}}'")));
+        }
+        _ => {}
+    }
+    // The unified endpoint translates an OpenAI-shaped chat to any family.
+    if chatty {
+        out.push(("unified-curl", "Unified chat, any provider (curl)", format!(
+            "curl {base}/v1/llm/chat \\\n  -H \"Content-Type: application/json\" \\\n  {auth} \\\n  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")));
+    }
+    out
+}
+
+/// The errors a client of the gateway meets, from the gateway's own codes.
+fn common_errors() -> Vec<(u16, &'static str, &'static str)> {
+    use crate::error::ErrorCode as E;
+    [
+        (E::InvalidRequestBody, "The body is not valid JSON or lacks a required field."),
+        (E::ModelNotFound, "No enabled model of that name in your organisation: check the name on this page."),
+        (E::ProviderTypeUnsupported, "The route does not fit the model's provider (an Anthropic model on /v1/chat/completions): use its own snippet or /v1/llm/chat."),
+        (E::Unauthorized, "No key, or an unknown one: send it as Authorization: Bearer (or x-api-key, x-goog-api-key)."),
+        (E::ApiKeyExpired, "The key's expiry has passed: ask for a new key."),
+        (E::ApiKeyRevoked, "The key was revoked."),
+        (E::BudgetExceeded, "A budget of the key, its team, its user or the organisation is spent for this window."),
+        (E::ModelNotAllowed, "The key has no grant for this model."),
+        (E::IpNotAllowed, "Your address is outside the allowed ranges."),
+        (E::PluginBlocked, "A filter of the organisation refused the request."),
+        (E::PayloadTooLarge, "The body is larger than the gateway accepts."),
+        (E::RpmExceeded, "A rate limit (requests, tokens or concurrency): wait for Retry-After."),
+        (E::QuotaExceeded, "A quota of this window is used up."),
+        (E::UpstreamError, "The provider failed or answered an error; fallbacks were tried first."),
+        (E::DependencyUnavailable, "A store the gateway needs (Postgres, Redis) is unreachable."),
+        (E::UpstreamTimeout, "The provider did not answer in time."),
+    ]
+    .into_iter()
+    .map(|(c, why)| (c.status(), c.as_str(), why))
+    .collect()
+}
+
+/// `/{org}/docs`: the gateway's base URL, a model picker and the snippets that model can
+/// serve as pasted, the common errors, IDE and CLI integrations and the live gateway status.
 pub async fn docs(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
     let base = gateway_base(cx);
     let models = enabled_models(cx, org).await;
-    let pick = |ty: &str, fallback: &str| {
-        models
-            .iter()
-            .find(|m| m["model_type"] == ty)
-            .map(|m| str_of(m, "name"))
-            .unwrap_or_else(|| fallback.to_string())
+    // Provider types, for who may read them (a USER may not: it gets the unified endpoint).
+    let types: HashMap<String, String> = cx
+        .api(
+            Method::GET,
+            &format!("/api/organisations/{org}/providers"),
+            vec![("limit".into(), "500".into())],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|v| v["data"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| (str_of(p, "id"), str_of(p, "provider_type")))
+        .collect();
+    let chosen = cx
+        .req
+        .q("model")
+        .and_then(|n| models.iter().find(|m| m["name"] == n))
+        .or_else(|| {
+            models
+                .iter()
+                .find(|m| ["chat", "reasoning"].contains(&m["model_type"].as_str().unwrap_or("")))
+        })
+        .or(models.first());
+    let (name, model_type, family) = match chosen {
+        Some(m) => (
+            str_of(m, "name"),
+            str_of(m, "model_type"),
+            family_of(types.get(&str_of(m, "provider_id")).map(String::as_str)),
+        ),
+        None => ("MODEL".to_string(), "chat".to_string(), Some("openai")),
     };
-    let chat = pick("chat", "gpt-4o-mini");
-    let embed = pick("embeddings", "text-embedding-3-small");
-    let image = pick("image", "gpt-image-1");
-    let snippets: Vec<(&str, &str, String)> = vec![
-        ("chat-curl", "Chat completions (curl)", format!(
-            "curl {base}/v1/chat/completions \\\n  -H \"Content-Type: application/json\" \\\n  -H \"Authorization: Bearer $WHARF_API_KEY\" \\\n  -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")),
-        ("chat-py", "Chat completions (Python, openai)", format!(
-            "import os\nfrom openai import OpenAI\nclient = OpenAI(base_url=\"{base}/v1\", api_key=os.environ[\"WHARF_API_KEY\"])\nr = client.chat.completions.create(model=\"{chat}\", messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])\nprint(r.choices[0].message.content)")),
-        ("chat-js", "Chat completions (JavaScript, openai)", format!(
-            "import OpenAI from \"openai\";\nconst client = new OpenAI({{ baseURL: \"{base}/v1\", apiKey: process.env.WHARF_API_KEY }});\nconst r = await client.chat.completions.create({{ model: \"{chat}\", messages: [{{ role: \"user\", content: \"Hello!\" }}] }});\nconsole.log(r.choices[0].message.content);")),
-        ("stream-curl", "Streaming (curl, SSE)", format!(
-            "curl -N {base}/v1/chat/completions \\\n  -H \"Content-Type: application/json\" \\\n  -H \"Authorization: Bearer $WHARF_API_KEY\" \\\n  -d '{{\"model\": \"{chat}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Stream a greeting.\"}}]}}'")),
-        ("embed-curl", "Embeddings (curl)", format!(
-            "curl {base}/v1/embeddings \\\n  -H \"Content-Type: application/json\" \\\n  -H \"Authorization: Bearer $WHARF_API_KEY\" \\\n  -d '{{\"model\": \"{embed}\", \"input\": \"The quick brown fox\"}}'")),
-        ("image-curl", "Images (curl)", format!(
-            "curl {base}/v1/images/generations \\\n  -H \"Content-Type: application/json\" \\\n  -H \"Authorization: Bearer $WHARF_API_KEY\" \\\n  -d '{{\"model\": \"{image}\", \"prompt\": \"a cat reading a book, watercolor\", \"size\": \"1024x1024\"}}'")),
-        ("anthropic-py", "Anthropic Messages (Python, anthropic)", format!(
-            "import os\nimport anthropic\nclaude = anthropic.Anthropic(base_url=\"{base}\", api_key=os.environ[\"WHARF_API_KEY\"])\nclaude.messages.create(model=\"{chat}\", max_tokens=256, messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}])")),
-        ("gemini-py", "Gemini (Python, google-genai)", format!(
-            "import os\nfrom google import genai\ngem = genai.Client(api_key=os.environ[\"WHARF_API_KEY\"], http_options={{\"base_url\": \"{base}\"}})\ngem.models.generate_content(model=\"{chat}\", contents=\"Hi\")")),
+    let snippets = snippets_for(&base, &name, &model_type, family);
+    let href = scope.href("docs");
+    let integrations: [(&str, String); 6] = [
+        ("Claude Code", format!("ANTHROPIC_BASE_URL={base}\nANTHROPIC_AUTH_TOKEN=$WHARF_API_KEY\nANTHROPIC_MODEL={name}")),
+        ("Codex CLI", format!("OPENAI_BASE_URL={base}/v1\nOPENAI_API_KEY=$WHARF_API_KEY\ncodex --model {name}")),
+        ("Cursor", format!("Settings → Models → OpenAI API key: $WHARF_API_KEY\nOverride OpenAI base URL: {base}/v1\nAdd model: {name}")),
+        ("Continue", format!("models:\n  - name: {name}\n    provider: openai\n    model: {name}\n    apiBase: {base}/v1\n    apiKey: $WHARF_API_KEY")),
+        ("aider", format!("OPENAI_API_BASE={base}/v1\nOPENAI_API_KEY=$WHARF_API_KEY\naider --model openai/{name}")),
+        ("OpenAI, Anthropic and Gemini SDKs", format!("OPENAI_BASE_URL={base}/v1   OPENAI_API_KEY=$WHARF_API_KEY\nANTHROPIC_BASE_URL={base}   ANTHROPIC_API_KEY=$WHARF_API_KEY\ngenai.Client(api_key=..., http_options={{\"base_url\": \"{base}\"}})")),
     ];
     let body = html! {
         dl.details {
             dt { "Base URL" } dd { code #base-url { (base) "/v1" } " " button type="button" data-copy="#base-url" { "Copy" } }
-            dt { "Authorization header" } dd { code { "Authorization: Bearer YOUR_API_KEY" } }
+            dt { "Authorization header" } dd { code { "Authorization: Bearer YOUR_API_KEY" } " (also " code { "x-api-key" } " or " code { "x-goog-api-key" } ")" }
             dt { "Gateway status" } dd { span #gw-status data-status-url="/api/status" { "Checking…" } }
         }
-        p { "Create a key under " a href=(scope.href("apikeys")) { "API keys" } ". Models enabled in this organisation: "
-            @for (n, m) in models.iter().enumerate() { @if n > 0 { ", " } code { (str_of(m, "name")) } }
-            @if models.is_empty() { span.muted { "none yet" } }
-            "." }
+        p { "Create a key under " a href=(scope.href("apikeys")) { "API keys" } " and export it as " code { "WHARF_API_KEY" } "." }
+        form.filters #docs-models method="get" action=(href) {
+            div.field {
+                label for="docs_model" { "Model" }
+                select #docs_model name="model" data-autosubmit {
+                    @for m in &models {
+                        option value=(str_of(m, "name")) selected[str_of(m, "name") == name] {
+                            (str_of(m, "name")) " (" (str_of(m, "model_type"))
+                            @if let Some(f) = family_of(types.get(&str_of(m, "provider_id")).map(String::as_str)) { ", " (f) }
+                            ")"
+                        }
+                    }
+                }
+            }
+            button type="submit" { "Show snippets" }
+        }
+        @if models.is_empty() { p.muted { "No model is enabled in this organisation yet." } }
+        @if family.is_none() && chosen.is_some() {
+            p.muted { "Your role cannot see this model's provider: the unified endpoint below works with any of them." }
+        }
+        @if snippets.is_empty() { p.muted { "No snippet for a " (model_type) " model yet." } }
         @for (id, title, code) in &snippets {
-            section.snippet {
+            section.snippet data-snippet=(id) {
                 h2 { (title) }
                 div.copyrow {
                     pre id=(id) { code { (code) } }
                     button type="button" data-copy=(format!("#{id}")) { "Copy" }
+                }
+            }
+        }
+        section aria-labelledby="errors-h" {
+            h2 #errors-h { "Common errors" }
+            p.muted { "Errors come as JSON in the calling API's own envelope, with Wharf's code; a streamed answer that fails midway ends with an error event." }
+            div.tablewrap { table #common-errors {
+                thead { tr { th scope="col" { "Status" } th scope="col" { "Code" } th scope="col" { "What to do" } } }
+                tbody {
+                    @for (status, code, why) in common_errors() {
+                        tr { td { (status) } td { code { (code) } } td { (why) } }
+                    }
+                }
+            } }
+        }
+        section aria-labelledby="ide-h" {
+            h2 #ide-h { "IDE and CLI integrations" }
+            @for (n, (tool, conf)) in integrations.iter().enumerate() {
+                section.snippet data-tool=(tool) {
+                    h3 { (tool) }
+                    div.copyrow {
+                        pre id=(format!("ide-{n}")) { code { (conf) } }
+                        button type="button" data-copy=(format!("#ide-{n}")) { "Copy" }
+                    }
                 }
             }
         }

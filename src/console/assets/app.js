@@ -24,6 +24,10 @@
     if (b) { ev.preventDefault(); copy(b); return; }
     if (ev.target.closest("[data-print]")) { window.print(); }
   });
+  // A picker that reloads its page (the API docs' model): submit on change.
+  document.addEventListener("change", function (ev) {
+    if (ev.target.matches("select[data-autosubmit]") && ev.target.form) ev.target.form.submit();
+  });
   document.addEventListener("submit", function (ev) {
     var f = ev.target;
     var q = f.getAttribute("data-confirm");
