@@ -3904,3 +3904,83 @@ async fn docs_page_offers_only_snippets_a_model_can_serve() {
         assert!(page.body.contains(&want), "{want} not on the docs page");
     }
 }
+
+/// Pickers instead of UUID boxes: budget and quota owners and a model's provider key are chosen
+/// by name, and lists and detail pages show names where the row holds ids.
+#[tokio::test]
+async fn owners_and_provider_keys_are_picked_by_name() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    let team = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/teams"),
+            json!({"name": "Search team"}),
+        )
+        .await;
+    let prov = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/providers"),
+            json!({"name": "mockp", "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    let pkey = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/providers/{}/keys", id(&prov)),
+            json!({"name": "main", "secret": "sk-test-secret"}),
+        )
+        .await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let form = b.page("/alpha/budgets").await;
+    assert!(
+        form.body
+            .contains("<select id=\"c_scope_id\" name=\"scope_id\""),
+        "{}",
+        form.body
+    );
+    assert!(form.body.contains(&format!(
+        "<option value=\"{}\">Team · Search team</option>",
+        id(&team)
+    )));
+    let p = b
+        .submit(
+            "/alpha/budgets",
+            "/alpha/budgets",
+            &[
+                ("name", "team cap"),
+                ("scope", "TEAM"),
+                ("scope_id", &id(&team)),
+                ("amount_usd", "20"),
+                ("period", "MONTHLY"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let item = p.location.unwrap();
+    let list = b.page("/alpha/budgets").await;
+    assert!(
+        list.body.contains("<td>Team · Search team</td>"),
+        "{}",
+        list.body
+    );
+    let page = b.page(item.split('?').next().unwrap()).await;
+    assert!(
+        page.body.contains("<dd>Team · Search team</dd>"),
+        "{}",
+        page.body
+    );
+    // A model's provider key.
+    let models = b.page("/alpha/models").await;
+    assert!(
+        models.body.contains(&format!(
+            "<option value=\"{}\">mockp · main</option>",
+            id(&pkey)
+        )),
+        "{}",
+        models.body
+    );
+    assert!(!models.body.contains("sk-test-secret"));
+}

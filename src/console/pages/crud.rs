@@ -60,6 +60,33 @@ pub(super) async fn choices(
             }
         }
     }
+    // Budget and quota owners: a team, a user or an API key of the organisation, by name.
+    if let (true, Some(base)) = (cols.contains(&"scope_id"), &org) {
+        let mut owners = Choices::new();
+        for (what, label, kind) in [
+            ("teams", "name", "Team"),
+            ("users", "email", "User"),
+            ("api-keys", "name", "API key"),
+        ] {
+            if let Some(c) = list(format!("{base}/{what}"), label).await {
+                owners.extend(c.into_iter().map(|(id, n)| (id, format!("{kind} · {n}"))));
+            }
+        }
+        out.insert("scope_id", owners);
+    }
+    // A model's provider key: every key of the organisation's providers, by provider and name.
+    if let (true, Some(base)) = (cols.contains(&"provider_api_key_id"), &org) {
+        let providers = list(format!("{base}/providers"), "name")
+            .await
+            .unwrap_or_default();
+        let mut keys = Choices::new();
+        for (pid, pname) in providers {
+            if let Some(c) = list(format!("{base}/providers/{pid}/keys"), "name").await {
+                keys.extend(c.into_iter().map(|(id, n)| (id, format!("{pname} · {n}"))));
+            }
+        }
+        out.insert("provider_api_key_id", keys);
+    }
     if cols.contains(&"organisation_id") && cx.caller().role == Role::SuperAdmin {
         if let Some(c) = list("/api/admin/organisations".into(), "name").await {
             out.insert("organisation_id", c);
@@ -249,6 +276,7 @@ pub(super) async fn item_page(
     };
     let cols: Vec<&str> = page.res.columns.iter().map(|c| c.name).collect();
     let ch = choices(cx, scope, &cols).await;
+    let names = names_of(&ch);
     let href = format!("{}/{id}", scope.href(page.section));
     let extra = match (page.section, scope.org) {
         ("providers", Some(_)) => provider_keys_block(cx, &base, id, &href).await,
@@ -264,7 +292,8 @@ pub(super) async fn item_page(
         p { a href=(scope.href(page.section)) { "← All " (page.section) } }
         dl.details {
             @for (k, v) in row.as_object().into_iter().flatten() {
-                dt { (view::label_with_unit(k)) } dd { (view::cell(k, v)) }
+                dt { (view::label_with_unit(k)) }
+                dd { (v.as_str().filter(|_| k.ends_with("_id")).and_then(|id| names.get(id).cloned()).unwrap_or_else(|| view::cell(k, v))) }
             }
         }
         section aria-labelledby="edit-h" {
