@@ -1983,6 +1983,60 @@ async fn browser_end_to_end() {
     }
     assert!(!wd.text("#pg_out").await.is_empty(), "no streamed answer");
     wd.screenshot(&shots.join("playground-answer.png")).await;
+    // A second turn, with a system prompt and parameters: the transcript keeps both turns.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wd
+        .execute("return document.querySelectorAll('#pg_transcript li').length;")
+        .await
+        != 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first turn is not in the transcript"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wd.fill("#pg_system", "Answer briefly.").await;
+    wd.fill("#pg_temperature", "0.2").await;
+    wd.fill("#pg_max_tokens", "64").await;
+    wd.fill("#pg_prompt", "And again?").await;
+    wd.click("#playground button[type=submit]").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wd
+        .execute("return document.querySelectorAll('#pg_transcript li').length;")
+        .await
+        != 4
+    {
+        assert!(Instant::now() < deadline, "no second turn");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let history = wd.property("#pg_history", "value").await;
+    let history: Vec<Value> = serde_json::from_str(history.as_str().unwrap()).unwrap();
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert_eq!(history[2]["content"], "And again?");
+    wd.screenshot(&shots.join("playground-conversation.png"))
+        .await;
+    // An error is shown readably: the status, Wharf's code and its message.
+    wd.fill("#pg_key", "wharf_sk_not-a-key").await;
+    wd.fill("#pg_prompt", "Hello?").await;
+    wd.click("#playground button[type=submit]").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = wd
+            .execute("var e = document.getElementById('pg_error'); return e.hidden ? '' : e.textContent;")
+            .await;
+        let shown = shown.as_str().unwrap_or("").to_string();
+        if !shown.is_empty() {
+            assert!(
+                shown.starts_with("The gateway answered 401 — unauthorized: "),
+                "{shown}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no readable error");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wd.screenshot(&shots.join("playground-error.png")).await;
 
     // Revoke from the key page (with its confirmation): the gateway refuses the key.
     wd.goto(&key_url).await;
@@ -3983,4 +4037,180 @@ async fn owners_and_provider_keys_are_picked_by_name() {
         models.body
     );
     assert!(!models.body.contains("sk-test-secret"));
+}
+
+/// The platform dashboard: every organisation's last 30 days as charts, the error rate,
+/// provider health and the organisations by cost; the playground relay takes a system prompt,
+/// earlier turns and parameters, and refuses bad ones readably.
+#[tokio::test]
+async fn platform_dashboard_and_playground_relay() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let bb = org(&e, "Beta", "beta").await;
+    record_at(&e.db, &a, 30, 200, 10.0).await;
+    record_at(&e.db, &bb, 30, 500, 10.0).await;
+    record_at(&e.db, &bb, 40, 200, 10.0).await;
+    sqlx::query(
+        "UPDATE usage_records SET cost_nanos = 9000000000 WHERE organisation_id = $1::uuid",
+    )
+    .bind(&bb)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    e.root
+        .create(
+            &format!("/api/organisations/{a}/providers"),
+            json!({"name": "alpha-prov", "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let p = loop {
+        let p = b.page("/admin/dashboard").await;
+        if p.body.contains("<td>alpha-prov</td><td>Alpha</td>") {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no provider health row: {}",
+            p.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        p.body.contains("id=\"platform-error-rate\">33.3%<"),
+        "{}",
+        p.body
+    );
+    let at = p.body.find("id=\"chart-requests\"").expect("charts");
+    let chart = &p.body[at..at + p.body[at..].find("</figure>").unwrap()];
+    assert_eq!(chart.matches("<g class=\"bar\"").count(), 31);
+    // (The three requests may straddle midnight: count them over the bars.)
+    let count = |class: &str| -> i64 {
+        chart
+            .match_indices(&format!(" · {class} "))
+            .map(|(at, m)| {
+                let rest = &chart[at + m.len()..];
+                rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()]
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert_eq!((count("2xx"), count("5xx")), (2, 1), "{chart}");
+    // Beta costs more: it comes first.
+    let beta_at = p.body.find("href=\"/beta/dashboard\"").unwrap();
+    let alpha_at = p.body.find("href=\"/alpha/dashboard\"").unwrap();
+    assert!(beta_at < alpha_at, "organisations by cost");
+
+    // The playground relay: parameters are checked before anything is sent.
+    let cat = common::db::seed_catalog(&e.db, &e._mock, "Gamma", "chat-x", "up-chat-x").await;
+    let slug: String = sqlx::query_scalar("SELECT slug FROM organisations WHERE id = $1")
+        .bind(cat.org)
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    let (_, secret) = common::db::seed_key(&e.db, cat.org, "pg", &[cat.model]).await;
+    let csrf = b.page(&format!("/{slug}/playground")).await.csrf();
+    let relay = format!("/{slug}/playground/chat");
+    let p = b
+        .post(
+            &relay,
+            &[
+                ("_csrf", &csrf),
+                ("key", &secret),
+                ("model", "chat-x"),
+                ("prompt", "hi"),
+                ("temperature", "5"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.body.contains("temperature: a number from 0 to 2"),
+        "{}",
+        p.body
+    );
+    let p = b
+        .post(
+            &relay,
+            &[
+                ("_csrf", &csrf),
+                ("key", &secret),
+                ("model", "chat-x"),
+                ("prompt", "hi"),
+                ("history", "[{\"role\": \"system\", \"content\": \"x\"}]"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    // A system prompt and two earlier turns count as input.
+    let send = |history: &'static str, system: &'static str| {
+        let (relay, csrf, secret) = (relay.clone(), csrf.clone(), secret.clone());
+        let http = b.http.clone();
+        let base = b.base.clone();
+        let cookie = b.cookie_header();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let r = http
+                    .post(format!("{base}{relay}"))
+                    .header("cookie", &cookie)
+                    .form(&[
+                        ("_csrf", csrf.as_str()),
+                        ("key", secret.as_str()),
+                        ("model", "chat-x"),
+                        ("prompt", "And now?"),
+                        ("history", history),
+                        ("system", system),
+                        ("temperature", "0.5"),
+                        ("max_tokens", "32"),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 200 {
+                    break r.headers()["x-request-id"].to_str().unwrap().to_string();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the relay answered {}",
+                    r.status()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let short = send("[]", "").await;
+    let long = send(
+        "[{\"role\": \"user\", \"content\": \"What is the capital of France, in one word?\"}, {\"role\": \"assistant\", \"content\": \"Paris, the capital and largest city of France.\"}]",
+        "You are a terse assistant that answers in as few words as possible.",
+    )
+    .await;
+    let tokens = |rid: String| {
+        let pool = e.db.pool.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let t: Option<i64> = sqlx::query_scalar(
+                    "SELECT input_tokens FROM usage_records WHERE request_id = $1",
+                )
+                .bind(&rid)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                if let Some(t) = t {
+                    break t;
+                }
+                assert!(Instant::now() < deadline, "no usage record of {rid}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (s, l) = (tokens(short).await, tokens(long).await);
+    assert!(
+        l > s + 10,
+        "the earlier turns and the system prompt were not sent: {s} vs {l}"
+    );
 }

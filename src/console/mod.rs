@@ -337,11 +337,19 @@ async fn relay(state: &State, http: &mut ServerSession) -> Result<(), Resp> {
     }
     let key = cx.req.f("key").unwrap_or("").trim().to_string();
     let stream = cx.req.f("stream") == Some("true");
-    let body = serde_json::json!({
-        "model": cx.req.f("model").unwrap_or(""),
-        "messages": [{"role": "user", "content": cx.req.f("prompt").unwrap_or("")}],
-        "stream": stream,
-    });
+    let body = match playground_body(&cx.req, stream) {
+        Ok(b) => b,
+        Err(msg) => {
+            let e = ApiError::invalid("playground", msg);
+            let r = e.reply();
+            return Err(Resp {
+                status: r.status,
+                content_type: r.content_type,
+                headers: Vec::new(),
+                body: r.body.to_vec(),
+            });
+        }
+    };
     let client = loopback_client().map_err(|e| view::error_page(Some(&cx), 500, &e))?;
     let mut up = client
         .post(format!("{}/v1/chat/completions", loopback_gateway(state)))
@@ -380,6 +388,58 @@ async fn relay(state: &State, http: &mut ServerSession) -> Result<(), Resp> {
     }
     let _ = http.finish_body().await;
     Ok(())
+}
+
+/// The chat request of a playground form: the system prompt, the earlier turns (`history`, a
+/// JSON array of `{role, content}` with roles `user` and `assistant`), the new message, and
+/// the parameters given (`temperature` 0–2, `max_tokens` ≥ 1).
+fn playground_body(req: &Req, stream: bool) -> Result<Value, String> {
+    let mut messages = Vec::new();
+    if let Some(sys) = req.f("system").map(str::trim).filter(|s| !s.is_empty()) {
+        messages.push(serde_json::json!({"role": "system", "content": sys}));
+    }
+    if let Some(h) = req.f("history").map(str::trim).filter(|s| !s.is_empty()) {
+        let turns: Vec<Value> =
+            serde_json::from_str(h).map_err(|e| format!("history: invalid JSON: {e}"))?;
+        if turns.len() > 100 {
+            return Err("history: at most 100 turns".into());
+        }
+        for t in turns {
+            match (t["role"].as_str(), t["content"].as_str()) {
+                (Some(role @ ("user" | "assistant")), Some(content)) => {
+                    messages.push(serde_json::json!({"role": role, "content": content}))
+                }
+                _ => return Err("history: each turn is {role: user|assistant, content}".into()),
+            }
+        }
+    }
+    messages.push(serde_json::json!({"role": "user", "content": req.f("prompt").unwrap_or("")}));
+    let mut body = serde_json::json!({
+        "model": req.f("model").unwrap_or(""),
+        "messages": messages,
+        "stream": stream,
+    });
+    if let Some(t) = req
+        .f("temperature")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let v: f64 = t
+            .parse()
+            .ok()
+            .filter(|v: &f64| (0.0..=2.0).contains(v))
+            .ok_or("temperature: a number from 0 to 2")?;
+        body["temperature"] = serde_json::json!(v);
+    }
+    if let Some(m) = req.f("max_tokens").map(str::trim).filter(|s| !s.is_empty()) {
+        let v: u32 = m
+            .parse()
+            .ok()
+            .filter(|v: &u32| *v >= 1)
+            .ok_or("max_tokens: a whole number of at least 1")?;
+        body["max_tokens"] = serde_json::json!(v);
+    }
+    Ok(body)
 }
 
 /// A signed-in request: the session, its caller, and the request.

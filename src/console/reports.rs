@@ -1381,17 +1381,37 @@ pub async fn playground(cx: &Cx<'_>, scope: &Scope, org: Uuid, tail: &[&str]) ->
                 }
             }
             div.field {
+                label for="pg_system" { "System prompt " span.muted { "(optional)" } }
+                textarea #pg_system name="system" rows="2" placeholder="You are a helpful assistant." {}
+            }
+            div.params {
+                div.field {
+                    label for="pg_temperature" { "Temperature " span.muted { "(0–2, optional)" } }
+                    input #pg_temperature type="number" name="temperature" min="0" max="2" step="0.1" inputmode="decimal";
+                }
+                div.field {
+                    label for="pg_max_tokens" { "Max tokens " span.muted { "(optional)" } }
+                    input #pg_max_tokens type="number" name="max_tokens" min="1" step="1";
+                }
+            }
+            div.field {
                 label for="pg_prompt" { "Message" }
                 textarea #pg_prompt name="prompt" rows="4" required { "Say hello." }
             }
+            input #pg_history type="hidden" name="history" value="[]";
             div.check {
                 input #pg_stream type="checkbox" name="stream" checked;
                 label for="pg_stream" { "Stream the answer" }
             }
             button.primary type="submit" { "Send" }
+            " "
+            button #pg_reset type="button" { "New conversation" }
         }
         section aria-live="polite" {
+            h2 { "Conversation" }
+            ol #pg_transcript.transcript {}
             h2 { "Answer" }
+            p #pg_error.error role="alert" hidden {}
             pre #pg_out { }
             h2 { "Usage record" }
             pre #pg_usage.muted { "—" }
