@@ -3,15 +3,15 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use wharf::config::{self, DatabaseConfig, KeyType, Secret, VirtualKey};
+use wharf::control::store::{self, Store};
 use wharf::control::DbMode;
+use wharf::control::Snapshot;
 use wharf::db::crypto::MasterKeys;
 use wharf::keys::KeyHash;
-use wharf::state::Snapshot;
-use wharf::store::{self, Store};
 
 const FILE_KEY: &str = "wharf-bench-file-key";
 const DB_KEY: &str = "wharf_sk_bench_database_key_0123456789";
@@ -37,11 +37,11 @@ models = ["*"]
 "#,
         KeyHash::of(FILE_KEY).to_hex()
     );
-    Snapshot {
-        config: config::parse(&text).expect("valid configuration"),
-        version: 1,
-        loaded_at: SystemTime::now(),
-    }
+    Snapshot::new(
+        config::parse(&text).expect("valid configuration"),
+        Default::default(),
+        1,
+    )
 }
 
 fn bench(c: &mut Criterion) {

@@ -1,10 +1,10 @@
 //! The admin listener: the console, the admin API, and the answers both listeners give
 //! (in [`crate::endpoints`]). Bind it to an internal address.
 
+use crate::control::state::State;
 use crate::endpoints::{health, healthz, is_operator, metrics_reply, status, status_view};
 use crate::error::{ErrorCode, GatewayError};
 use crate::respond::error as error_reply;
-use crate::state::State;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;

@@ -3,10 +3,10 @@
 //! functions.
 
 use crate::config::VirtualKey;
+use crate::control::{Snapshot, State};
 use crate::error::{ErrorCode, GatewayError};
 use crate::metrics;
 use crate::respond::{error as error_reply, Reply};
-use crate::state::{Snapshot, State};
 use bytes::Bytes;
 use serde_json::json;
 use std::time::{SystemTime, UNIX_EPOCH};

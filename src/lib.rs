@@ -23,8 +23,6 @@ pub mod safety;
 pub mod server;
 pub mod services;
 pub mod sse;
-pub mod state;
-pub mod store;
 pub mod telemetry;
 pub mod translate;
 pub mod types;

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Cmd::Check { files } => {
             let mut failed = false;
             for f in files {
-                match wharf::config::load(&f) {
+                match wharf::control::build::check_file(&f) {
                     Ok(c) => {
                         println!(
                             "{f}: ok ({} providers, {} models, {} keys)",

@@ -3,9 +3,9 @@
 
 use crate::admin::AdminApp;
 use crate::config::{self, Config};
+use crate::control::state::{resolve_providers, State};
 use crate::proxy::Gateway;
 use crate::services::{ConfigWatcher, ProviderMonitor, UsageWriter};
-use crate::state::{resolve_providers, State};
 use crate::usage::UsageSink;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -100,6 +100,7 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
         }
         None => None,
     };
+    let filters = crate::control::build::filters(&cfg).map_err(|e| e.to_string())?;
     // Resolve provider host names before the first request.
     rt.block_on(resolve_providers(&cfg, None));
     drop(rt);
@@ -133,7 +134,7 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
         .as_ref()
         .map(|d| (d.url.expose().to_string(), cfg.usage.spill_path.clone()));
     let db_mode = db.is_some();
-    let state = State::new(cfg, opts.config_path.clone(), sink, db);
+    let state = State::new(cfg, filters, opts.config_path.clone(), sink, db);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -1,8 +1,8 @@
 //! Background services: usage writer, configuration watcher (file change + SIGHUP), provider
 //! monitor (DNS refresh and reachability probes). All run off the request path.
 
+use crate::control::state::{resolve_providers, Reachability, State};
 use crate::endpoints::rfc3339;
-use crate::state::{resolve_providers, Reachability, State};
 use crate::usage::{run_writer, UsageRecord};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -107,7 +107,7 @@ impl BackgroundService for ConfigWatcher {
                     let _ = self.state.reload().await;
                 }
                 _ = tokio::time::sleep(interval) => {
-                    crate::filters::refresh_scripts(&self.state.current().config.filters);
+                    crate::filters::refresh_scripts(&self.state.current().filters);
                     let now = file_stamp(&path);
                     if now.is_some() && now != stamp {
                         stamp = now;

@@ -4,92 +4,11 @@
 //! a background writer appends them as JSON Lines. Queue depth and drops are metrics.
 
 use crate::metrics;
-use crate::types::Pricing;
-use serde::Serialize;
 use std::io::Write;
 use tokio::sync::mpsc;
 
+pub use crate::types::usage::{Attempt, UsageRecord, UsageSource};
 pub use crate::types::Tokens;
-
-/// Where the token counts came from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UsageSource {
-    /// Nothing was produced or nothing could be read.
-    #[default]
-    None,
-    /// Reported by the provider.
-    Provider,
-    /// Estimated by the gateway (the provider reported nothing).
-    Estimated,
-}
-
-/// One upstream attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
-    pub provider: String,
-    pub model: String,
-    pub outcome: &'static str,
-    pub error_class: Option<&'static str>,
-    pub status: Option<u16>,
-    pub latency_ms: f64,
-}
-
-/// One record per request (SPEC §10 fields that apply).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct UsageRecord {
-    pub request_id: String,
-    /// RFC 3339 start time.
-    pub timestamp: String,
-    pub organisation_id: Option<String>,
-    pub team_id: Option<String>,
-    pub user_id: Option<String>,
-    pub api_key_id: Option<String>,
-    pub method: String,
-    pub endpoint: String,
-    pub model: Option<String>,
-    pub provider: Option<String>,
-    pub provider_type: Option<&'static str>,
-    pub upstream_model: Option<String>,
-    pub stream: bool,
-    pub status: u16,
-    /// `success`, `error`, `upstream_error`, `client_disconnected`.
-    pub outcome: &'static str,
-    pub error_code: Option<String>,
-    /// Which gate denied the request, if any (`auth`, `route`, `body`, `model`, ...).
-    pub denied_by: Option<&'static str>,
-    pub latency_ms: f64,
-    pub ttfb_ms: Option<f64>,
-    pub gateway_overhead_us: u64,
-    pub tokens: Tokens,
-    pub usage_source: UsageSource,
-    pub cost_nanos: u64,
-    pub pricing: Option<Pricing>,
-    pub attempts: Vec<Attempt>,
-    pub provider_request_id: Option<String>,
-    /// The `X-Request-Id` the client sent, if any: kept for correlation, never an identity
-    /// (`request_id` is always the gateway's own, unique per request).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_request_id: Option<String>,
-    /// The upstream stream ended before its normal end.
-    pub stream_cut: bool,
-    pub client_disconnected: bool,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    /// OpenTelemetry trace id (32 hex digits) when tracing is on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    /// What filters decided (mutate, block, error) and the metadata they set; absent when
-    /// no filter did anything.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub filters: Option<crate::filters::FilterReport>,
-    /// MCP requests: the server's slug.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mcp_server: Option<String>,
-    /// MCP requests: one record per JSON-RPC call (`mcp_usage_records`), linked by request id.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub mcp_calls: Vec<crate::mcp::McpUsageRecord>,
-}
 
 /// The request-path end of the usage queue.
 #[derive(Clone)]
@@ -202,6 +121,7 @@ pub async fn run_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Pricing;
     use serde_json::json;
     use serde_json::Value;
 

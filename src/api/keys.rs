@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 /// Drops keys (by hash, hex) from the caches of every node: this one directly, the others
 /// through Redis (the NOTIFY triggers reach them as well).
-pub async fn invalidate(state: &crate::state::State, hashes: Vec<String>) {
+pub async fn invalidate(state: &crate::control::state::State, hashes: Vec<String>) {
     let inv = Invalidation {
         key_hashes: hashes,
         all_keys: false,

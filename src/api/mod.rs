@@ -57,9 +57,9 @@ pub mod routes;
 pub mod sql;
 pub mod usage;
 
+use crate::control::state::State;
 use crate::error::{ErrorCode, GatewayError};
 use crate::respond::Reply;
-use crate::state::State;
 use bytes::Bytes;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};

@@ -4,21 +4,24 @@
 //! problem with its key path (`providers[1].base_url: ...`) instead of stopping at the first.
 //! Start-up, `wharf check` and hot reload share this one path.
 
+pub mod filters;
+pub mod mcp;
 pub mod provider;
 pub mod raw;
 
 use crate::keys::KeyHash;
-use crate::routing::credentials::Credentials;
-use crate::routing::policy::RoutingPolicy;
-use crate::routing::{FailoverOn, Router, RouterConfig, Strategy};
-use http::{HeaderName, HeaderValue};
+use crate::types::routing::{RouterConfig, Strategy};
+use crate::types::routing_policy::RoutingPolicy;
 use raw::{RawConfig, RawKey, RawModel, RawProvider};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::types::{KeyType, ModelType, Pricing, ProviderKind, Secret};
+pub use crate::types::{
+    Deployments, HealthCheck, KeyType, Model, ModelType, Pricing, Provider, ProviderKind, Secret,
+    VirtualKey,
+};
 
 /// `[telemetry]`, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,12 +84,15 @@ pub struct Config {
     /// Routing policies of organisations (from the file and, in database mode, Postgres).
     pub org_routing: HashMap<String, Arc<RoutingPolicy>>,
     pub telemetry: TelemetryConfig,
-    /// Filter chains (SPEC §9).
-    pub filters: Arc<crate::filters::FilterSet>,
+    /// Filter chains of the file (SPEC §9), as written: the control plane builds them into the
+    /// snapshot's filter set.
+    pub filters: Vec<filters::RawFilter>,
+    /// Filter chains of the database (`filters` rows), in database mode.
+    pub db_filters: Vec<filters::RawFilter>,
     /// Policies of the global, organisation and team scopes; trusted proxies.
     pub governance: crate::governance::GovConfig,
     /// MCP servers of the file and, in database mode, of every organisation (SPEC §8).
-    pub mcp: crate::mcp::config::McpCatalog,
+    pub mcp: mcp::McpCatalog,
 }
 
 /// One organisation's models (database mode).
@@ -167,217 +173,6 @@ pub struct UsageConfig {
     pub path: Option<String>,
     pub spill_path: String,
     pub queue_capacity: usize,
-}
-
-/// An upstream provider.
-#[derive(Debug)]
-pub struct Provider {
-    pub name: String,
-    pub kind: ProviderKind,
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// `Host` header value (`host` or `host:port` for non-default ports).
-    pub authority: String,
-    /// Path prefix of the API root, e.g. `/v1` (no trailing slash).
-    pub base_path: String,
-    pub api_key: Option<Secret>,
-    /// The credential header values, ready to insert (built at load), used in turn.
-    pub credentials: Credentials,
-    /// Masks the provider's secrets in what it answers (built at load).
-    pub redactor: Option<crate::routing::redact::Redactor>,
-    pub api_key_env: Option<String>,
-    /// Header carrying the credential (lower case).
-    pub auth_header: HeaderName,
-    /// `api-version` for Azure OpenAI.
-    pub api_version: Option<String>,
-    pub read_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub enabled: bool,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Resolved addresses, refreshed off the request path.
-    pub addrs: arc_swap::ArcSwap<Vec<SocketAddr>>,
-    /// Active health checks ([`crate::routing::health`]).
-    pub health_check: Option<HealthCheck>,
-    /// Database mode: the organisation that owns the provider (`None`: the file's, shared).
-    pub organisation_id: Option<String>,
-}
-
-/// A provider's active health check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthCheck {
-    /// Path on the server root, e.g. `/health`.
-    pub path: String,
-    /// The URL checked (scheme, the provider's authority, the path): what the health state
-    /// is kept by, so two providers on one endpoint share it and names never collide.
-    pub url: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-impl Provider {
-    /// The provider's key in the reachability table: organisations may reuse a name.
-    pub fn status_key(&self) -> String {
-        format!(
-            "{}/{}",
-            self.organisation_id.as_deref().unwrap_or(""),
-            self.name
-        )
-    }
-
-    /// Whether `host` is an IP literal (no DNS needed).
-    pub fn host_is_ip(&self) -> bool {
-        self.host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok()
-    }
-}
-
-/// A client-facing model.
-#[derive(Debug)]
-pub struct Model {
-    pub name: String,
-    pub slug: String,
-    pub kind: ModelType,
-    pub provider: Arc<Provider>,
-    pub pricing: Pricing,
-    pub enabled: bool,
-    /// Upstream URIs already built for this model, by route name (requests without a client
-    /// query string reuse them instead of formatting and parsing a URI each time).
-    pub uri_cache: std::sync::RwLock<HashMap<&'static str, http::Uri>>,
-    /// Share of traffic and failover rank of this deployment.
-    pub weight: u32,
-    pub priority: u32,
-    /// Every deployment of the model (its own first) with live routing state; `None` when the
-    /// model has only its own. Each target is a `Model` of one deployment (no `deployments`).
-    pub deployments: Option<Arc<Deployments>>,
-    /// The model's policy (SPEC §7).
-    pub policy: Option<Arc<crate::governance::policy::Policy>>,
-}
-
-/// The deployments of a model (SPEC §5) and how one is chosen.
-#[derive(Debug)]
-pub struct Deployments {
-    /// Indexed by the router's deployment id.
-    pub targets: Vec<Arc<Model>>,
-    pub router: Arc<Router>,
-    pub strategy: Strategy,
-    pub failover_on: Vec<FailoverOn>,
-    /// Further attempts after the first; `None`: every other deployment once.
-    pub max_retries: Option<u32>,
-}
-
-impl Model {
-    /// A deployment of `self` on another provider/slug: same name, type, pricing and state.
-    pub fn deployment(
-        &self,
-        provider: Arc<Provider>,
-        slug: String,
-        weight: u32,
-        priority: u32,
-    ) -> Model {
-        Model {
-            name: self.name.clone(),
-            slug,
-            kind: self.kind,
-            provider,
-            pricing: self.pricing,
-            enabled: self.enabled,
-            uri_cache: Default::default(),
-            weight,
-            priority,
-            deployments: None,
-            policy: self.policy.clone(),
-        }
-    }
-
-    /// Gives `model` its deployment group: `extra` are further deployments. The router is
-    /// shared with the previous configuration when the group is unchanged (its health survives
-    /// reloads); `scope` distinguishes organisations.
-    pub fn with_deployments(
-        mut model: Model,
-        scope: &str,
-        extra: Vec<Model>,
-        strategy: Strategy,
-        failover_on: Vec<FailoverOn>,
-        max_retries: Option<u32>,
-        tuning: RouterConfig,
-    ) -> Model {
-        if extra.is_empty() {
-            return model;
-        }
-        let own = model.deployment(
-            model.provider.clone(),
-            model.slug.clone(),
-            model.weight,
-            model.priority,
-        );
-        let mut targets = vec![Arc::new(own)];
-        targets.extend(extra.into_iter().map(Arc::new));
-        let mut sig = format!("model|{scope}|{}|{tuning:?}", model.name);
-        let deps: Vec<crate::routing::Deployment> = targets
-            .iter()
-            .enumerate()
-            .map(|(id, t)| {
-                sig.push_str(&format!(
-                    "|{}:{}:{}:{}",
-                    t.provider.name, t.slug, t.weight, t.priority
-                ));
-                crate::routing::Deployment {
-                    id,
-                    weight: t.weight,
-                    priority: t.priority,
-                }
-            })
-            .collect();
-        let router = crate::routing::registry::router(&sig, &deps, tuning);
-        model.deployments = Some(Arc::new(Deployments {
-            targets,
-            router,
-            strategy,
-            failover_on,
-            max_retries,
-        }));
-        model
-    }
-}
-
-/// A virtual key as the gateway knows it: a hash and what it may do.
-#[derive(Debug, Default)]
-pub struct VirtualKey {
-    pub id: String,
-    pub name: Option<String>,
-    pub prefix: Option<String>,
-    pub kind: KeyType,
-    pub organisation_id: String,
-    pub team_id: Option<String>,
-    pub user_id: Option<String>,
-    /// Unix seconds.
-    pub expires_at: Option<i64>,
-    pub revoked: bool,
-    pub all_models: bool,
-    pub models: HashSet<String>,
-    /// Routing policy of the key (SPEC §5); it replaces the organisation's rule by rule.
-    pub routing: Option<Arc<RoutingPolicy>>,
-    /// Policies of the key (and, in database mode, of its organisation and team).
-    pub policies: crate::governance::KeyPolicies,
-    /// Ids of the MCP servers the key may reach (`"*"`: every one of its organisation).
-    pub mcp_servers: HashSet<String>,
-}
-
-impl VirtualKey {
-    /// Whether this key may call `model`.
-    pub fn may_use(&self, model: &str) -> bool {
-        self.all_models || self.models.contains(model)
-    }
-
-    /// Whether this key holds a grant for the MCP server with this id.
-    pub fn may_use_mcp(&self, server_id: &str) -> bool {
-        self.mcp_servers.contains(server_id) || self.mcp_servers.contains("*")
-    }
 }
 
 /// Reads, parses and validates a configuration file.
@@ -499,7 +294,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
-    let mcp = crate::mcp::config::build_file_servers(&raw.mcp_servers, &mut errs, &mut warnings);
+    let mcp = mcp::build_file_servers(&raw.mcp_servers, &mut errs, &mut warnings);
     let mcp_ids = mcp.file_ids();
     let mut keys = HashMap::new();
     let mut key_ids = HashSet::new();
@@ -590,7 +385,6 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             v
         });
-    let filters = Arc::new(crate::filters::build(&raw.filters, &mut errs));
     let governance = crate::governance::build_config(
         &raw.policies,
         &raw.organisations,
@@ -626,7 +420,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         routing,
         org_routing,
         telemetry,
-        filters,
+        filters: raw.filters,
+        db_filters: Vec::new(),
         governance,
         mcp,
     })
@@ -797,7 +592,7 @@ fn validate_provider(
     match provider::build_provider(&spec, api_keys, p.api_key_env.clone()) {
         Ok(mut built) if errs.len() == before => {
             built.health_check = health_check.map(|(path, interval, timeout)| HealthCheck {
-                url: crate::routing::health::check_url(&built, &path),
+                url: built.check_url(&path),
                 path,
                 interval,
                 timeout,
@@ -882,12 +677,14 @@ fn validate_model(
         None => Strategy::Failover,
     };
     let failover_on = match &m.failover_on {
-        Some(list) => crate::routing::policy::parse_triggers(list, &format!("{at}.failover_on"))
-            .unwrap_or_else(|e| {
-                errs.push(e);
-                Vec::new()
-            }),
-        None => crate::routing::policy::DEFAULT_TRIGGERS.to_vec(),
+        Some(list) => {
+            crate::types::routing_policy::parse_triggers(list, &format!("{at}.failover_on"))
+                .unwrap_or_else(|e| {
+                    errs.push(e);
+                    Vec::new()
+                })
+        }
+        None => crate::types::routing_policy::DEFAULT_TRIGGERS.to_vec(),
     };
     if m.max_retries.is_some_and(|n| n > 8) {
         errs.push(format!("{at}.max_retries: at most 8"));
@@ -917,7 +714,7 @@ fn validate_model(
             ));
         }
     }
-    let policy = crate::governance::validated(at, &m.policies, errs);
+    let policy = crate::types::policy::validated(at, &m.policies, errs);
     if errs.len() > before {
         return None;
     }
@@ -1031,7 +828,7 @@ fn validate_key(
             mcp_servers.insert(m.clone());
         }
     }
-    let key_policy = crate::governance::validated(at, &k.policies, errs);
+    let key_policy = crate::types::policy::validated(at, &k.policies, errs);
     if errs.len() > before {
         return None;
     }
@@ -1050,7 +847,7 @@ fn validate_key(
             all_models,
             models: granted,
             routing,
-            policies: crate::governance::KeyPolicies {
+            policies: crate::types::policy::KeyPolicies {
                 key: key_policy,
                 ..Default::default()
             },

@@ -153,11 +153,11 @@ pub fn build_provider(
             Some(v)
         })
         .collect();
-    let redactor = crate::routing::redact::Redactor::new(api_keys.iter().map(|k| k.expose()));
+    let redactor = crate::types::redact::Redactor::new(api_keys.iter().map(|k| k.expose()));
     let api_key = api_keys.into_iter().next();
     Ok(Provider {
         name: spec.name.clone(),
-        credentials: crate::routing::credentials::Credentials::new(values),
+        credentials: crate::types::credentials::Credentials::new(values),
         redactor,
         kind: spec.kind,
         tls,

@@ -36,11 +36,11 @@ pub struct RawConfig {
     pub routing: RawRouting,
     #[serde(default)]
     pub telemetry: RawTelemetry,
-    /// Filter chains (`[[filters]]`, see `crate::filters::config`).
+    /// Filter chains (`[[filters]]`, see `super::filters`).
     #[serde(default)]
-    pub filters: Vec<crate::filters::RawFilter>,
+    pub filters: Vec<super::filters::RawFilter>,
     /// Global policy (SPEC §7).
-    pub policies: Option<crate::governance::policy::Policy>,
+    pub policies: Option<crate::types::policy::Policy>,
     /// Policies of organisations and teams, by id.
     #[serde(default)]
     pub organisations: BTreeMap<String, crate::governance::RawScope>,
@@ -54,9 +54,9 @@ pub struct RawConfig {
     pub budgets: Vec<crate::governance::budget::RawMeter>,
     #[serde(default)]
     pub quotas: Vec<crate::governance::budget::RawMeter>,
-    /// MCP servers (SPEC §8, see `crate::mcp::config`).
+    /// MCP servers (SPEC §8, see `super::mcp`).
     #[serde(default)]
-    pub mcp_servers: Vec<crate::mcp::config::RawMcpServer>,
+    pub mcp_servers: Vec<super::mcp::RawMcpServer>,
 }
 
 /// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
@@ -359,7 +359,7 @@ pub struct RawModel {
     pub failover_on: Option<Vec<String>>,
     /// Further attempts after the first (default: every other deployment once).
     pub max_retries: Option<u32>,
-    pub policies: Option<crate::governance::policy::Policy>,
+    pub policies: Option<crate::types::policy::Policy>,
 }
 
 /// `[[models.deployments]]`
@@ -422,7 +422,7 @@ pub struct RawKey {
     pub models: Vec<String>,
     /// Routing policy in Odock's shape (SPEC §5); overrides the organisation's.
     pub routing: Option<serde_json::Value>,
-    pub policies: Option<crate::governance::policy::Policy>,
+    pub policies: Option<crate::types::policy::Policy>,
     /// Granted MCP servers (ids or slugs of `[[mcp_servers]]`); `"*"` grants every one.
     #[serde(default)]
     pub mcp_servers: Vec<String>,

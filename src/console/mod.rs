@@ -25,8 +25,8 @@ mod session;
 mod view;
 
 use crate::api::{ApiError, Caller};
+use crate::control::state::State;
 use crate::error::ErrorCode;
-use crate::state::State;
 use http::Method;
 use pingora::protocols::http::ServerSession;
 use serde_json::Value;
@@ -193,11 +193,7 @@ async fn read(state: &State, http: &mut ServerSession) -> Result<Req, Resp> {
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok());
-        crate::governance::policy::client_ip(
-            p,
-            xff,
-            &state.current().config.governance.trusted_proxies,
-        )
+        crate::types::policy::client_ip(p, xff, &state.current().config.governance.trusted_proxies)
     });
     let header = |name: &str| {
         h.headers

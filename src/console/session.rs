@@ -52,7 +52,7 @@ impl Session {
     }
 }
 
-fn pool(state: &crate::state::State) -> ApiResult<PgPool> {
+fn pool(state: &crate::control::state::State) -> ApiResult<PgPool> {
     crate::api::pool(state)
 }
 
@@ -83,7 +83,10 @@ type SessionRow = (
 );
 
 /// The session of the request's cookie, if valid.
-pub async fn current(state: &crate::state::State, req: &Req) -> ApiResult<Option<Session>> {
+pub async fn current(
+    state: &crate::control::state::State,
+    req: &Req,
+) -> ApiResult<Option<Session>> {
     let Some(token) = req.cookies.get(SESSION_COOKIE).filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
@@ -207,7 +210,11 @@ fn reuse_or_new(current: Option<&String>) -> String {
 }
 
 /// `GET /login` (and the form again after a failed attempt).
-pub async fn login_page(state: &crate::state::State, req: &Req, error: Option<&str>) -> Resp {
+pub async fn login_page(
+    state: &crate::control::state::State,
+    req: &Req,
+    error: Option<&str>,
+) -> Resp {
     if error.is_none() {
         if let Ok(Some(s)) = current(state, req).await {
             return Resp::redirect(&s.home());
@@ -420,7 +427,7 @@ pub async fn sign_in(
 }
 
 /// `POST /login`.
-pub async fn login(state: &crate::state::State, req: Req) -> Resp {
+pub async fn login(state: &crate::control::state::State, req: Req) -> Resp {
     let form_token = req.f("_csrf").unwrap_or("");
     let cookie_token = req
         .cookies
@@ -501,7 +508,7 @@ pub async fn logout(cx: &Cx<'_>) -> Resp {
 }
 
 /// `GET /invite/{token}`: the acceptance form.
-pub async fn invite_page(state: &crate::state::State, req: &Req, token: &str) -> Resp {
+pub async fn invite_page(state: &crate::control::state::State, req: &Req, token: &str) -> Resp {
     let pool = match pool(state) {
         Ok(p) => p,
         Err(e) => return view::error_page(None, e.status(), &e.message),
@@ -519,7 +526,7 @@ pub async fn invite_page(state: &crate::state::State, req: &Req, token: &str) ->
 }
 
 /// `POST /invite/{token}`: creates the user, signs them in.
-pub async fn invite_accept(state: &crate::state::State, req: Req, token: &str) -> Resp {
+pub async fn invite_accept(state: &crate::control::state::State, req: Req, token: &str) -> Resp {
     let form_token = req.f("_csrf").unwrap_or("");
     let cookie_token = req
         .cookies

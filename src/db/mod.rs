@@ -11,6 +11,7 @@
 
 pub mod crypto;
 pub mod load;
+pub mod mcp_calls;
 mod migrate;
 pub mod secrets;
 pub mod usage_store;

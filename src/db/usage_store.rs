@@ -20,7 +20,7 @@
 //! the database rejects for good (and lines that are not records) are moved to
 //! `<spill file>.rejected` so that one bad line can never block the rest.
 
-use crate::usage::{UsageRecord, UsageSource};
+use crate::types::{UsageRecord, UsageSource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -179,7 +179,7 @@ impl PgUsageStore {
                     self.db_ok();
                     if batch.iter().any(|r| !r.mcp_calls.is_empty()) {
                         // The per-call MCP records (their HTTP requests' records are in).
-                        let calls = crate::mcp::db::insert_calls(&self.pool, batch);
+                        let calls = crate::db::mcp_calls::insert_calls(&self.pool, batch);
                         match tokio::time::timeout(self.timeout, calls).await {
                             Ok(Ok(_)) => {}
                             Ok(Err(e)) => {
@@ -336,7 +336,7 @@ impl PgUsageStore {
         match self.insert(&rows).await {
             Ok(_) => {
                 let calls: Vec<_> = records.iter().flat_map(|(_, r)| r.mcp_rows()).collect();
-                if let Err(e) = crate::mcp::db::insert_rows(&self.pool, &calls).await {
+                if let Err(e) = crate::db::mcp_calls::insert_rows(&self.pool, &calls).await {
                     tracing::warn!(error = %e, "replayed MCP usage records not written");
                 }
                 progress.done = all_end;
@@ -566,8 +566,8 @@ struct SpilledRecord {
 }
 
 impl SpilledRecord {
-    fn mcp_rows(&self) -> Vec<crate::mcp::db::CallRow> {
-        let o = crate::mcp::db::Owners {
+    fn mcp_rows(&self) -> Vec<crate::db::mcp_calls::CallRow> {
+        let o = crate::db::mcp_calls::Owners {
             organisation_id: self.organisation_id.as_deref(),
             team_id: self.team_id.as_deref(),
             user_id: self.user_id.as_deref(),
@@ -575,7 +575,7 @@ impl SpilledRecord {
         };
         self.mcp_calls
             .iter()
-            .filter_map(|c| crate::mcp::db::CallRow::from_json(&o, c))
+            .filter_map(|c| crate::db::mcp_calls::CallRow::from_json(&o, c))
             .collect()
     }
 }
@@ -1087,7 +1087,7 @@ SELECT count(*) FROM inserted
 mod tests {
     use super::*;
     use crate::config::Pricing;
-    use crate::usage::{Attempt, Tokens};
+    use crate::types::{Attempt, Tokens};
 
     fn full_record() -> UsageRecord {
         UsageRecord {

@@ -20,48 +20,12 @@
 use super::builtin::{AuditLog, PiiMask, RequestTransform};
 use super::lua::{Limits, LuaFilter, Script};
 use super::{Entry, Filter, FilterSet, OnError, Phase, PhaseSet, Scope};
+pub use crate::config::filters::{RawFilter, RawScope};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// One `[[filters]]` table as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFilter {
-    pub name: String,
-    pub kind: String,
-    pub script: Option<String>,
-    pub order: Option<i64>,
-    #[serde(default)]
-    pub on_error: OnError,
-    #[serde(default)]
-    pub read_only: bool,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    pub phases: Option<Vec<String>>,
-    #[serde(default)]
-    pub scope: RawScope,
-    #[serde(default)]
-    pub settings: toml::Table,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// `scope = { ... }`: every list empty (or absent) means global.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawScope {
-    #[serde(default)]
-    pub organisations: Vec<String>,
-    #[serde(default)]
-    pub keys: Vec<String>,
-    #[serde(default)]
-    pub models: Vec<String>,
-}
 
 /// Lua settings.
 #[derive(Debug, Deserialize)]

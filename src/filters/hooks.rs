@@ -9,7 +9,7 @@ use super::{
 use crate::config::VirtualKey;
 use crate::sse::{parse_event, SseParser};
 use crate::types::Family;
-use crate::usage::UsageRecord;
+use crate::types::UsageRecord;
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use serde_json::Value;

@@ -257,16 +257,7 @@ pub trait Filter: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// `on_error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Log, count and continue.
-    #[default]
-    Open,
-    /// Log, count and block (`403 plugin_blocked`).
-    Closed,
-}
+pub use crate::config::filters::OnError;
 
 /// Where a filter applies; empty lists match everything.
 #[derive(Debug, Clone, Default)]
@@ -366,28 +357,7 @@ impl FilterSet {
     }
 }
 
-/// One filter decision, kept on the usage record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Decision {
-    pub filter: String,
-    pub phase: String,
-    /// `mutate`, `block`, `error`.
-    pub action: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// What filters did to one request: on the usage record as `filters`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct FilterReport {
-    /// Decisions other than "continue", in order.
-    pub decisions: Vec<Decision>,
-    /// Metadata (tags) set by filters.
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    pub metadata: Map<String, Value>,
-}
+pub use crate::types::usage::{Decision, FilterReport};
 
 impl FilterReport {
     pub fn is_empty(&self) -> bool {

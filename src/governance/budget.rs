@@ -22,7 +22,7 @@
 //! zoned arithmetic gets DST-shortened and -lengthened days right.
 
 use crate::error::{ErrorCode, GatewayError};
-use crate::usage::UsageRecord;
+use crate::types::UsageRecord;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};

@@ -22,7 +22,7 @@ use super::budget::{Estimate, Meter, Metric, Owner, Period};
 use crate::config::VirtualKey;
 use crate::db::PoolSlot;
 use crate::error::{ErrorCode, GatewayError};
-use crate::usage::UsageRecord;
+use crate::types::UsageRecord;
 use arc_swap::ArcSwapOption;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;

@@ -40,7 +40,7 @@ use super::budget::{Estimate, Meter, Metric};
 use super::budget_pg::{self, PgBudgets};
 use super::redis::RedisLimiter;
 use crate::error::GatewayError;
-use crate::usage::UsageRecord;
+use crate::types::UsageRecord;
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

@@ -24,13 +24,14 @@ pub mod budget_pg;
 pub mod budget_redis;
 pub mod limits;
 pub mod local;
-pub mod policy;
+pub use crate::types::policy;
 pub mod redis;
 pub mod webhook;
 
 use crate::config::{Config, Model, VirtualKey};
 use crate::error::{ErrorCode, GatewayError};
 use limits::{Denial, RateHeaders, ScopeLimits};
+pub use policy::{validated, KeyPolicies};
 use policy::{Cidr, Policy};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -154,13 +155,6 @@ impl Default for GovConfig {
     }
 }
 
-/// Validates the policy part of a policy-bearing item (`at` is its path).
-pub fn validated(at: &str, p: &Option<Policy>, errs: &mut Vec<String>) -> Option<Arc<Policy>> {
-    let p = p.as_ref()?;
-    p.validate(&format!("{at}.policies"), errs);
-    (!p.is_empty()).then(|| Arc::new(p.clone()))
-}
-
 /// Builds [`GovConfig`] from the file's sections.
 pub fn build_config(
     global: &Option<Policy>,
@@ -242,15 +236,6 @@ pub fn build_config(
         warning_webhook_timeout: Duration::from_millis(raw.warning_webhook_timeout_ms.max(1)),
         warning_webhook_secret_env: raw.warning_webhook_secret_env.clone(),
     }
-}
-
-/// The policies a key carries. In database mode the key's organisation and team policies are
-/// loaded with the key; in the file they live under `[organisations.<id>]` / `[teams.<id>]`.
-#[derive(Debug, Clone, Default)]
-pub struct KeyPolicies {
-    pub key: Option<Arc<Policy>>,
-    pub team: Option<Arc<Policy>>,
-    pub organisation: Option<Arc<Policy>>,
 }
 
 /// One scope of a request and every policy that applies to it.
@@ -650,18 +635,19 @@ impl Governance {
         &self,
         cfg: &Config,
         key: &VirtualKey,
-        server: &crate::mcp::config::McpServer,
+        server_id: &str,
+        server_policy: Option<&Policy>,
         body_len: u64,
         estimate_nanos: u64,
         request_id: &str,
         g: &mut RequestGov,
     ) -> Result<(), GatewayError> {
         let mut all = scopes(cfg, key, None);
-        if let Some(p) = &server.policy {
+        if let Some(p) = server_policy {
             all.push(Scope {
                 name: "mcp",
-                id: format!("mcp:{}", server.id),
-                policies: vec![p.as_ref()],
+                id: format!("mcp:{server_id}"),
+                policies: vec![p],
             });
         }
         if all.is_empty() && cfg.governance.meters.is_empty() && self.pg.is_none() {
@@ -924,7 +910,7 @@ impl Governance {
     /// Post-flight (step 13): settles budgets and quotas to the record's actual amounts (or
     /// releases them when nothing reached the provider), refunds the token reservation to the
     /// actual count and releases the concurrency leases. Idempotent.
-    pub async fn finish(&self, g: &mut RequestGov, rec: &crate::usage::UsageRecord) {
+    pub async fn finish(&self, g: &mut RequestGov, rec: &crate::types::UsageRecord) {
         // MCP requests reach their server without a routing attempt.
         let reached = !rec.attempts.is_empty() || !rec.mcp_calls.is_empty();
         if let Some(b) = g.budget.take() {

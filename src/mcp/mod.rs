@@ -12,8 +12,7 @@
 //!                                  → transport (streamable HTTP | SSE | STDIO) → client
 //! ```
 
-pub mod config;
-pub mod db;
+pub use crate::config::mcp as config;
 pub mod guardrails;
 pub mod http;
 pub mod legacy;
@@ -27,33 +26,11 @@ use config::{McpCatalog, McpServer, Transport};
 use once_cell::sync::Lazy;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One JSON-RPC call through the gateway (table `mcp_usage_records`), linked to the usage
-/// record of its HTTP request by `request_id` and `call_index`.
-#[derive(Debug, Clone, Serialize)]
-pub struct McpUsageRecord {
-    pub request_id: String,
-    pub call_index: u32,
-    pub mcp_server_id: String,
-    pub server_slug: String,
-    pub transport: &'static str,
-    pub method: Option<String>,
-    pub tool: Option<String>,
-    pub session_id: Option<String>,
-    pub status: u16,
-    /// `success`, `error` (a JSON-RPC error answer), `blocked` (guardrail), `accepted` (legacy
-    /// SSE transport: the answer comes on the event stream), `upstream_error`, `no_response`.
-    pub outcome: &'static str,
-    pub error_code: Option<String>,
-    pub latency_ms: f64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub cost_nanos: u64,
-}
+pub use crate::types::usage::McpUsageRecord;
 
 /// A call in flight.
 #[derive(Debug)]

@@ -148,7 +148,7 @@ pub(super) async fn authenticate(
             )
         })?;
     let hash = KeyHash::of(secret);
-    let key = crate::store::find_key(&state.stores, snap, hash).await?;
+    let key = crate::control::store::find_key(&state.stores, snap, hash).await?;
     let key = key.ok_or_else(|| GatewayError::new(ErrorCode::Unauthorized, "invalid API key"))?;
     if key.revoked {
         return Err(GatewayError::new(
@@ -383,7 +383,7 @@ impl Gateway {
             insp.stream = route == Route::GeminiStream;
         }
         let mut raw = raw;
-        if !snap.config.filters.is_empty() {
+        if !snap.filters.is_empty() {
             let t_filters = Instant::now();
             let h = &s.req_header().headers;
             let fx = ctx.filters.insert(crate::filters::RequestFilters::new(
@@ -395,7 +395,7 @@ impl Gateway {
                 insp.stream,
             ));
             let json = kind != body::BodyKind::Multipart;
-            match fx.pre_route(&snap.config.filters, &raw, json) {
+            match fx.pre_route(&snap.filters, &raw, json) {
                 Ok(pre) => {
                     if let Some(b) = pre.body {
                         let mut again = match body::inspect(kind, &b) {
@@ -471,7 +471,7 @@ impl Gateway {
             return Ok(false);
         };
         let t = Instant::now();
-        let set = ctx.snap.config.filters.clone();
+        let set = ctx.snap.filters.clone();
         if let Some(m) = &ctx.model {
             fx.resolved(&set, &m.name);
         }
@@ -603,11 +603,11 @@ models = ["chat", "emb", "claude", "azchat"]
 "#,
             KeyHash::of("vk").to_hex()
         );
-        Snapshot {
-            config: crate::config::parse(&toml).unwrap(),
-            version: 1,
-            loaded_at: SystemTime::now(),
-        }
+        Snapshot::new(
+            crate::config::parse(&toml).unwrap(),
+            Arc::new(crate::filters::FilterSet::default()),
+            1,
+        )
     }
 
     pub(crate) fn key(snap: &Snapshot) -> Arc<VirtualKey> {

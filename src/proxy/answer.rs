@@ -9,7 +9,7 @@ impl Gateway {
     /// Drops credential and cookie headers from the provider's answer, masks its secrets in
     /// the other header values, and arms the body mask for an error answer.
     pub(super) fn redact_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        use crate::routing::redact::{RedactStream, DENIED_RESPONSE_HEADERS};
+        use crate::types::redact::{RedactStream, DENIED_RESPONSE_HEADERS};
         for h in &DENIED_RESPONSE_HEADERS {
             resp.remove_header(h);
         }

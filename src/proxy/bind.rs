@@ -152,7 +152,7 @@ impl Gateway {
             match self.bind(ctx, route, t, &raw, query.as_deref()) {
                 Ok(()) => {
                     // The rebuilt body goes through the `pre_upstream` filters again.
-                    let set = ctx.snap.config.filters.clone();
+                    let set = ctx.snap.filters.clone();
                     let Some(fx) = ctx.filters.as_mut() else {
                         return true;
                     };

@@ -62,7 +62,7 @@ pub struct Ctx {
     /// Rate-limit grant (leases, token reservation) and `x-ratelimit-*` values.
     pub(super) gov: crate::governance::RequestGov,
     /// Masks the provider's secrets in an error body it sends (some echo the credential).
-    pub(super) redact: Option<crate::routing::redact::RedactStream>,
+    pub(super) redact: Option<crate::types::redact::RedactStream>,
     /// MCP requests (`/v1/mcp/...`): the server and its calls.
     pub(super) mcp: Option<Box<crate::mcp::McpCtx>>,
     pub(super) _in_flight: InFlight,

@@ -8,13 +8,13 @@
 
 use super::routes::{Family, Route};
 use crate::config::{Model, VirtualKey};
+use crate::control::Snapshot;
 use crate::metrics;
-use crate::routing::policy::RoutingRule;
 use crate::routing::{
     registry, should_fail_over, Deployment, ErrorClass, FailoverOn, InFlightGuard, Router,
     RouterConfig, Strategy,
 };
-use crate::state::Snapshot;
+use crate::types::routing_policy::RoutingRule;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -199,9 +199,8 @@ pub fn plan(
     let Some(d) = &model.deployments else {
         return Plan::single(model.clone());
     };
-    let order = d
-        .router
-        .plan(d.strategy, &key.id, &held_out(&d.targets), Instant::now());
+    let router = snap.routers.of(d);
+    let order = router.plan(d.strategy, &key.id, &held_out(&d.targets), Instant::now());
     metrics::ROUTING_DECISIONS
         .with_label_values(&[strategy_name(d.strategy)])
         .inc();
@@ -219,7 +218,7 @@ pub fn plan(
     Plan {
         targets,
         ids,
-        router: Some(d.router.clone()),
+        router: Some(router),
         triggers: d.failover_on.clone(),
         max_attempts: 1 + d.max_retries.map_or(n - 1, |r| r as usize),
         ..Plan::default()

@@ -53,7 +53,8 @@ impl Gateway {
             .after_mcp(
                 &snap.config,
                 &key,
-                &m.server,
+                &m.server.id,
+                m.server.policy.as_deref(),
                 body.len() as u64,
                 estimate,
                 &ctx.request_id,

@@ -40,13 +40,13 @@ use errors::*;
 use reply::*;
 
 use crate::config::{Model, ModelType, ProviderKind, VirtualKey};
+use crate::control::{Snapshot, State};
 use crate::endpoints;
 use crate::error::{ErrorCode, GatewayError};
 use crate::keys::{self, KeyHash};
 use crate::metrics;
 use crate::respond::{self, Reply};
 use crate::routing::ErrorClass;
-use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::usage::{Attempt, Tokens, UsageRecord, UsageSource};
 use async_trait::async_trait;

@@ -280,11 +280,7 @@ impl Gateway {
         let record_usage = route.is_none_or(Route::records_usage);
         let mut rec = self.usage_record(s, e, ctx);
         mcp::finish(ctx, &mut rec);
-        crate::filters::hooks::finish(
-            &ctx.snap.config.filters,
-            ctx.filters.as_deref_mut(),
-            &mut rec,
-        );
+        crate::filters::hooks::finish(&ctx.snap.filters, ctx.filters.as_deref_mut(), &mut rec);
         self.state.governance.finish(&mut ctx.gov, &rec).await;
         let route_label = route.map(Route::name).unwrap_or("unmatched");
         let provider = rec.provider.as_deref().unwrap_or("");

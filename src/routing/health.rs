@@ -63,15 +63,6 @@ fn set(name: &str, url: &str, down: bool) {
         .set(i64::from(!down));
 }
 
-/// The URL a provider's check requests: its scheme and authority, then the check's path.
-pub fn check_url(p: &Provider, path: &str) -> String {
-    format!(
-        "{}://{}{path}",
-        if p.tls { "https" } else { "http" },
-        p.authority,
-    )
-}
-
 async fn check(client: &reqwest::Client, h: &HealthCheck) -> bool {
     match tokio::time::timeout(h.timeout, client.get(&h.url).send()).await {
         Ok(Ok(r)) => r.status().is_success(),

@@ -6,6 +6,7 @@
 //! the new configuration has the same group.
 
 use super::{Deployment, Router, RouterConfig};
+use crate::types::Deployments;
 use once_cell::sync::Lazy;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,37 @@ pub fn router(signature: &str, deployments: &[Deployment], cfg: RouterConfig) ->
     let r = Arc::new(Router::new(deployments.to_vec(), cfg));
     map.insert(signature.to_string(), r.clone());
     r
+}
+
+/// The routers of one snapshot's deployment groups, found by group without a lock or a string
+/// hash. Built with the snapshot from the registry, so a group's health state survives reloads.
+#[derive(Debug, Default)]
+pub struct Routers {
+    /// By the address of the group's `Deployments`: the snapshot's models hold those `Arc`s
+    /// for as long as the snapshot lives, so an address names one group.
+    by_group: HashMap<usize, Arc<Router>>,
+}
+
+fn group_key(d: &Arc<Deployments>) -> usize {
+    Arc::as_ptr(d) as usize
+}
+
+impl Routers {
+    /// The routers of `groups`.
+    pub fn build<'a>(groups: impl Iterator<Item = &'a Arc<Deployments>>) -> Routers {
+        let by_group = groups
+            .map(|d| (group_key(d), router(&d.signature, &d.deps, d.tuning)))
+            .collect();
+        Routers { by_group }
+    }
+
+    /// The router of the group `d` (from the registry when `d` is not one of this snapshot's).
+    pub fn of(&self, d: &Arc<Deployments>) -> Arc<Router> {
+        match self.by_group.get(&group_key(d)) {
+            Some(r) => r.clone(),
+            None => router(&d.signature, &d.deps, d.tuning),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use super::LoadError;
 use crate::config::provider::{build_provider, valid_name, valid_slug, ProviderSpec, NAME_RULE};
 use crate::config::{Model, Provider, Secret};
 use crate::db::crypto::MasterKeys;
-use crate::routing::policy::{RoutingPolicy, DEFAULT_TRIGGERS};
-use crate::routing::{RouterConfig, Strategy};
+use crate::types::routing::{RouterConfig, Strategy};
+use crate::types::routing_policy::{RoutingPolicy, DEFAULT_TRIGGERS};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -329,7 +329,7 @@ fn assemble(
                 .push(format!("{who} skipped: {}", problems.join("; ")));
             continue;
         };
-        let policy = match crate::governance::policy::Policy::from_json(&m.policies) {
+        let policy = match crate::types::policy::Policy::from_json(&m.policies) {
             Ok(p) => p.map(Arc::new),
             Err(e) => {
                 problems.push(e);

@@ -4,7 +4,7 @@ use super::rows::key_type_from_db;
 use super::{invalid, LoadError};
 use crate::config::VirtualKey;
 use crate::keys::{self, KeyHash};
-use crate::routing::policy::RoutingPolicy;
+use crate::types::routing_policy::RoutingPolicy;
 use sqlx::PgPool;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -70,11 +70,11 @@ pub async fn load_key(pool: &PgPool, hash: &KeyHash) -> Result<Option<VirtualKey
     })?;
     let policy = |v: Option<&serde_json::Value>, what: &str| match v {
         None => Ok(None),
-        Some(v) => crate::governance::policy::Policy::from_json(v)
+        Some(v) => crate::types::policy::Policy::from_json(v)
             .map(|p| p.map(Arc::new))
             .map_err(|e| invalid("api key", vec![format!("{what}: {e}")])),
     };
-    let policies = crate::governance::KeyPolicies {
+    let policies = crate::types::policy::KeyPolicies {
         key: policy(Some(&r.policies), "policies")?,
         team: policy(r.team_policies.as_ref(), "team policies")?,
         organisation: policy(r.organisation_policies.as_ref(), "organisation policies")?,

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 mod catalog;
 mod keys;
+pub mod mcp;
 mod rows;
 
 pub use catalog::*;

@@ -1,7 +1,8 @@
 //! Shared gateway state: the configuration snapshot (swapped atomically on reload), the usage
 //! sink, and the provider reachability table.
 
-use crate::config::{self, Config, ConfigError};
+use super::Snapshot;
+use crate::config::{Config, ConfigError};
 use crate::metrics;
 use crate::usage::UsageSink;
 use arc_swap::ArcSwap;
@@ -10,15 +11,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
-
-/// One immutable generation of the configuration. A request keeps the `Arc` it started with, so
-/// a reload never changes the rules under a request in flight.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub config: Config,
-    pub version: u64,
-    pub loaded_at: SystemTime,
-}
 
 /// Last reachability probe of a provider.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,11 +33,11 @@ pub struct State {
     /// Last reload error, for `/v1/healthz`.
     pub last_reload_error: RwLock<Option<String>>,
     /// Database mode (Postgres holds the catalog and keys).
-    pub db: Option<Arc<crate::control::DbMode>>,
+    pub db: Option<Arc<super::DbMode>>,
     /// Last Redis probe (`None` when Redis is not configured).
     pub redis_healthy: Option<std::sync::atomic::AtomicBool>,
     /// Where catalog and keys come from: the file, then Postgres in database mode.
-    pub stores: Vec<Arc<dyn crate::store::Store>>,
+    pub stores: Vec<Arc<dyn super::store::Store>>,
     /// The trace exporter, when `telemetry.otlp_endpoint` is set (fixed at start).
     pub traces: std::sync::OnceLock<crate::telemetry::Exporter>,
     /// Rate-limit counters (kept across reloads).
@@ -56,9 +48,10 @@ impl State {
     /// State around a first, already validated configuration.
     pub fn new(
         config: Config,
+        filters: Arc<crate::filters::FilterSet>,
         config_path: String,
         usage: UsageSink,
-        db: Option<Arc<crate::control::DbMode>>,
+        db: Option<Arc<super::DbMode>>,
     ) -> Arc<State> {
         metrics::CONFIG_VERSION.set(1);
         let redis_healthy = config
@@ -69,11 +62,7 @@ impl State {
             crate::governance::Governance::new(&config, db.as_ref().map(|d| d.pool.clone()));
         Arc::new(State {
             governance,
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                config,
-                version: 1,
-                loaded_at: SystemTime::now(),
-            }),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config, filters, 1)),
             config_path,
             usage,
             started_at: SystemTime::now(),
@@ -81,7 +70,7 @@ impl State {
             reachability: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(1),
             last_reload_error: RwLock::new(None),
-            stores: crate::store::stores(db.as_ref()),
+            stores: super::store::stores(db.as_ref()),
             db,
             redis_healthy,
             traces: std::sync::OnceLock::new(),
@@ -96,19 +85,8 @@ impl State {
     /// Reloads the configuration file: validated first, resolved, then swapped in atomically.
     /// On any error the running configuration stays and the error is returned (and logged).
     pub async fn reload(&self) -> Result<u64, ConfigError> {
-        let path = self.config_path.clone();
-        let parsed = tokio::task::spawn_blocking(move || config::load(&path))
-            .await
-            .map_err(|e| ConfigError(vec![format!("reload task failed: {e}")]))
-            .and_then(|r| r);
-        let parsed = match parsed {
-            Ok(mut c) => match crate::store::load_catalogs(&self.stores, &mut c).await {
-                Ok(()) => Ok(c),
-                Err(e) => Err(ConfigError(vec![e])),
-            },
-            Err(e) => Err(e),
-        };
-        let cfg = match parsed {
+        let parsed = super::build::build(&self.config_path, &self.stores).await;
+        let (cfg, filters) = match parsed {
             Ok(c) => c,
             Err(e) => {
                 metrics::CONFIG_RELOADS.with_label_values(&["error"]).inc();
@@ -134,11 +112,8 @@ impl State {
         }
         resolve_providers(&cfg, Some(&old.config)).await;
         let version = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.snapshot.store(Arc::new(Snapshot {
-            config: cfg,
-            version,
-            loaded_at: SystemTime::now(),
-        }));
+        self.snapshot
+            .store(Arc::new(Snapshot::new(cfg, filters, version)));
         metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
         metrics::CONFIG_VERSION.set(version as i64);
         if let Ok(mut g) = self.last_reload_error.write() {

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Deserializer};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// One scope's policy. Every field is optional: an absent limit does not limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -230,6 +231,22 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[Cidr]) -> IpAddr {
         }
     }
     last
+}
+
+/// The policies a key carries. In database mode the key's organisation and team policies are
+/// loaded with the key; in the file they live under `[organisations.<id>]` / `[teams.<id>]`.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPolicies {
+    pub key: Option<Arc<Policy>>,
+    pub team: Option<Arc<Policy>>,
+    pub organisation: Option<Arc<Policy>>,
+}
+
+/// Validates the policy part of a policy-bearing item (`at` is its path).
+pub fn validated(at: &str, p: &Option<Policy>, errs: &mut Vec<String>) -> Option<Arc<Policy>> {
+    let p = p.as_ref()?;
+    p.validate(&format!("{at}.policies"), errs);
+    (!p.is_empty()).then(|| Arc::new(p.clone()))
 }
 
 #[cfg(test)]

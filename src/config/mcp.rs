@@ -1,43 +1,14 @@
 //! MCP servers as the gateway knows them (SPEC §8), read from the TOML file (`[[mcp_servers]]`)
 //! or from Postgres (`mcp_servers`): both end in the same [`McpServer`].
 
-use crate::config::Secret;
-use crate::governance::policy::Policy;
+use super::Secret;
+use crate::types::policy::Policy;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How Wharf talks to the MCP server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// MCP streamable HTTP (POST/GET/DELETE on one endpoint).
-    StreamableHttp,
-    /// The legacy HTTP+SSE transport (GET an event stream, POST to the announced endpoint).
-    Sse,
-    /// A local process speaking JSON-RPC over stdin/stdout, started by Wharf.
-    Stdio,
-}
-
-impl Transport {
-    pub fn parse(s: &str) -> Option<Transport> {
-        Some(match s {
-            "STREAMABLE_HTTP" => Transport::StreamableHttp,
-            "SSE" => Transport::Sse,
-            "STDIO" => Transport::Stdio,
-            _ => return None,
-        })
-    }
-
-    /// The configuration (and database enum) spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::StreamableHttp => "STREAMABLE_HTTP",
-            Transport::Sse => "SSE",
-            Transport::Stdio => "STDIO",
-        }
-    }
-}
+pub use crate::types::mcp::Transport;
 
 /// OAuth2 client-credentials settings of an MCP server.
 #[derive(Debug)]
@@ -162,7 +133,7 @@ impl McpCatalog {
     }
 
     /// The enabled servers `key` may reach: `{"id","slug","name","transport"}`, by slug.
-    pub fn granted(&self, key: &crate::config::VirtualKey) -> Vec<serde_json::Value> {
+    pub fn granted(&self, key: &super::VirtualKey) -> Vec<serde_json::Value> {
         let org = key.organisation_id.as_str();
         let mut out: Vec<&Arc<McpServer>> = self
             .by_org
@@ -565,7 +536,7 @@ pub fn build_file_servers(
                 errs.push(format!("{at}.env: `{k}` is not a variable name"));
             }
         }
-        let policy = crate::governance::validated(&at, &r.policies, errs);
+        let policy = crate::types::policy::validated(&at, &r.policies, errs);
         let spec = ServerSpec {
             id: r.id.clone().unwrap_or_else(|| r.slug.clone()),
             organisation_id: r.organisation_id.clone(),

@@ -9,11 +9,11 @@
 //!   (positive entries bounded by the key's expiry, negative entries for unknown hashes, the
 //!   last known copy served while Postgres is down).
 
+use super::DbMode;
+use super::Snapshot;
 use crate::config::{Config, VirtualKey};
-use crate::control::DbMode;
 use crate::error::GatewayError;
 use crate::keys::KeyHash;
-use crate::state::Snapshot;
 use async_trait::async_trait;
 use std::sync::Arc;
 

@@ -1,235 +1,38 @@
-//! Database mode: Postgres is the source of truth; the data plane reads in-process caches.
+//! The control plane: the only writer of the configuration snapshot.
 //!
-//! * The catalog (providers, models per organisation) is loaded into the configuration
-//!   snapshot, at start (before the listener accepts traffic) and on every change.
-//! * Keys are looked up by SHA-256 hash on first use and cached in moka: positive entries for
-//!   `key_cache_ttl` (never past the key's own expiry), unknown keys for `negative_cache_ttl`.
-//!   A last-known copy of every positive entry survives a Postgres outage, so cached keys keep
-//!   working while it is down; an uncached key then gets `503 dependency_unavailable`.
-//! * Changes reach every node within a second three ways: Postgres `NOTIFY` (triggers on every
-//!   config table, so direct SQL changes count), the invalidation route (fanned out to the
-//!   other nodes through Redis pub/sub), and a periodic full refresh as the safety net.
+//! - [`snapshot`]: one immutable generation of the configuration;
+//! - [`build`]: the file plus every store's catalog → a configuration (one function for
+//!   start-up, reload, change notifications, refresh and invalidations);
+//! - [`store`]: where catalog and keys come from (the file, Postgres);
+//! - [`db_mode`]: database mode's key caches;
+//! - [`state`]: what the services share, with the `ArcSwap` that holds the snapshot;
+//! - here: invalidations (local and fanned out through Redis) and the control service
+//!   (pool, `LISTEN`/`NOTIFY`, periodic refresh).
 
-use crate::config::{Config, DatabaseConfig, OrgModels, VirtualKey};
-use crate::db::crypto::MasterKeys;
-use crate::db::load::{load_catalog, load_key};
+pub mod build;
+pub mod db_mode;
+pub mod snapshot;
+pub mod state;
+pub mod store;
+
+pub use build::{initial_load, merge_catalog};
+pub use db_mode::DbMode;
+pub use snapshot::Snapshot;
+pub use state::State;
+
 use crate::db::{self, ChangeOp, ConfigChange};
-use crate::error::{ErrorCode, GatewayError};
 use crate::keys::KeyHash;
-use crate::state::State;
-use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use moka::future::Cache;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 /// Redis channel carrying invalidations between nodes.
 pub const REDIS_CHANNEL: &str = "wharf:invalidate";
-
-/// A cached key lookup: `None` = unknown key.
-type KeyEntry = Option<Arc<VirtualKey>>;
-
-struct KeyExpiry {
-    ttl: Duration,
-    negative: Duration,
-}
-
-impl moka::Expiry<KeyHash, KeyEntry> for KeyExpiry {
-    fn expire_after_create(&self, _k: &KeyHash, v: &KeyEntry, _at: Instant) -> Option<Duration> {
-        Some(match v {
-            None => self.negative,
-            Some(k) => match k.expires_at {
-                Some(exp) => {
-                    let now = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|d| d.as_secs() as i64)
-                        .unwrap_or(0);
-                    let left = Duration::from_secs(exp.saturating_sub(now).max(0) as u64);
-                    // Past its expiry the key must be re-read (and then answer 401 expired).
-                    self.ttl.min(left + Duration::from_secs(1))
-                }
-                None => self.ttl,
-            },
-        })
-    }
-}
-
-/// Database mode state shared by the data plane and the control service.
-pub struct DbMode {
-    pub settings: DatabaseConfig,
-    pub master_keys: MasterKeys,
-    pub pool: crate::db::PoolSlot,
-    keys: Cache<KeyHash, KeyEntry>,
-    stale: Cache<KeyHash, Arc<VirtualKey>>,
-    healthy: AtomicBool,
-}
-
-impl DbMode {
-    /// Caches sized from the settings; the pool arrives later from the control service.
-    pub fn new(settings: DatabaseConfig, master_keys: MasterKeys) -> DbMode {
-        let keys = Cache::builder()
-            .max_capacity(settings.key_cache_capacity)
-            .expire_after(KeyExpiry {
-                ttl: settings.key_cache_ttl,
-                negative: settings.negative_cache_ttl,
-            })
-            .build();
-        let stale = Cache::builder()
-            .max_capacity(settings.key_cache_capacity)
-            .build();
-        DbMode {
-            settings,
-            master_keys,
-            pool: Arc::new(ArcSwapOption::empty()),
-            keys,
-            stale,
-            healthy: AtomicBool::new(true),
-        }
-    }
-
-    /// Whether Postgres answered the last probe.
-    pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
-    /// The key with this hash: from cache, else from Postgres (one query, shared by
-    /// concurrent lookups of the same hash).
-    pub async fn key(&self, hash: KeyHash) -> Result<KeyEntry, GatewayError> {
-        let unavailable = || {
-            GatewayError::new(
-                ErrorCode::DependencyUnavailable,
-                "the key store is unavailable",
-            )
-        };
-        let Some(pool) = self.pool.load_full() else {
-            return self
-                .stale
-                .get(&hash)
-                .await
-                .map(Some)
-                .ok_or_else(unavailable);
-        };
-        // The last-known copy is refreshed when an entry is loaded, not on every cache hit (a
-        // moka insert per request would cost more than the lookup itself).
-        let stale = &self.stale;
-        let loaded = self
-            .keys
-            .try_get_with(hash, async move {
-                let k = load_key(&pool, &hash).await?.map(Arc::new);
-                if let Some(k) = &k {
-                    stale.insert(hash, k.clone()).await;
-                }
-                Ok::<_, crate::db::load::LoadError>(k)
-            })
-            .await;
-        match loaded {
-            Ok(entry) => Ok(entry),
-            Err(e) => {
-                tracing::warn!(error = %e, "key lookup failed; serving the last known entry if any");
-                self.healthy.store(false, Ordering::Relaxed);
-                self.stale
-                    .get(&hash)
-                    .await
-                    .map(Some)
-                    .ok_or_else(unavailable)
-            }
-        }
-    }
-
-    /// Puts an entry in the key cache as a lookup would (benchmarks and tests).
-    #[doc(hidden)]
-    pub async fn prime(&self, hash: KeyHash, key: Option<Arc<VirtualKey>>) {
-        self.keys.insert(hash, key).await;
-    }
-
-    /// Forgets one key everywhere on this node.
-    pub async fn invalidate_key(&self, hash: &KeyHash) {
-        self.keys.invalidate(hash).await;
-        self.stale.invalidate(hash).await;
-    }
-
-    /// Forgets every cached key lookup (grants may have changed). The last-known copies stay
-    /// for outages, but only until the next successful lookup replaces them.
-    pub fn invalidate_all_keys(&self) {
-        self.keys.invalidate_all();
-    }
-}
-
-/// Adds the database catalog to a configuration loaded from the file.
-pub async fn merge_catalog(
-    cfg: &mut Config,
-    pool: &PgPool,
-    keys: &MasterKeys,
-) -> Result<(), String> {
-    let mut catalog = load_catalog(pool, keys).await.map_err(|e| e.to_string())?;
-    catalog.apply_routing(cfg.routing);
-    let parts = catalog.into_parts();
-    for w in &parts.warnings {
-        tracing::warn!(warning = %w, "database catalog");
-    }
-    let mut org_models: std::collections::HashMap<String, OrgModels> = Default::default();
-    for qualified in &parts.model_order {
-        let Some(model) = parts.models.get(qualified) else {
-            continue;
-        };
-        let Some((org, name)) = qualified.split_once('/') else {
-            continue;
-        };
-        let entry = org_models.entry(org.to_string()).or_default();
-        entry.order.push(name.to_string());
-        entry.by_name.insert(name.to_string(), model.clone());
-    }
-    cfg.providers.extend(parts.providers);
-    cfg.org_models = org_models;
-    // The file's organisation policies win over the database's for the same organisation.
-    for (org, p) in parts.org_routing {
-        cfg.org_routing.entry(org).or_insert(p);
-    }
-    cfg.warnings.extend(parts.warnings);
-    let (mcp, mcp_warnings) = crate::mcp::db::load(pool, keys)
-        .await
-        .map_err(|e| format!("mcp servers: {e}"))?;
-    for w in &mcp_warnings {
-        tracing::warn!(warning = %w, "database catalog");
-    }
-    cfg.mcp.by_org = mcp;
-    cfg.warnings.extend(mcp_warnings);
-    if !parts.filter_rows.is_empty() {
-        let raw =
-            crate::filters::config::from_db_rows(&parts.filter_rows).map_err(|e| e.join("; "))?;
-        let set = crate::filters::config::merge_db(&cfg.filters, &raw).map_err(|e| e.join("; "))?;
-        cfg.filters = Arc::new(set);
-    }
-    Ok(())
-}
-
-/// Connects, checks the schema (a server refuses an outdated one) and loads the catalog into
-/// `cfg`: the first load, done before any listener opens.
-pub async fn initial_load(cfg: &mut Config, keys: &MasterKeys) -> Result<(), String> {
-    let Some(d) = &cfg.database else {
-        return Ok(());
-    };
-    if d.url.expose().is_empty() {
-        return Err(format!(
-            "database mode: environment variable `{}` is not set",
-            d.url_env
-        ));
-    }
-    let pool = db::connect(d.url.expose())
-        .await
-        .map_err(|e| format!("database: {e}"))?;
-    db::check_schema(&pool)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
-    let r = merge_catalog(cfg, &pool, keys).await;
-    pool.close().await;
-    r
-}
 
 /// What an invalidation message asks for.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]

@@ -10,7 +10,7 @@
 //! `embeddings`, …). Parsing is strict: unknown fields and unknown keywords are errors that name
 //! their path, so a typo never silently disables failover.
 
-use super::{FailoverOn, Strategy};
+use super::routing::{FailoverOn, Strategy};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
