@@ -656,17 +656,20 @@ mod tests {
 
     #[test]
     fn series_buckets_cover_the_period() {
-        let t = |s: &str| OffsetDateTime::parse(s, &Rfc3339).unwrap();
+        let t = |s: &str| OffsetDateTime::parse(s, &Rfc3339).expect("a timestamp");
         // 24 hours from a time off the hour: the partial first hour and the current one.
-        let b = buckets(t("2026-01-01T10:30:00Z"), t("2026-01-02T10:30:00Z"), "HOUR").unwrap();
+        let b =
+            buckets(t("2026-01-01T10:30:00Z"), t("2026-01-02T10:30:00Z"), "HOUR").expect("buckets");
         assert_eq!(b.len(), 25);
         assert_eq!(b[0], t("2026-01-01T10:00:00Z"));
         assert_eq!(b[24], t("2026-01-02T10:00:00Z"));
         // A calendar month by day.
-        let b = buckets(t("2026-02-01T00:00:00Z"), t("2026-03-01T00:00:00Z"), "DAY").unwrap();
+        let b =
+            buckets(t("2026-02-01T00:00:00Z"), t("2026-03-01T00:00:00Z"), "DAY").expect("buckets");
         assert_eq!(b.len(), 28);
         // Aligned hours: exactly 24.
-        let b = buckets(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"), "HOUR").unwrap();
+        let b =
+            buckets(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"), "HOUR").expect("buckets");
         assert_eq!(b.len(), 24);
         assert!(buckets(t("2020-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z"), "HOUR").is_err());
     }

@@ -16,8 +16,8 @@
 use super::session::{self, SignIn, SESSION_COOKIE};
 use super::{Req, Resp};
 use crate::api::{ApiError, Role};
+use crate::control::state::State;
 use crate::error::ErrorCode;
-use crate::state::State;
 use http::Method;
 use serde_json::{json, Value};
 

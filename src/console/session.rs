@@ -384,7 +384,7 @@ pub enum SignIn {
 
 /// Checks a password with the throttling above and starts a session when it is right.
 pub async fn sign_in(
-    state: &crate::state::State,
+    state: &crate::control::state::State,
     req: &Req,
     email: &str,
     password: &str,
