@@ -18,9 +18,11 @@
 #   BENCH_DB=0       skip the database-mode rows (default: on when Postgres answers at
 #                    DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test; the
 #                    benchmark creates and drops a database `wharf_bench` there)
-#   BENCH_GOV=0      skip the governed rows (default: on when Redis answers at REDIS_URL,
-#                    default redis://127.0.0.1:6379): rate limits in Redis plus a budget and a
-#                    quota on the key (benches/bench-gov.toml), against the `wharf` rows
+#   BENCH_GOV=0      skip the governed rows (default: on when Redis answers; without
+#                    REDIS_URL the benchmark starts its own redis-server on port 18379 and
+#                    reports its CPU, commands and round trips per request): rate limits in
+#                    Redis plus a budget and a quota on the key (benches/bench-gov.toml),
+#                    against the `wharf` rows
 #   PIN_SERVICES=1   also pin the local Postgres and Redis servers to the mock's cores for the
 #                    run (restored to every core at exit), so that the database-mode and
 #                    governed rows do not share the proxy's core with them
@@ -302,9 +304,58 @@ if [[ ${BENCH_DB:-1} != 0 ]] && ((WHARF_OK)) && command -v psql >/dev/null &&
     fi
 fi
 
-# Governed: rate limits shared through Redis, a budget and a quota on the key.
+# Governed: rate limits shared through Redis, a budget and a quota on the key. Unless
+# REDIS_URL names a server, the benchmark starts its own redis-server (port 18379, nothing
+# persisted), so that its CPU and its command counts are the governed gateway's alone.
 WHARF_GOV_OK=0
-BENCH_REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+REDIS_PID=""
+REDIS_BENCH_PORT=18379
+if [[ -z ${REDIS_URL:-} && ${BENCH_GOV:-1} != 0 ]] && ((WHARF_OK)) && command -v redis-server >/dev/null; then
+    port_open 127.0.0.1 "$REDIS_BENCH_PORT" && die "port $REDIS_BENCH_PORT is already in use"
+    log "starting redis-server on 127.0.0.1:$REDIS_BENCH_PORT"
+    spawn "$MOCK_CPUS" redis-server --port "$REDIS_BENCH_PORT" --bind 127.0.0.1 --save "" \
+        --appendonly no >"$OUT_DIR/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_until 10 "$REDIS_PID" "redis" port_open 127.0.0.1 "$REDIS_BENCH_PORT" ||
+        log "warning: redis-server did not start (see $OUT_DIR/redis.log)"
+    BENCH_REDIS_URL=redis://127.0.0.1:$REDIS_BENCH_PORT
+else
+    BENCH_REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+fi
+# redis_stats: "commands round-trips" so far from INFO commandstats of the benchmark's own
+# Redis: every command (those a script runs included; the readings' own INFO left out), and
+# the commands a client sent (scripts, script loads, pings).
+redis_stats() {
+    if [[ -z $REDIS_PID ]]; then
+        echo "0 0"
+        return
+    fi
+    redis-cli -p "$REDIS_BENCH_PORT" INFO commandstats 2>/dev/null | tr -d '\r' | awk -F'[:=,]' '
+        /^cmdstat_/ {
+            name = substr($1, 9)
+            if (name == "info" || name == "command") next
+            all += $3
+            if (name ~ /^(evalsha|eval|ping|script)/) rt += $3
+        }
+        END { print all + 0, rt + 0 }'
+}
+# redis_mark / redis_record KEY COMPLETED: Redis CPU (utime + stime of redis-server),
+# commands and round trips per request of one measured run.
+redis_mark() {
+    REDIS_T0=$(cpu_ticks "$REDIS_PID")
+    read -r REDIS_C0 REDIS_RT0 <<<"$(redis_stats)"
+}
+redis_record() {
+    local t1 c1 rt1
+    t1=$(cpu_ticks "$REDIS_PID")
+    read -r c1 rt1 <<<"$(redis_stats)"
+    if [[ -n $REDIS_PID && -n $2 && $2 -gt 0 ]]; then
+        R[rcpu|$1]=$(calc "($t1 - $REDIS_T0) / $CLK_TCK / $2 * 1000")
+        R[rcmd|$1]=$(calc "sprintf(\"%.3f\", ($c1 - $REDIS_C0) / $2)")
+        R[rrt|$1]=$(calc "sprintf(\"%.4f\", ($rt1 - $REDIS_RT0) / $2)")
+    fi
+}
 redis_answers() {
     local hp=${BENCH_REDIS_URL#redis://}
     hp=${hp##*@}
@@ -413,6 +464,7 @@ measure() {
     lg "$path" "$mode" --concurrency "$CONCURRENCY" --warmup 0 --duration "$WARMUP" >/dev/null
     reset_hwm "$pid"
     local c0 c1
+    if [[ $path == wharf-gov ]]; then redis_mark; fi
     c0=$(cpu_ticks "$pid")
     out=$(lg "$path" "$mode" --concurrency "$CONCURRENCY" --warmup 0 --duration "$DURATION" \
         "${extra[@]+"${extra[@]}"}")
@@ -435,6 +487,7 @@ measure() {
     else
         R[cpu|$key]=""
     fi
+    if [[ $path == wharf-gov ]]; then redis_record "$key" "${completed:-0}"; fi
     if [[ -n ${errors:-} && $errors != 0 ]]; then
         log "warning: $path $mode $load: $errors errors (first: $(jget "$out" first_error))"
     fi
@@ -454,6 +507,12 @@ for mode in unary stream; do
         measure "$path" "$mode"
     done
 done
+
+# Governance at c=1: the latency a governed request adds on an idle gateway.
+if ((WHARF_GOV_OK)); then
+    CONCURRENCY=1 measure wharf unary
+    CONCURRENCY=1 measure wharf-gov unary
+fi
 
 # Anthropic-native streaming: direct, bare passthrough, Wharf's /v1/messages and (when the
 # gateway serves it) the unified endpoint translating to Anthropic. TTFB p50 shows the time Wharf
@@ -555,6 +614,10 @@ report() {
         if [[ -n $d && -n $f ]] && [[ $(calc "($f > 0)") == 1 ]]; then
             echo "- Throughput with limits + budget (Redis) / without ($m): $(calc "sprintf(\"%.2f\", $d / $f)"), p50 ${R[p50|wharf-gov|$m|c=$CONCURRENCY]:-?} vs ${R[p50|wharf|$m|c=$CONCURRENCY]:-?} µs, p99 ${R[p99|wharf-gov|$m|c=$CONCURRENCY]:-?} vs ${R[p99|wharf|$m|c=$CONCURRENCY]:-?} µs"
         fi
+        local gk="wharf-gov|$m|c=$CONCURRENCY" wk="wharf|$m|c=$CONCURRENCY"
+        if [[ -n ${R[rcpu|$gk]:-} && -n ${R[cpu|$gk]:-} && -n ${R[cpu|$wk]:-} ]]; then
+            echo "- Governed CPU per request ($m): gateway $(calc "sprintf(\"%.1f\", ${R[cpu|$gk]} * 1000)") µs + Redis $(calc "sprintf(\"%.1f\", ${R[rcpu|$gk]} * 1000)") µs vs ungoverned gateway $(calc "sprintf(\"%.1f\", ${R[cpu|$wk]} * 1000)") µs: $(calc "sprintf(\"%.2f\", (${R[cpu|$gk]} + ${R[rcpu|$gk]}) / ${R[cpu|$wk]})")×; Redis commands ${R[rcmd|$gk]} and round trips ${R[rrt|$gk]} per request"
+        fi
         d=${R[rps|wharf-failover20|$m|c=$CONCURRENCY]:-}
         if [[ -n $d && -n $f ]] && [[ $(calc "($f > 0)") == 1 ]]; then
             echo "- Throughput with 20% of first attempts failing over / without ($m): $(calc "sprintf(\"%.2f\", $d / $f)"), p99 ${R[p99|wharf-failover20|$m|c=$CONCURRENCY]:-?} vs ${R[p99|wharf|$m|c=$CONCURRENCY]:-?} µs"
@@ -564,6 +627,10 @@ report() {
             echo "- Throughput with SafetySec + one Lua filter / without ($m): $(calc "sprintf(\"%.2f\", $d / $f)"), p99 ${R[p99|wharf-filters|$m|c=$CONCURRENCY]:-?} vs ${R[p99|wharf|$m|c=$CONCURRENCY]:-?} µs"
         fi
     done
+    local g1=${R[p50|wharf-gov|unary|c=1]:-} w1=${R[p50|wharf|unary|c=1]:-}
+    if [[ -n $g1 && -n $w1 ]]; then
+        echo "- Added p50 of governance at c=1 (unary): $((g1 - w1)) µs ($g1 vs $w1 µs)"
+    fi
     if [[ -n $WHARF_IDLE_RSS_KB ]]; then
         echo "- Wharf idle RSS after start: $(calc "sprintf(\"%.1f\", $WHARF_IDLE_RSS_KB / 1024)") MB"
     else

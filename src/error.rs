@@ -273,7 +273,8 @@ impl GatewayError {
     }
 
     /// The body in the shape the family's SDK parses: Anthropic's outer
-    /// `{"type":"error","error":{..}}`, Google's `status` beside the SPEC fields.
+    /// `{"type":"error","error":{..}}`; Google's `google.rpc.Status` (`code` the HTTP status,
+    /// `status` the canonical name, Wharf's code as the `reason` of an `ErrorInfo` detail).
     pub fn body_for(&self, family: Family) -> Bytes {
         match family {
             Family::OpenAi | Family::Vllm | Family::Unified => self.body(),
@@ -291,17 +292,34 @@ impl GatewayError {
                 Bytes::from(json!({"type": "error", "error": err}).to_string())
             }
             Family::Gemini => {
-                let mut err = json!({
-                    "code": self.code.as_str(),
-                    "message": self.message,
-                    "type": self.code.kind(),
-                    "status": self.code.google_status(),
+                // google.rpc.Status: the HTTP status as a number, the canonical status name,
+                // Wharf's own code in an ErrorInfo (its metadata: the error's extra fields, as
+                // strings, which is what ErrorInfo allows).
+                let metadata: serde_json::Map<String, serde_json::Value> = self
+                    .extra
+                    .iter()
+                    .map(|(k, v)| {
+                        let s = match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        ((*k).to_string(), serde_json::Value::String(s))
+                    })
+                    .collect();
+                let mut info = json!({
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": self.code.as_str(),
+                    "domain": "wharf",
                 });
-                if let Some(obj) = err.as_object_mut() {
-                    for (k, v) in &self.extra {
-                        obj.insert((*k).to_string(), v.clone());
-                    }
+                if !metadata.is_empty() {
+                    info["metadata"] = serde_json::Value::Object(metadata);
                 }
+                let err = json!({
+                    "code": self.status(),
+                    "message": self.message,
+                    "status": self.code.google_status(),
+                    "details": [info],
+                });
                 Bytes::from(json!({ "error": err }).to_string())
             }
         }
@@ -330,6 +348,28 @@ impl GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemini_body_is_google_rpc_status() {
+        let mut e = GatewayError::new(ErrorCode::Unauthorized, "bad key");
+        e.extra.push(("param", serde_json::json!("key")));
+        let v: serde_json::Value =
+            serde_json::from_slice(&e.body_for(Family::Gemini)).expect("json");
+        assert_eq!(v["error"]["code"], 401, "{v}");
+        assert_eq!(v["error"]["status"], "UNAUTHENTICATED", "{v}");
+        assert_eq!(v["error"]["message"], "bad key");
+        let d = &v["error"]["details"][0];
+        assert_eq!(d["@type"], "type.googleapis.com/google.rpc.ErrorInfo");
+        assert_eq!(d["reason"], "unauthorized");
+        assert_eq!(d["domain"], "wharf");
+        assert_eq!(d["metadata"]["param"], "key");
+        // The SSE form carries the same body.
+        let ev = e.sse_event_for(Family::Gemini);
+        let body = ev.strip_prefix(b"data: ").expect("data line");
+        let v2: serde_json::Value =
+            serde_json::from_slice(body.strip_suffix(b"\r\n\r\n").expect("end")).expect("json");
+        assert_eq!(v2, v);
+    }
 
     #[test]
     fn body_is_spec_shaped() {

@@ -66,6 +66,12 @@ lazy_metric!(RATE_LIMITED: IntCounterVec = register_int_counter_vec!(
     "wharf_rate_limited_total", "Requests refused by a rate or payload limit", &["code", "scope"]));
 lazy_metric!(RATE_LIMIT_STORE_ERRORS: IntCounter = register_int_counter!(
     "wharf_rate_limit_store_errors_total", "Rate-limit checks Redis could not answer"));
+lazy_metric!(RATE_LIMIT_SLICE_CHECKS: IntCounter = register_int_counter!(
+    "wharf_rate_limit_slice_checks_total",
+    "Shared rate-limit checks answered from a slice this node holds (no Redis round trip)"));
+lazy_metric!(RATE_LIMIT_LEASES: IntCounter = register_int_counter!(
+    "wharf_rate_limit_lease_scripts_total",
+    "Lease scripts sent to Redis (checks that needed Redis, and slices given back)"));
 lazy_metric!(BUDGET_WARNINGS: IntCounterVec = register_int_counter_vec!(
     "wharf_budget_warnings_total", "Budget and quota warning thresholds crossed", &["kind", "threshold"]));
 lazy_metric!(BUDGET_WARNING_WEBHOOKS: IntCounterVec = register_int_counter_vec!(

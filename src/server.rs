@@ -203,6 +203,12 @@ pub fn serve(opts: ServeOpts) -> Result<(), String> {
     }));
     if let Some(url) = state.current().config.redis_url.clone() {
         server.add_service(background_service(
+            "slice-return",
+            crate::services::SliceReturn {
+                state: state.clone(),
+            },
+        ));
+        server.add_service(background_service(
             "redis-probe",
             crate::control::RedisProbe {
                 state: state.clone(),

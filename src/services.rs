@@ -179,3 +179,17 @@ impl BackgroundService for ProviderMonitor {
         }
     }
 }
+
+/// Gives the node's slices of the shared rate limits back to Redis when the server stops
+/// (a node that dies instead leaves them to expire: see `governance::redis`).
+pub struct SliceReturn {
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for SliceReturn {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        self.state.governance.give_back().await;
+    }
+}

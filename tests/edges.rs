@@ -193,6 +193,16 @@ fn ends_with_error_event(case: &Case, body: &str) {
                 case.name
             );
         }
+        Shape::Gemini => {
+            // google.rpc.Status: the HTTP status as a number, Wharf's code in an ErrorInfo.
+            assert_eq!(v["error"]["code"], 502, "{}: {body}", case.name);
+            assert_eq!(v["error"]["status"], "UNAVAILABLE", "{}: {body}", case.name);
+            assert_eq!(
+                v["error"]["details"][0]["reason"], "upstream_error",
+                "{}: {body}",
+                case.name
+            );
+        }
         _ => assert_eq!(
             v["error"]["code"], "upstream_error",
             "{}: {body}",

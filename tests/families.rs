@@ -215,8 +215,11 @@ async fn gemini_generate_and_stream() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "provider_not_allowed");
+    // google.rpc.Status: the HTTP status as a number, Wharf's code in an ErrorInfo detail.
+    assert_eq!(v["error"]["code"], 400, "{v}");
     assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(v["error"]["details"][0]["reason"], "provider_not_allowed", "{v}");
+    assert_eq!(v["error"]["details"][0]["domain"], "wharf", "{v}");
     let r = c
         .post(gw.url("/v1beta/models/gem:generateContent"))
         .header("x-goog-api-key", KEY_GOOD)

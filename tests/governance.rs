@@ -1241,3 +1241,156 @@ async fn a_crashed_node_does_not_leak_redis_concurrency_slots() {
     let waited = until_admitted(&b, K1, Duration::from_secs(5)).await;
     assert!(waited < Duration::from_secs(3), "{waited:?}");
 }
+
+/// Sends `n` requests of `secret` to `gw` at once; returns how many were admitted (any other
+/// answer fails the test).
+async fn wave(gw: &Gw, secret: &'static str, n: usize) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let url = gw.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(secret)
+                .json(&chat_body("chat-a", false))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let st = t.await.unwrap();
+        assert_eq!(st, 200, "unexpected {st}");
+        ok += 1;
+    }
+    ok
+}
+
+#[tokio::test]
+async fn a_node_killed_holding_slices_frees_them_within_the_lease_ttl_and_admits_nothing_twice() {
+    let mock = mock().await;
+    let id = format!("k_{}", uuid::Uuid::new_v4().simple());
+    const RPM: usize = 400;
+    let extra = "[governance]\nredis_timeout_ms = 5000\nconcurrency_lease_ttl_seconds = 1\n"
+        .to_string()
+        + &SLOW.replace("{MOCK}", &mock.addr().to_string())
+        + &key(
+            &id,
+            K1,
+            &format!(
+                "[keys.policies.ratelimit.requests]\nper_minute = {RPM}\n[keys.policies.ratelimit.concurrency]\nmax = 4"
+            ),
+        );
+    let mut a = redis_gw(&mock, &extra, redis_url()).await;
+    let b = redis_gw(&mock, &extra, redis_url()).await;
+    // Node A serves traffic in concurrent waves: far from the request limit it leases slices
+    // of it with spare requests in them.
+    let mut on_a = 0;
+    for _ in 0..10 {
+        on_a += wave(&a, K1, 4).await;
+    }
+    assert_eq!(on_a, 40);
+    // Then A holds every concurrency slot with requests its provider never answers.
+    let before = mock.request_count();
+    let mut hung = Vec::new();
+    for _ in 0..4 {
+        let url = a.url("/v1/chat/completions");
+        hung.push(tokio::spawn(async move {
+            let _ = client()
+                .post(url)
+                .bearer_auth(K1)
+                .header("x-mock-fault", "hang")
+                .json(&chat_body("chat-slow", false))
+                .send()
+                .await;
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.request_count() < before + 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    on_a += 4;
+    denial(
+        chat(&b, K1, chat_body("chat-slow", false), &[]).await,
+        429,
+        "concurrency_exceeded",
+    )
+    .await;
+    // A dies holding its slots and whatever its slices had not spent.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    for t in hung {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        zcard(&format!("wharf:rl:key:{id}:c")).await,
+        4,
+        "the dead node's slots"
+    );
+    // Its slots come back within the lease TTL, and only once: B then holds exactly four.
+    let waited = until_admitted(&b, K1, Duration::from_secs(5)).await;
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    let mut on_b = 1;
+    let before = mock.request_count();
+    let mut hung = Vec::new();
+    for _ in 0..4 {
+        let url = b.url("/v1/chat/completions");
+        hung.push(tokio::spawn(async move {
+            let _ = client()
+                .post(url)
+                .bearer_auth(K1)
+                .header("x-mock-fault", "hang")
+                .json(&chat_body("chat-slow", false))
+                .send()
+                .await;
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.request_count() < before + 4 {
+        assert!(Instant::now() < deadline, "B did not admit four");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    on_b += 4;
+    denial(
+        chat(&b, K1, chat_body("chat-slow", false), &[]).await,
+        429,
+        "concurrency_exceeded",
+    )
+    .await;
+    for t in &hung {
+        t.abort();
+    }
+    // B's slots are released with their requests; then B spends what is left of the minute.
+    until_admitted(&b, K1, Duration::from_secs(5)).await;
+    on_b += 1;
+    loop {
+        let r = chat(&b, K1, chat_body("chat-a", false), &[]).await;
+        match r.status().as_u16() {
+            200 => on_b += 1,
+            429 => {
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["error"]["code"], "rpm_exceeded", "{v}");
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(
+            on_a + on_b <= RPM,
+            "{on_a} + {on_b} admitted over the limit of {RPM}"
+        );
+    }
+    // Nothing was admitted twice: the two nodes together stay within the limit, and what the
+    // dead node had leased and not spent is at most one slice (1/8 of what was left).
+    assert!(on_a + on_b <= RPM, "{on_a} + {on_b} > {RPM}");
+    eprintln!("admitted: {on_a} on A, {on_b} on B, of {RPM}");
+    assert!(
+        on_a + on_b >= RPM - (RPM - 1) / 8,
+        "{on_a} + {on_b}: the dead node kept more than one slice"
+    );
+}

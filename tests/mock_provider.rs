@@ -810,6 +810,205 @@ async fn drop_mid_stream_truncates() {
     assert!(!text.contains("response.completed"));
 }
 
+/// A raw POST of `body` to `path` with extra header lines (each ending in CRLF).
+fn raw_post(path: &str, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer k\r\n{extra}\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+const RAW_CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+const RAW_CHAT_STREAM: &str =
+    r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// Reads until EOF, a reset, or `quiet` without a byte; says which.
+async fn read_until_quiet(stream: &mut TcpStream, quiet: Duration) -> (Vec<u8>, &'static str) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(quiet, stream.read(&mut buf)).await {
+            Err(_) => return (out, "silent"),
+            Ok(Ok(0)) => return (out, "eof"),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(err)) => {
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+                return (out, "reset");
+            }
+        }
+    }
+}
+
+/// Splits a raw response into its head and body; the head's `content-length`.
+fn split_response(raw: &[u8]) -> (String, Vec<u8>, Option<usize>) {
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&raw[..at]).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.parse().expect("numeric content-length"));
+    (head, raw[at + 4..].to_vec(), length)
+}
+
+#[tokio::test]
+async fn unary_cuts_send_half_the_promised_body() {
+    let server = start_default().await;
+    // The whole answer, for its length.
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    stream
+        .write_all(&raw_post(
+            "/v1/chat/completions",
+            "connection: close\r\n",
+            RAW_CHAT,
+        ))
+        .await
+        .expect("write");
+    let (whole, how) = read_until_quiet(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(how, "eof");
+    let (_, whole_body, whole_len) = split_response(&whole);
+    assert_eq!(whole_len, Some(whole_body.len()));
+
+    for (fault, expected_end) in [
+        ("drop-mid-stream", "eof"),
+        ("reset-mid-stream", "reset"),
+        ("stall-mid-stream", "silent"),
+    ] {
+        let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+        let extra = format!("x-mock-fault: {fault}\r\n");
+        stream
+            .write_all(&raw_post("/v1/chat/completions", &extra, RAW_CHAT))
+            .await
+            .expect("write");
+        let (raw, how) = read_until_quiet(&mut stream, Duration::from_millis(700)).await;
+        // A reset may come before every byte was read; the others never lose any.
+        if fault != "reset-mid-stream" || !raw.is_empty() {
+            let (head, body, length) = split_response(&raw);
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{fault}: {head}");
+            // The head promises the whole body; half of it comes.
+            assert_eq!(length, whole_len, "{fault}: {head}");
+            if fault != "reset-mid-stream" {
+                assert_eq!(body.len(), whole_body.len() / 2, "{fault}");
+            }
+            assert!(body.len() <= whole_body.len() / 2, "{fault}");
+            // The start of the same answer (the ids differ), not JSON on its own.
+            let n = body.len().min(8);
+            assert_eq!(body[..n], whole_body[..n], "{fault}");
+            assert!(serde_json::from_slice::<Value>(&body).is_err(), "{fault}");
+        }
+        assert_eq!(how, expected_end, "{fault}");
+        if fault == "stall-mid-stream" {
+            // The stalled connection stays open until the client leaves.
+            assert!(server.connections_open() >= 1);
+            drop(stream);
+        }
+    }
+    wait_until("every connection to close", || {
+        server.connections_open() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stall_mid_stream_goes_silent_without_ending_the_body() {
+    let server = start_default().await;
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    stream
+        .write_all(&raw_post(
+            "/v1/chat/completions",
+            "x-mock-fault: stall-mid-stream\r\nx-mock-drop-after: 2\r\n",
+            RAW_CHAT_STREAM,
+        ))
+        .await
+        .expect("write");
+    let (raw, how) = read_until_quiet(&mut stream, Duration::from_millis(700)).await;
+    assert_eq!(how, "silent");
+    let (head, body, _) = split_response(&raw);
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(body.matches("data: ").count(), 2, "{body}");
+    assert!(!body.contains("[DONE]"), "{body}");
+    assert!(!body.ends_with("0\r\n\r\n"), "no terminating chunk: {body}");
+    assert_eq!(server.connections_open(), 1);
+    drop(stream);
+    wait_until("the stalled connection to close", || {
+        server.connections_open() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn clean_early_ends_keep_the_framing_and_the_connection() {
+    let server = start_default().await;
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    for fault in ["end-early", "error-event"] {
+        let extra = format!("x-mock-fault: {fault}\r\nx-mock-drop-after: 2\r\n");
+        stream
+            .write_all(&raw_post("/v1/chat/completions", &extra, RAW_CHAT_STREAM))
+            .await
+            .expect("write");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        while !raw.ends_with(b"\r\n0\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("the body ends")
+                .expect("read");
+            assert!(n > 0, "{fault}: the connection stays open");
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let (head, body, _) = split_response(&raw);
+        assert!(head.contains("connection: keep-alive"), "{head}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(!body.contains("[DONE]"), "{fault}: {body}");
+        let expected = if fault == "end-early" { 2 } else { 3 };
+        assert_eq!(body.matches("data: ").count(), expected, "{fault}: {body}");
+        if fault == "error-event" {
+            assert!(body.contains("server_error"), "{body}");
+        }
+    }
+    assert_eq!(server.request_count(), 2);
+    assert_eq!(server.connections_accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_fault_after_an_answer_on_the_same_connection_leaves_the_answer_whole() {
+    let server = start_default().await;
+    // Pipelined: an answer, then a request that is cut mid-stream and one
+    // that is closed without an answer.
+    let mut request = raw_post("/v1/chat/completions", "", RAW_CHAT);
+    request.extend(raw_post(
+        "/v1/chat/completions",
+        "x-mock-fault: drop-mid-stream\r\n",
+        RAW_CHAT_STREAM,
+    ));
+    let out = raw_exchange(&server, &request).await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{out}");
+    let (_, rest, length) = split_response(out.as_bytes());
+    let length = length.expect("the first answer has a length");
+    let first: Value = serde_json::from_slice(&rest[..length]).expect("the first answer is whole");
+    assert_eq!(first["object"], "chat.completion");
+    let second = String::from_utf8_lossy(&rest[length..]);
+    assert_eq!(second.matches("data: ").count(), 3, "{second}");
+    assert!(!second.ends_with("0\r\n\r\n"), "{second}");
+
+    let mut request = raw_post("/v1/chat/completions", "", RAW_CHAT);
+    request.extend(raw_post(
+        "/v1/chat/completions",
+        "x-mock-fault: close\r\n",
+        RAW_CHAT,
+    ));
+    let out = raw_exchange(&server, &request).await;
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    let (_, rest, length) = split_response(out.as_bytes());
+    assert_eq!(Some(rest.len()), length, "{out}");
+    assert_eq!(server.request_count(), 4);
+}
+
 #[tokio::test]
 async fn large_bodies_are_recorded_intact() {
     let server = start_default().await;

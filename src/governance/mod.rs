@@ -516,6 +516,14 @@ impl Governance {
         }
     }
 
+    /// The node stops: every slice of the shared limits it holds goes back to Redis (what
+    /// it did not spend, and its idle concurrency slots). No-op without Redis.
+    pub async fn give_back(&self) {
+        if let Some(r) = &self.redis {
+            r.give_back().await;
+        }
+    }
+
     /// The Redis fast path of the database's budgets and quotas, when configured.
     pub fn redis_budgets(&self) -> Option<&Arc<budget_redis::RedisBudgets>> {
         self.redis_budgets.as_ref()

@@ -117,6 +117,11 @@ def test_unknown_model_is_client_error(client, ledger):
     assert err.code == 400
     assert err.status == "INVALID_ARGUMENT"
     assert err.message
+    # google.rpc.Status: the HTTP status as a number, Wharf's code in an ErrorInfo detail.
+    body = err.details["error"]
+    assert body["code"] == 400
+    assert body["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert (body["details"][0]["reason"], body["details"][0]["domain"]) == ("model_not_found", "wharf")
     rec = ledger.record(err.response.headers.get("x-request-id"))
     assert (rec["status"], rec["outcome"], rec["error_code"]) == (400, "denied", "model_not_found")
 
@@ -131,6 +136,8 @@ def test_bad_key_is_client_error(wharf, ledger):
     err = info.value
     assert err.code == 401
     assert err.status == "UNAUTHENTICATED"
+    assert err.details["error"]["code"] == 401
+    assert err.details["error"]["details"][0]["reason"] == "unauthorized"
     ledger.expect_request_id(err.response.headers.get("x-request-id"))
 
 

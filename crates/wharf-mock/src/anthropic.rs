@@ -10,7 +10,7 @@ use super::common::{
     stop_sequences, stream_reply, text_tokens, to_json, to_json_string, Knobs, Reply, Script,
     SseEvents, Stop, TimingHeader, ToolDecl, ToolMode,
 };
-use super::conn::Request;
+use super::request::Request;
 use super::MockConfig;
 
 /// Content type of Anthropic's event streams.

@@ -9,7 +9,7 @@ use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use super::conn::Request;
+use super::request::Request;
 use super::MockConfig;
 
 // ---------------------------------------------------------------------------

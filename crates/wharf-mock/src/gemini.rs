@@ -11,7 +11,7 @@ use super::common::{
     query_param, random_alnum, sample_value, stop_sequences, stream_reply, text_tokens, to_json,
     to_json_string, Knobs, Reply, Script, SseEvents, Stop, TimingHeader, ToolDecl, ToolMode,
 };
-use super::conn::Request;
+use super::request::Request;
 use super::MockConfig;
 
 const JSON_UTF8: &str = "application/json; charset=UTF-8";

@@ -4,11 +4,11 @@
 use serde_json::{json, Map, Value};
 
 use super::common::{json_reply, random_hex, text_tokens, to_json, unix_now, Knobs, Reply};
-use super::conn::Request;
 use super::multipart::Part;
 use super::openai::{
     file_sizes_header, form_field, optional_u64, parse_form, parse_object, ApiError,
 };
+use super::request::Request;
 use super::MockConfig;
 
 /// A 1x1 transparent PNG, base64-encoded.

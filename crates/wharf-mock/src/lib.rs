@@ -3,8 +3,9 @@
 //!
 //! The mock stands in for real providers in tests, benchmarks and demos. It
 //! speaks each provider's wire format (JSON bodies, SSE framing, error
-//! envelopes and the usual response headers) over a small HTTP/1.1 server
-//! written directly on top of tokio and `httparse`, so that it is never the
+//! envelopes and the usual response headers) over HTTP/1.1 served by hyper,
+//! with a small raw-socket layer for the faults that break HTTP on purpose
+//! (resets, stalls, bodies cut off), and is light enough never to be the
 //! bottleneck of a load test. One server answers every family; the path
 //! picks it.
 //!
@@ -134,12 +135,14 @@
 
 mod anthropic;
 mod common;
-mod conn;
 mod gemini;
 mod images;
 mod multipart;
 mod openai;
+mod raw;
+mod request;
 mod router;
+mod server;
 mod vllm;
 
 use std::collections::VecDeque;
@@ -262,16 +265,23 @@ impl Shared {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn record(&self, req: &conn::Request) {
+    pub(crate) fn record(&self, req: &request::Request) {
         self.count.fetch_add(1, Ordering::Relaxed);
         if !self.cfg.record {
             return;
         }
+        // A small body is copied so that the log does not pin the read
+        // buffer it was sliced from.
+        let body = if req.body.len() <= 64 * 1024 {
+            Bytes::copy_from_slice(&req.body)
+        } else {
+            req.body.clone()
+        };
         let rec = RecordedRequest {
             method: req.method.clone(),
             path: req.path.clone(),
             headers: req.headers.clone(),
-            body: req.body.clone(),
+            body,
         };
         let mut log = self.log();
         if log.len() >= MAX_RECORDED_REQUESTS {
@@ -391,7 +401,7 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     let _guard = guard;
                     tokio::select! {
-                        _ = conn::serve(stream, shared) => {}
+                        _ = server::serve(stream, shared) => {}
                         _ = shutdown.changed() => {}
                     }
                 });

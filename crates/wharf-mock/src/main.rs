@@ -39,6 +39,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use wharf_mock::{MockConfig, MockServer};
 
+/// jemalloc, as the gateway: the per-request allocations of the HTTP layer
+/// (header maps, body channels) are many and short-lived.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Routes and knobs, shown after the options by `--help`.
 const AFTER_HELP: &str = r"Routes (the path picks the API family):
   OpenAI     POST /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings,

@@ -12,8 +12,8 @@ use super::common::{
     json_reply, random_hex, sse_data, sse_named, sse_reply, text_tokens, to_json, token_text,
     unix_now, EmptyArray, Knobs, Reply, SseEvents,
 };
-use super::conn::Request;
 use super::multipart::{self, Part};
+use super::request::Request;
 use super::{images, vllm, MockConfig};
 
 const FINGERPRINT: &str = "fp_mock";

@@ -3,7 +3,7 @@
 //! truncation, header echo) and lets the family answer.
 
 use super::common::{append_field, first_sighting, Action, Body, Fault, Knobs, Reply, Truncation};
-use super::conn::Request;
+use super::request::Request;
 use super::{anthropic, gemini, openai, MockConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,11 +12,11 @@ use super::common::{
     sse_reply, stop_sequences, text_tokens, to_json, unit_fraction, unix_now, Knobs, Reply, Script,
     SseEvents, Stop, WORDS,
 };
-use super::conn::Request;
 use super::openai::{
     embedding_inputs, file_sizes_header, form_field, optional_u64, parse_form, parse_object,
     ApiError,
 };
+use super::request::Request;
 use super::MockConfig;
 
 /// The context length `/tokenize` reports.
