@@ -4,7 +4,7 @@ CARGO ?= cargo
 MOCK_ADDR ?= 127.0.0.1:9999
 CONF ?= conf/wharf.toml
 
-.PHONY: run test deps services sdk build fmt-check lint unit conf-check bench bench-load soak clean
+.PHONY: run demo test deps services sdk build fmt-check lint unit conf-check bench bench-load soak clean
 
 ## Install what the build needs (pingora needs cmake) when it is missing.
 deps:
@@ -46,6 +46,12 @@ run: build
 	echo "Usage records: ./usage.jsonl   Metrics: curl -s http://127.0.0.1:9090/metrics"; \
 	echo ""; \
 	WHARF_MOCK_PROVIDER_KEY=sk-mock ./target/release/wharf serve -c $(CONF)
+
+## The admin console in one step: throwaway Postgres and Redis on their own ports, the mock
+## provider, the gateway in database mode (conf/database.example.toml), migrated, a super admin
+## with a printed password, a seeded organisation and some traffic (scripts/demo.sh).
+demo: build
+	bash scripts/demo.sh
 
 ## Everything CI checks: formatting, lints, all tests, every shipped config.
 ## Postgres and Redis: the local ones when they answer, else throwaway instances (scripts/services.sh).

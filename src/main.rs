@@ -62,6 +62,13 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum SecretsCmd {
+    /// Print a new master key entry (`id:<base64 of 32 random bytes>`) for WHARF_MASTER_KEYS:
+    /// the whole value on a first install, appended (comma, newest last) when rotating.
+    NewMasterKey {
+        /// Key id (default: `k` and today's date, UTC).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Re-encrypt every provider credential envelope under the newest master key of
     /// WHARF_MASTER_KEYS (add the new key to every gateway first).
     Rotate {
@@ -152,13 +159,21 @@ fn main() -> ExitCode {
             };
             let r = rt.block_on(async {
                 let pool = wharf::db::connect(&database_url).await?;
-                if !check {
-                    wharf::db::migrate(&pool).await?;
-                }
-                wharf::db::check_schema(&pool).await
+                let applied = if check {
+                    Vec::new()
+                } else {
+                    wharf::db::migrate_report(&pool).await?
+                };
+                wharf::db::check_schema(&pool).await.map(|()| applied)
             });
             match r {
-                Ok(()) => {
+                Ok(applied) => {
+                    for (version, description) in &applied {
+                        println!("applied {version:04} {description}");
+                    }
+                    if applied.is_empty() && !check {
+                        println!("nothing to apply");
+                    }
                     println!(
                         "schema up to date (version {})",
                         wharf::db::expected_version()
@@ -170,6 +185,28 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Secrets {
+            cmd: SecretsCmd::NewMasterKey { id },
+        } => {
+            let id = id.unwrap_or_else(|| {
+                let fmt = time::macros::format_description!("k[year][month][day]");
+                time::OffsetDateTime::now_utc()
+                    .format(&fmt)
+                    .unwrap_or_else(|_| "k1".into())
+            });
+            let entry = format!("{id}:{}", wharf::db::crypto::MasterKeys::generate_key());
+            // Checked the way the gateway reads it, so what is printed is what it accepts.
+            if let Err(e) = wharf::db::crypto::MasterKeys::parse(&entry) {
+                eprintln!("wharf: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!("{entry}");
+            eprintln!(
+                "Set {} to this line on every gateway (when rotating, append it after a comma: the last key encrypts), and keep it safe: provider credentials cannot be decrypted without it.",
+                wharf::db::crypto::MASTER_KEYS_ENV
+            );
+            ExitCode::SUCCESS
         }
         Cmd::Secrets {
             cmd: SecretsCmd::Rotate { database_url },

@@ -609,7 +609,7 @@ async fn roles_are_enforced_as_in_the_api() {
         .submit(
             "/alpha/budgets",
             "/alpha/budgets",
-            &[("scope", "ORG"), ("amount_nanos", "5"), ("period", "DAILY")],
+            &[("scope", "ORG"), ("amount_usd", "5"), ("period", "DAILY")],
         )
         .await;
     assert_eq!(p.status, 403, "{}", p.body);
@@ -673,8 +673,8 @@ async fn api_key_secret_is_shown_once_and_lifecycle_works() {
                 ("slug", "up-chat-x"),
                 ("model_type", "chat"),
                 ("provider_id", &provider_id),
-                ("input_price_nanos", "1000000000"),
-                ("output_price_nanos", "2000000000"),
+                ("input_price_usd", "1.00"),
+                ("output_price_usd", "$2"),
             ],
         )
         .await;
@@ -1869,8 +1869,8 @@ async fn browser_end_to_end() {
     wd.click("#c_model_type option[value=chat]").await;
     wd.click(&format!("#c_provider_id option[value='{provider_id}']"))
         .await;
-    wd.fill("#c_input_price_nanos", "1000000000").await;
-    wd.fill("#c_output_price_nanos", "2000000000").await;
+    wd.fill("#c_input_price_usd", "1.00").await;
+    wd.fill("#c_output_price_usd", "2").await;
     wd.click("details.create button[type=submit]").await;
     wd.wait_url("done=Created").await;
 
@@ -1937,6 +1937,34 @@ async fn browser_end_to_end() {
         .await;
     assert!(recs["total"].as_i64().unwrap() >= 1);
     assert_eq!(wd.text("#stat-requests").await, recs["total"].to_string());
+    // The requests chart: one bar per day of the last 30 days (zero days included), both axes
+    // labelled, a visible bar for today's traffic, the hover value of a bar.
+    let chart = wd
+        .execute(
+            "var c = document.querySelector('#chart-requests');
+             var bars = c.querySelectorAll('g.bar');
+             var drawn = Array.from(bars).filter(function (g) {
+                 return Array.from(g.querySelectorAll('rect')).some(function (r) {
+                     return !r.classList.contains('hit') && r.getBoundingClientRect().height > 0; }); });
+             return {bars: bars.length, buckets: Number(c.dataset.buckets),
+                     labels: Array.from(c.querySelectorAll('text.axis-label')).map(function (t) { return t.textContent; }),
+                     ticks: c.querySelectorAll('text.tick').length,
+                     drawn: drawn.length,
+                     title: bars[bars.length - 1].querySelector('title').textContent,
+                     height: c.querySelector('svg').getBoundingClientRect().height};",
+        )
+        .await;
+    assert_eq!(chart["bars"], 31, "{chart}");
+    assert_eq!(chart["buckets"], 31, "{chart}");
+    assert_eq!(chart["labels"], json!(["requests", "Day (UTC)"]), "{chart}");
+    assert!(chart["ticks"].as_i64().unwrap() >= 5 + 4, "{chart}");
+    assert!(chart["drawn"].as_i64().unwrap() >= 1, "{chart}");
+    assert!(
+        chart["title"].as_str().unwrap().contains(" · 2xx "),
+        "{chart}"
+    );
+    assert!(chart["height"].as_f64().unwrap() > 100.0, "{chart}");
+    wd.screenshot(&shots.join("dashboard-charts.png")).await;
 
     // The playground: the pasted key's models, a streamed answer, its usage record.
     wd.goto(&at("/acme/playground")).await;
@@ -1955,6 +1983,60 @@ async fn browser_end_to_end() {
     }
     assert!(!wd.text("#pg_out").await.is_empty(), "no streamed answer");
     wd.screenshot(&shots.join("playground-answer.png")).await;
+    // A second turn, with a system prompt and parameters: the transcript keeps both turns.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wd
+        .execute("return document.querySelectorAll('#pg_transcript li').length;")
+        .await
+        != 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first turn is not in the transcript"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wd.fill("#pg_system", "Answer briefly.").await;
+    wd.fill("#pg_temperature", "0.2").await;
+    wd.fill("#pg_max_tokens", "64").await;
+    wd.fill("#pg_prompt", "And again?").await;
+    wd.click("#playground button[type=submit]").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wd
+        .execute("return document.querySelectorAll('#pg_transcript li').length;")
+        .await
+        != 4
+    {
+        assert!(Instant::now() < deadline, "no second turn");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let history = wd.property("#pg_history", "value").await;
+    let history: Vec<Value> = serde_json::from_str(history.as_str().unwrap()).unwrap();
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert_eq!(history[2]["content"], "And again?");
+    wd.screenshot(&shots.join("playground-conversation.png"))
+        .await;
+    // An error is shown readably: the status, Wharf's code and its message.
+    wd.fill("#pg_key", "wharf_sk_not-a-key").await;
+    wd.fill("#pg_prompt", "Hello?").await;
+    wd.click("#playground button[type=submit]").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = wd
+            .execute("var e = document.getElementById('pg_error'); return e.hidden ? '' : e.textContent;")
+            .await;
+        let shown = shown.as_str().unwrap_or("").to_string();
+        if !shown.is_empty() {
+            assert!(
+                shown.starts_with("The gateway answered 401 — unauthorized: "),
+                "{shown}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no readable error");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wd.screenshot(&shots.join("playground-error.png")).await;
 
     // Revoke from the key page (with its confirmation): the gateway refuses the key.
     wd.goto(&key_url).await;
@@ -2878,4 +2960,1257 @@ async fn sign_in_is_throttled_per_client_not_per_account() {
     assert_eq!(p.status, 303, "{}", p.body);
     assert!(owner.cookies.contains_key("wharf_session"));
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Prices and budgets are typed and shown in dollars (USD per 1M tokens, per image, per
+/// call); the admin API keeps integer nanos-USD.
+#[tokio::test]
+async fn money_is_entered_and_shown_in_dollars() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let prov = e
+        .root
+        .create(
+            &format!("/api/organisations/{a}/providers"),
+            json!({"name": "p", "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let form = b.page("/alpha/models").await;
+    for want in [
+        "Input price (USD per 1M tokens)",
+        "Image price (USD per image)",
+        "name=\"input_price_usd\"",
+    ] {
+        assert!(form.body.contains(want), "{want} not in the model form");
+    }
+    assert!(!form.body.contains("nanos-USD"), "the form speaks nanos");
+    let p = b
+        .submit(
+            "/alpha/models",
+            "/alpha/models",
+            &[
+                ("name", "m1"),
+                ("slug", "up-m1"),
+                ("model_type", "chat"),
+                ("provider_id", &id(&prov)),
+                ("input_price_usd", "2.50"),
+                ("output_price_usd", "$10"),
+                ("cached_input_price_usd", "0.125"),
+                ("image_price_usd", "0.04"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let (_, models) = e
+        .root
+        .call("GET", &format!("/api/organisations/{a}/models"), None)
+        .await;
+    let m = &models["data"][0];
+    assert_eq!(m["input_price_nanos"], 2_500_000_000i64, "{m}");
+    assert_eq!(m["output_price_nanos"], 10_000_000_000i64, "{m}");
+    assert_eq!(m["cached_input_price_nanos"], 125_000_000i64, "{m}");
+    assert_eq!(m["image_price_nanos"], 40_000_000i64, "{m}");
+    // The list and the item page show dollars; the edit form holds the exact amount.
+    let list = b.page("/alpha/models").await;
+    assert!(list.body.contains("<td>$2.50</td>"), "{}", list.body);
+    assert!(list.body.contains("<td>$10.00</td>"), "{}", list.body);
+    let item = b.page(&format!("/alpha/models/{}", id(m))).await;
+    assert!(item.body.contains("value=\"0.125\""), "{}", item.body);
+    assert!(item.body.contains("value=\"2.50\""), "{}", item.body);
+    assert!(item.body.contains("$0.040000"), "{}", item.body);
+    // A malformed amount is refused with the field's name, not stored.
+    let p = b
+        .submit(
+            "/alpha/models",
+            "/alpha/models",
+            &[
+                ("name", "m2"),
+                ("slug", "up-m2"),
+                ("provider_id", &id(&prov)),
+                ("input_price_usd", "2,5.0.1"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.body.contains("Input price (USD per 1M tokens)"),
+        "{}",
+        p.body
+    );
+    // Budgets: the amount in dollars.
+    let p = b
+        .submit(
+            "/alpha/budgets",
+            "/alpha/budgets",
+            &[
+                ("name", "monthly"),
+                ("scope", "ORG"),
+                ("amount_usd", "250"),
+                ("period", "MONTHLY"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let (_, budgets) = e
+        .root
+        .call("GET", &format!("/api/organisations/{a}/budgets"), None)
+        .await;
+    assert_eq!(budgets["data"][0]["amount_nanos"], 250_000_000_000i64);
+    let list = b.page("/alpha/budgets").await;
+    assert!(list.body.contains("$250.00"), "{}", list.body);
+}
+
+/// Seed 002's `/api/auth/*` routes: JSON aliases of the console's sign-in, session and
+/// sign-out, with the same session cookie, throttling answers and CSRF rules.
+#[tokio::test]
+async fn api_auth_routes_alias_the_console_sign_in() {
+    let e = env().await;
+    let mut b = Browser::new(&e.gw);
+    let base = b.base.clone();
+    let http = b.http.clone();
+    let url = |p: &str| format!("{base}{p}");
+    let login = |body: Value| http.post(url("/api/auth/login")).json(&body);
+    // Not JSON (a cross-site form): refused before any password check.
+    let p = b
+        .send(
+            http.post(url("/api/auth/login"))
+                .form(&[("email", ROOT), ("password", ROOT_PW)]),
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(b.cookies.is_empty());
+    // A foreign origin.
+    let rq =
+        login(json!({"email": ROOT, "password": ROOT_PW})).header("origin", "https://evil.example");
+    let p = b.send(rq).await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    // Wrong password: 401 in the admin API's envelope, no session.
+    let p = b
+        .send(login(json!({"email": ROOT, "password": "nope-nope"})))
+        .await;
+    assert_eq!(p.status, 401, "{}", p.body);
+    let v: Value = serde_json::from_str(&p.body).unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized", "{v}");
+    assert!(!b.cookies.contains_key("wharf_session"));
+    // No session yet.
+    let p = b.get("/api/auth/session").await;
+    assert_eq!(p.status, 401, "{}", p.body);
+    // Signed in: the session cookie, the user, its home and the CSRF token.
+    let p = b
+        .send(login(json!({"email": ROOT, "password": ROOT_PW})))
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let v: Value = serde_json::from_str(&p.body).unwrap();
+    assert_eq!(v["user"]["email"], ROOT, "{v}");
+    assert_eq!(v["user"]["role"], "SUPER_ADMIN", "{v}");
+    assert_eq!(v["home"], "/admin/dashboard", "{v}");
+    let csrf = v["csrf_token"].as_str().unwrap().to_string();
+    assert!(b.set_cookies[0].contains("HttpOnly"), "{:?}", b.set_cookies);
+    // The same session signs the console in, and both session routes answer it.
+    b.page("/admin/dashboard").await;
+    for path in ["/api/auth/session", "/api/auth/me"] {
+        let p = b.page(path).await;
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        assert_eq!(v["user"]["email"], ROOT, "{path}: {v}");
+        assert_eq!(v["csrf_token"], csrf.as_str(), "{path}: {v}");
+    }
+    // Unknown routes and methods answer JSON.
+    let p = b.get("/api/auth/nope").await;
+    assert_eq!(p.status, 404, "{}", p.body);
+    assert!(p.body.contains("\"not_found\""), "{}", p.body);
+    let p = b.get("/api/auth/login").await;
+    assert_eq!(p.status, 405, "{}", p.body);
+    // A password change needs the CSRF header, then keeps this session.
+    let rq = b
+        .http
+        .put(url("/api/auth/password"))
+        .json(&json!({"password": "new-root-password"}));
+    let p = b.send(rq).await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    let rq = b
+        .http
+        .put(url("/api/auth/password"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"password": "new-root-password"}));
+    let p = b.send(rq).await;
+    assert_eq!(p.status, 204, "{}", p.body);
+    b.page("/api/auth/session").await;
+    // Sign-out: the CSRF header is required; afterwards the session is gone.
+    let p = b
+        .send(http.post(url("/api/auth/logout")).json(&json!({})))
+        .await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    let rq = b
+        .http
+        .post(url("/api/auth/logout"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({}));
+    let p = b.send(rq).await;
+    assert_eq!(p.status, 204, "{}", p.body);
+    assert!(!b.cookies.contains_key("wharf_session"));
+    let p = b.get("/admin/dashboard").await;
+    assert_eq!(p.status, 303);
+    // The new password signs in through the console form as well.
+    let mut c = Browser::new(&e.gw);
+    assert_eq!(c.login(ROOT, "new-root-password").await.status, 303);
+}
+
+fn wharf_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// First run: `wharf secrets new-master-key` prints a key the gateway accepts, `wharf migrate`
+/// says what it applied (then that nothing was left), and `conf/database.example.toml` serves the
+/// console and the admin API on a fresh database once migrated and bootstrapped.
+#[tokio::test]
+async fn first_run_from_the_database_example() {
+    // A master key entry, fresh each time, in the format WHARF_MASTER_KEYS reads.
+    let a = wharf_cmd(&["secrets", "new-master-key"]);
+    let b = wharf_cmd(&["secrets", "new-master-key", "--id", "prod-2"]);
+    assert!(a.status.success() && b.status.success());
+    let (a, b) = (
+        String::from_utf8(a.stdout).unwrap().trim().to_string(),
+        String::from_utf8(b.stdout).unwrap().trim().to_string(),
+    );
+    assert!(b.starts_with("prod-2:"), "{b}");
+    assert_ne!(
+        a.split(':').nth(1),
+        b.split(':').nth(1),
+        "the same key twice"
+    );
+    let keys = wharf::db::crypto::MasterKeys::parse(&format!("{a},{b}")).unwrap();
+    assert_eq!(keys.newest_id(), "prod-2");
+    assert!(!wharf_cmd(&["secrets", "new-master-key", "--id", "bad id"])
+        .status
+        .success());
+
+    // `wharf migrate` on an empty database names each migration it applied.
+    let db = TestDb::empty().await;
+    let out = wharf_cmd(&["migrate", "--database-url", &db.url()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let applied: Vec<&str> = text.lines().filter(|l| l.starts_with("applied ")).collect();
+    let embedded = wharf::db::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .count();
+    assert_eq!(applied.len(), embedded, "{text}");
+    assert!(applied[0].starts_with("applied 0001 "), "{text}");
+    assert!(text.contains("schema up to date"), "{text}");
+    let again = wharf_cmd(&["migrate", "--database-url", &db.url()]);
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert!(again.contains("nothing to apply"), "{again}");
+    assert!(!again.contains("applied "), "{again}");
+
+    // The example file, on its own ports, with the new master key.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/database.example.toml"),
+    )
+    .unwrap();
+    let mock = mock().await;
+    let gw = Gw::start_custom(
+        &mock,
+        |port, admin, dir| {
+            example
+                .replace("0.0.0.0:8080", &format!("127.0.0.1:{port}"))
+                .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"))
+                .replace("/tmp/wharf.pid", &format!("{}/wharf.pid", dir.display()))
+                .replace(
+                    "/tmp/wharf-upgrade.sock",
+                    &format!("{}/upgrade.sock", dir.display()),
+                )
+                .replace(
+                    "/tmp/wharf-usage-spill.jsonl",
+                    &format!("{}/spill.jsonl", dir.display()),
+                )
+        },
+        &[
+            ("DATABASE_URL", db.url()),
+            ("REDIS_URL", common::db::redis_url()),
+            ("WHARF_MASTER_KEYS", a.clone()),
+            ("WHARF_INVALIDATION_SECRET", "first-run-secret".into()),
+            ("WHARF_OPERATOR_TOKEN", "first-run-operator".into()),
+        ],
+    )
+    .await;
+    let r = client()
+        .get(gw.admin_url("/v1/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.log());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["admin", "bootstrap", "--email", ROOT])
+        .args(["--password-env", "FIRST_RUN_PASSWORD"])
+        .env("DATABASE_URL", db.url())
+        .env("FIRST_RUN_PASSWORD", ROOT_PW)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut br = Browser::new(&gw);
+    assert_eq!(br.login(ROOT, ROOT_PW).await.status, 303);
+    br.page("/admin/dashboard").await;
+    // The operator token guards the metrics of the admin listener.
+    let r = client().get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+/// `make demo` (scripts/demo.sh) on its own ports: throwaway Postgres and Redis, migrated, a
+/// super admin with the printed password, a seeded organisation with traffic on its usage page
+/// and dashboard; stopping it stops the services it started.
+#[tokio::test]
+async fn the_demo_script_seeds_a_console() {
+    use tokio::io::AsyncBufReadExt;
+    let mock = mock().await;
+    let (proxy, admin, pg, redis) = (free_port(), free_port(), free_port(), free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh"))
+        .env("WHARF_BIN", env!("CARGO_BIN_EXE_wharf"))
+        .env("DEMO_OWN_MOCK", "0")
+        .env("DEMO_PROVIDER_KEY", PROVIDER_KEY)
+        .env("MOCK_ADDR", mock.addr().to_string())
+        .env("DEMO_PROXY_PORT", proxy.to_string())
+        .env("DEMO_ADMIN_PORT", admin.to_string())
+        .env("DEMO_PG_PORT", pg.to_string())
+        .env("DEMO_REDIS_PORT", redis.to_string())
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stops the demo (its own cleanup: gateway and throwaway services) however the test ends.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let pid = self.0.to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            for _ in 0..300 {
+                let alive = std::process::Command::new("kill")
+                    .args(["-0", &pid])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !alive {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let stop = Stop(child.id().unwrap());
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut password, mut key, mut text) = (None, None, String::new());
+    let read = async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            text.push_str(&l);
+            text.push('\n');
+            if let Some(rest) = l.trim().strip_prefix("Sign in:") {
+                password = rest.split(" / ").nth(1).map(|p| p.trim().to_string());
+            }
+            if let Some((_, k)) = l.split_once("virtual key: ") {
+                key = Some(k.trim().to_string());
+            }
+            if l.starts_with("Ctrl-C stops") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(240), read)
+        .await
+        .unwrap_or_else(|_| panic!("the demo did not finish seeding: {text}"));
+    let password = password.unwrap_or_else(|| panic!("no password in {text}"));
+    assert!(key.unwrap_or_default().starts_with("wharf_"), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{admin}/")),
+        "no console URL in {text}"
+    );
+    let mut b = Browser {
+        base: format!("http://127.0.0.1:{admin}"),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        cookies: HashMap::new(),
+        set_cookies: Vec::new(),
+        extra: Vec::new(),
+    };
+    assert_eq!(b.login("admin@demo.test", &password).await.status, 303);
+    // The traffic is on the organisation's usage page: successes and provider errors.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = b.page("/demo/usage").await;
+        if [
+            ">gpt-4o-mini<",
+            ">gpt-4o<",
+            "active\">200<",
+            "revoked\">500<",
+        ]
+        .iter()
+        .all(|w| p.body.contains(w))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no demo traffic: {}", p.body);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for page in [
+        "/demo/dashboard",
+        "/demo/models",
+        "/demo/apikeys",
+        "/demo/budgets",
+    ] {
+        b.page(page).await;
+    }
+    // Stopping the demo stops the gateway and the throwaway services.
+    let t = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &stop.0.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the demo did not stop")
+        .unwrap();
+    assert!(!status.success(), "a stopped demo exits non-zero: {status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+    std::mem::forget(stop);
+    // (Redis is sent SIGTERM and exits moments later.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for port in [admin, pg, redis] {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "port {port} still open after the demo stopped (admin {admin}, Postgres {pg}, Redis {redis})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Inserts a usage record of `org` `minutes_ago`, with a status and a latency.
+async fn record_at(db: &TestDb, org: &str, minutes_ago: i64, status: i16, latency: f64) {
+    let outcome = if status < 400 { "success" } else { "error" };
+    sqlx::query(
+        "INSERT INTO usage_records (request_id, organisation_id, endpoint, model, provider, status,
+                                    outcome, error_code, latency_ms, ttfb_ms, input_tokens,
+                                    output_tokens, cost_nanos, stream, attempts, created_at)
+         VALUES ($1, $2::uuid, '/v1/chat/completions', 'chat-x', 'mockp', $3, $4,
+                 CASE WHEN $3 >= 400 THEN 'upstream_error' END, $5, $5 / 2, 10, 20, 1500, $3 = 200,
+                 '[{\"provider\":\"mockp\",\"model\":\"chat-x\",\"outcome\":\"ok\"}]'::jsonb,
+                 now() - make_interval(mins => $6::int))",
+    )
+    .bind(format!("rec-{}", uuid::Uuid::new_v4().simple()))
+    .bind(org)
+    .bind(status)
+    .bind(outcome)
+    .bind(latency)
+    .bind(minutes_ago as i32)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+/// The dashboard's charts: one bar per hour of the last 24 hours (or per day), zero buckets
+/// included, labelled axes, requests stacked by status class, hover values, latency p50/p95;
+/// the series come from the admin API's `usage/series`.
+#[tokio::test]
+async fn dashboard_charts_have_a_full_time_axis() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    for (ago, status, lat) in [
+        (125, 200, 100.0),
+        (125, 200, 200.0),
+        (125, 200, 300.0),
+        (125, 500, 900.0),
+        (300, 429, 50.0),
+    ] {
+        record_at(&e.db, &o, ago, status, lat).await;
+    }
+    let (st, v) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/series?period=last_24_hours&granularity=HOUR"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let points = v["data"].as_array().unwrap();
+    assert_eq!(points.len(), 25, "every hour the 24 hours touch: {v}");
+    let busy: Vec<&Value> = points.iter().filter(|p| p["requests"] == 4).collect();
+    assert_eq!(busy.len(), 1, "{v}");
+    let busy = busy[0];
+    assert_eq!(busy["status_2xx"], 3);
+    assert_eq!(busy["status_5xx"], 1);
+    assert_eq!(busy["errors"], 1);
+    assert_eq!(busy["cost_nanos"], 6000);
+    assert_eq!(busy["latency_p50_ms"].as_f64().unwrap(), 250.0);
+    assert!(busy["latency_p95_ms"].as_f64().unwrap() > 800.0);
+    assert_eq!(points.iter().filter(|p| p["requests"] == 0).count(), 23);
+    let (st, v) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/series?period=last_30_days"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 31, "{v}");
+    let (st, _) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/series?period=custom&from=2000-01-01&to=2026-01-01&granularity=HOUR"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "too many buckets");
+
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let dash = b.page("/alpha/dashboard?period=last_24_hours").await;
+    let at = dash
+        .body
+        .find("id=\"chart-requests\"")
+        .expect("requests chart");
+    let chart = &dash.body[at..at + dash.body[at..].find("</figure>").unwrap()];
+    assert!(chart.contains("data-buckets=\"25\""), "{chart}");
+    assert_eq!(chart.matches("<g class=\"bar\"").count(), 25, "{chart}");
+    for want in [
+        "Hour (UTC)",
+        ">requests</text>",
+        "· 2xx 3 · 4xx 0 · 5xx 1 · other 0</title>",
+        "class=\"s-5xx\"",
+    ] {
+        assert!(chart.contains(want), "{want} not in {chart}");
+    }
+    assert!(dash.body.contains("id=\"chart-latency\""));
+    assert!(
+        dash.body.contains("· p95 810 ms · p50 250 ms</title>"),
+        "latency hover"
+    );
+    assert_eq!(
+        dash.body[dash.body.find("stat-requests").unwrap()..]
+            .split('>')
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap(),
+        "5"
+    );
+    let month = b.page("/alpha/dashboard").await;
+    let at = month.body.find("id=\"chart-requests\"").unwrap();
+    let chart = &month.body[at..at + month.body[at..].find("</figure>").unwrap()];
+    assert_eq!(chart.matches("<g class=\"bar\"").count(), 31);
+    assert!(chart.contains("Day (UTC)"));
+}
+
+/// The usage log: one-line times, key, team and user by name, the error code, TTFB, the stream
+/// flag and the attempts of each request; "errors only"; a row's detail page with its attempts,
+/// pricing and verdicts.
+#[tokio::test]
+async fn usage_log_shows_who_what_failed_and_details() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    let team = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/teams"),
+            json!({"name": "Search team"}),
+        )
+        .await;
+    let key = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/api-keys"),
+            json!({"name": "search-bot", "key_type": "TEAM", "team_id": id(&team)}),
+        )
+        .await;
+    record_at(&e.db, &o, 10, 200, 120.0).await;
+    record_at(&e.db, &o, 5, 502, 40.0).await;
+    sqlx::query(
+        "UPDATE usage_records SET api_key_id = $1::uuid, team_id = $2::uuid,
+                pricing = '{\"input\": 2500000000, \"output\": 10000000000}'::jsonb
+          WHERE organisation_id = $3::uuid",
+    )
+    .bind(id(&key))
+    .bind(id(&team))
+    .bind(&o)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    let rid_of = |status: i16| {
+        let pool = e.db.pool.clone();
+        let o = o.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT request_id FROM usage_records WHERE organisation_id = $1::uuid AND status = $2",
+            )
+            .bind(o)
+            .bind(status)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let failed = rid_of(502).await;
+    let ok = rid_of(200).await;
+
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let p = b.page("/alpha/usage").await;
+    for want in [
+        "search-bot",
+        "Search team",
+        "<code>upstream_error</code>",
+        ">60 ms<",
+        ">120 ms<",
+        "Errors only",
+        "<td class=\"nowrap\"><time",
+    ] {
+        assert!(
+            p.body.contains(want),
+            "{want} not on the usage page: {}",
+            p.body
+        );
+    }
+    assert!(p.body.contains(&ok) && p.body.contains(&failed));
+    // Errors only (the API's `errors=true`).
+    let p = b.page("/alpha/usage?errors=true").await;
+    assert!(p.body.contains(&failed), "{}", p.body);
+    assert!(!p.body.contains(&ok), "a success among the errors");
+    assert!(p
+        .body
+        .contains("id=\"f_errors\" type=\"checkbox\" name=\"errors\" value=\"true\" checked"));
+    let (st, v) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/records?errors=true"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+    let (st, _) = e
+        .root
+        .call(
+            "GET",
+            &format!("/api/organisations/{o}/usage/records?errors=maybe"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400);
+    // A row's details.
+    let d = b.page(&format!("/alpha/usage/{failed}")).await;
+    for want in [
+        "Attempts (1)",
+        "mockp",
+        "upstream_error",
+        "search-bot",
+        "Search team",
+        "input $2.50 · output $10.00",
+        "time to first byte 20 ms",
+        "No filter or safety check acted on this request.",
+    ] {
+        assert!(d.body.contains(want), "{want} not in {}", d.body);
+    }
+    let p = b.get("/alpha/usage/no-such-request").await;
+    assert_eq!(p.status, 404);
+    // Another organisation's request is not found from this one.
+    let beta = org(&e, "Beta", "beta").await;
+    record_at(&e.db, &beta, 1, 200, 10.0).await;
+    let theirs: String =
+        sqlx::query_scalar("SELECT request_id FROM usage_records WHERE organisation_id = $1::uuid")
+            .bind(&beta)
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(b.get(&format!("/alpha/usage/{theirs}")).await.status, 404);
+}
+
+/// The budgets list and a budget's page: spend in the current window, what remains, the bar,
+/// when it resets, the thresholds crossed and a link to the usage it counts.
+#[tokio::test]
+async fn budgets_page_shows_spend_remaining_and_reset() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    let team = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/teams"),
+            json!({"name": "Search team"}),
+        )
+        .await;
+    let budget = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/budgets"),
+            json!({"name": "search monthly", "scope": "TEAM", "scope_id": id(&team),
+                   "amount_nanos": 10_000_000_000i64, "period": "MONTHLY",
+                   "warning_thresholds": [50, 80]}),
+        )
+        .await;
+    let (_, limits) = e
+        .root
+        .call("GET", &format!("/api/organisations/{o}/usage/limits"), None)
+        .await;
+    let m = limits["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == budget["id"])
+        .unwrap()
+        .clone();
+    let (start, end) = (
+        m["window"]["start"].as_str().unwrap().to_string(),
+        m["window"]["end"].as_str().unwrap().to_string(),
+    );
+    sqlx::query(
+        "INSERT INTO budget_windows (budget_id, window_start, window_end, used_nanos, reserved_nanos)
+         VALUES ($1::uuid, $2::timestamptz, $3::timestamptz, 6000000000, 0)",
+    )
+    .bind(id(&budget))
+    .bind(&start)
+    .bind(&end)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    for path in [
+        "/alpha/budgets".to_string(),
+        format!("/alpha/budgets/{}", id(&budget)),
+    ] {
+        let p = b.page(&path).await;
+        let at = p
+            .body
+            .find(&format!("<tr data-budget-id=\"{}\"", id(&budget)))
+            .unwrap_or_else(|| panic!("no meter on {path}: {}", p.body));
+        let row = &p.body[at..at + p.body[at..].find("</tr>").unwrap()];
+        for want in [
+            "team Search team".to_string(),
+            "$6.00".to_string(),
+            "$4.00".to_string(),
+            "of $10.00".to_string(),
+            "width=\"60.00\"".to_string(),
+            "<span class=\"badge expired\">50%</span>".to_string(),
+            format!("<time datetime=\"{end}\">"),
+            format!("team_id={}", id(&team)),
+            "period=custom".to_string(),
+        ] {
+            assert!(row.contains(&want), "{path}: {want} not in {row}");
+        }
+        assert!(!row.contains(">80%<"), "80% is not crossed: {row}");
+    }
+    // The usage link opens the usage page filtered to the team and the window.
+    let p = b.page("/alpha/budgets").await;
+    let at = p.body.find("Usage →").unwrap();
+    let href_at = p.body[..at].rfind("href=\"").unwrap() + 6;
+    let href = p.body[href_at..at]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let u = b.page(&href).await;
+    assert!(
+        u.body.contains(&format!(
+            "<option value=\"{}\" selected>Search team</option>",
+            id(&team)
+        )),
+        "{}",
+        u.body
+    );
+}
+
+/// The API keys list shows each key's model count, last use, this month's spend and budget;
+/// the "created" page shows the gateway's base URL and a curl that works as pasted.
+#[tokio::test]
+async fn api_keys_list_and_created_page_are_ready_to_use() {
+    let e = env().await;
+    let cat = common::db::seed_catalog(&e.db, &e._mock, "Alpha", "chat-x", "up-chat-x").await;
+    let o = cat.org.to_string();
+    let slug: String = sqlx::query_scalar("SELECT slug FROM organisations WHERE id = $1")
+        .bind(cat.org)
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let p = b
+        .submit(
+            &format!("/{slug}/apikeys"),
+            &format!("/{slug}/apikeys"),
+            &[
+                ("name", "ci"),
+                ("key_type", "ORGANISATION"),
+                ("models", &cat.model.to_string()),
+            ],
+        )
+        .await;
+    let p = b.follow(p).await;
+    let secret = {
+        let at = p.body.find("value=\"wharf_").expect("secret");
+        let rest = &p.body[at + 7..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+    let base = e.gw.url("");
+    let base = base.trim_end_matches('/');
+    assert!(
+        p.body
+            .contains(&format!("<code id=\"once-base\">{base}/v1</code>")),
+        "{}",
+        p.body
+    );
+    let at = p.body.find("<pre id=\"once-curl\"><code>").expect("a curl");
+    let curl = &p.body[at..at + p.body[at..].find("</code>").unwrap()];
+    for want in [
+        format!("curl {base}/v1/chat/completions"),
+        format!("Authorization: Bearer {secret}"),
+        "&quot;model&quot;: &quot;chat-x&quot;".to_string(),
+    ] {
+        assert!(curl.contains(&want), "{want} not in {curl}");
+    }
+    // What the curl sends works against the gateway.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .header("Authorization", format!("Bearer {secret}"))
+            .json(&json!({"model": "chat-x", "messages": [{"role": "user", "content": "Hello!"}]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the curl answered {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A budget on the key; its spend and last use reach the list.
+    let (_, keys) = e
+        .root
+        .call("GET", &format!("/api/organisations/{o}/api-keys"), None)
+        .await;
+    let key_id = id(&keys["data"][0]);
+    e.root
+        .create(
+            &format!("/api/organisations/{o}/budgets"),
+            json!({"name": "ci daily", "scope": "APIKEY", "scope_id": key_id,
+                   "amount_nanos": 5_000_000_000i64, "period": "DAILY"}),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let row = loop {
+        let p = b.page(&format!("/{slug}/apikeys")).await;
+        let at = p
+            .body
+            .find(&format!("<tr data-key-id=\"{key_id}\""))
+            .expect("the key's row");
+        let row = p.body[at..at + p.body[at..].find("</tr>").unwrap()].to_string();
+        if !row.contains("never") && row.contains("$0.0000") {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no usage on the row: {row}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(row.contains("<td class=\"models\">1</td>"), "{row}");
+    assert!(row.contains(" of $5.00 ("), "{row}");
+    assert!(row.contains(" UTC</td>"), "last used: {row}");
+}
+
+/// The API docs page: a model picker, and for each model only the snippets it can serve as
+/// pasted (its provider's family and its type); the Common Errors table with Wharf's codes; the
+/// environment of IDE and CLI integrations.
+#[tokio::test]
+async fn docs_page_offers_only_snippets_a_model_can_serve() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    let mut models = HashMap::new();
+    let mut providers: HashMap<&str, Value> = HashMap::new();
+    for (ptype, model, mtype) in [
+        ("OPENAI", "gpt-x", "chat"),
+        ("ANTHROPIC", "claude-x", "chat"),
+        ("GOOGLE", "gem-x", "chat"),
+        ("OPENAI", "emb-x", "embeddings"),
+    ] {
+        if !providers.contains_key(ptype) {
+            let p = e
+                .root
+                .create(
+                    &format!("/api/organisations/{o}/providers"),
+                    json!({"name": format!("{model}-p"), "provider_type": ptype,
+                           "base_url": "http://127.0.0.1:9/v1"}),
+                )
+                .await;
+            providers.insert(ptype, p);
+        }
+        let p = &providers[ptype];
+        let m = e
+            .root
+            .create(
+                &format!("/api/organisations/{o}/models"),
+                json!({"name": model, "slug": format!("up-{model}"), "model_type": mtype,
+                       "provider_id": id(p)}),
+            )
+            .await;
+        models.insert(model, id(&m));
+    }
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let snippets = |body: &str| -> Vec<String> {
+        body.match_indices("data-snippet=\"")
+            .map(|(at, m)| {
+                let rest = &body[at + m.len()..];
+                rest[..rest.find('"').unwrap()].to_string()
+            })
+            .collect()
+    };
+    let page = b.page("/alpha/docs").await;
+    assert!(page
+        .body
+        .contains("<select id=\"docs_model\" name=\"model\" data-autosubmit>"));
+    assert_eq!(
+        snippets(&page.body),
+        [
+            "chat-curl",
+            "chat-py",
+            "chat-js",
+            "stream-curl",
+            "unified-curl"
+        ],
+        "the first chat model (OpenAI)"
+    );
+    assert!(page.body.contains("/v1/chat/completions \\\n"));
+    let claude = b.page("/alpha/docs?model=claude-x").await;
+    assert_eq!(
+        snippets(&claude.body),
+        ["anthropic-curl", "anthropic-py", "unified-curl"]
+    );
+    assert!(claude.body.contains("/v1/messages"));
+    assert!(claude
+        .body
+        .contains("&quot;model&quot;: &quot;claude-x&quot;"));
+    assert!(
+        !claude.body.contains("/v1/chat/completions \\\n"),
+        "an OpenAI snippet for Claude"
+    );
+    let gem = b.page("/alpha/docs?model=gem-x").await;
+    assert_eq!(
+        snippets(&gem.body),
+        ["gemini-curl", "gemini-py", "unified-curl"]
+    );
+    assert!(gem.body.contains("/v1beta/models/gem-x:generateContent"));
+    let emb = b.page("/alpha/docs?model=emb-x").await;
+    assert_eq!(snippets(&emb.body), ["embed-curl"]);
+    assert!(emb.body.contains("&quot;model&quot;: &quot;emb-x&quot;"));
+    // Common errors, from the gateway's codes.
+    let at = page.body.find("id=\"common-errors\"").unwrap();
+    let table = &page.body[at..at + page.body[at..].find("</table>").unwrap()];
+    for (status, code) in [
+        (401, "unauthorized"),
+        (402, "budget_exceeded"),
+        (403, "model_not_allowed"),
+        (400, "model_not_found"),
+        (429, "rpm_exceeded"),
+        (429, "quota_exceeded"),
+        (502, "upstream_error"),
+        (503, "dependency_unavailable"),
+        (504, "upstream_timeout"),
+    ] {
+        assert!(
+            table.contains(&format!("<td>{status}</td><td><code>{code}</code>")),
+            "{status} {code} not in {table}"
+        );
+    }
+    // IDE and CLI integrations with the environment each needs.
+    let base = e.gw.url("");
+    let base = base.trim_end_matches('/');
+    for want in [
+        format!("ANTHROPIC_BASE_URL={base}\nANTHROPIC_AUTH_TOKEN=$WHARF_API_KEY"),
+        format!("OPENAI_BASE_URL={base}/v1\nOPENAI_API_KEY=$WHARF_API_KEY\ncodex --model gpt-x"),
+        format!("apiBase: {base}/v1"),
+        "aider --model openai/gpt-x".to_string(),
+        "data-tool=\"Cursor\"".to_string(),
+    ] {
+        assert!(page.body.contains(&want), "{want} not on the docs page");
+    }
+}
+
+/// Pickers instead of UUID boxes: budget and quota owners and a model's provider key are chosen
+/// by name, and lists and detail pages show names where the row holds ids.
+#[tokio::test]
+async fn owners_and_provider_keys_are_picked_by_name() {
+    let e = env().await;
+    let o = org(&e, "Alpha", "alpha").await;
+    let team = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/teams"),
+            json!({"name": "Search team"}),
+        )
+        .await;
+    let prov = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/providers"),
+            json!({"name": "mockp", "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    let pkey = e
+        .root
+        .create(
+            &format!("/api/organisations/{o}/providers/{}/keys", id(&prov)),
+            json!({"name": "main", "secret": "sk-test-secret"}),
+        )
+        .await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let form = b.page("/alpha/budgets").await;
+    assert!(
+        form.body
+            .contains("<select id=\"c_scope_id\" name=\"scope_id\""),
+        "{}",
+        form.body
+    );
+    assert!(form.body.contains(&format!(
+        "<option value=\"{}\">Team · Search team</option>",
+        id(&team)
+    )));
+    let p = b
+        .submit(
+            "/alpha/budgets",
+            "/alpha/budgets",
+            &[
+                ("name", "team cap"),
+                ("scope", "TEAM"),
+                ("scope_id", &id(&team)),
+                ("amount_usd", "20"),
+                ("period", "MONTHLY"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let item = p.location.unwrap();
+    let list = b.page("/alpha/budgets").await;
+    assert!(
+        list.body.contains("<td>Team · Search team</td>"),
+        "{}",
+        list.body
+    );
+    let page = b.page(item.split('?').next().unwrap()).await;
+    assert!(
+        page.body.contains("<dd>Team · Search team</dd>"),
+        "{}",
+        page.body
+    );
+    // A model's provider key.
+    let models = b.page("/alpha/models").await;
+    assert!(
+        models.body.contains(&format!(
+            "<option value=\"{}\">mockp · main</option>",
+            id(&pkey)
+        )),
+        "{}",
+        models.body
+    );
+    assert!(!models.body.contains("sk-test-secret"));
+}
+
+/// The platform dashboard: every organisation's last 30 days as charts, the error rate,
+/// provider health and the organisations by cost; the playground relay takes a system prompt,
+/// earlier turns and parameters, and refuses bad ones readably.
+#[tokio::test]
+async fn platform_dashboard_and_playground_relay() {
+    let e = env().await;
+    let a = org(&e, "Alpha", "alpha").await;
+    let bb = org(&e, "Beta", "beta").await;
+    record_at(&e.db, &a, 30, 200, 10.0).await;
+    record_at(&e.db, &bb, 30, 500, 10.0).await;
+    record_at(&e.db, &bb, 40, 200, 10.0).await;
+    sqlx::query(
+        "UPDATE usage_records SET cost_nanos = 9000000000 WHERE organisation_id = $1::uuid",
+    )
+    .bind(&bb)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    e.root
+        .create(
+            &format!("/api/organisations/{a}/providers"),
+            json!({"name": "alpha-prov", "provider_type": "OPENAI", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    let mut b = Browser::new(&e.gw);
+    assert_eq!(b.login(ROOT, ROOT_PW).await.status, 303);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let p = loop {
+        let p = b.page("/admin/dashboard").await;
+        if p.body.contains("<td>alpha-prov</td><td>Alpha</td>") {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no provider health row: {}",
+            p.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        p.body.contains("id=\"platform-error-rate\">33.3%<"),
+        "{}",
+        p.body
+    );
+    let at = p.body.find("id=\"chart-requests\"").expect("charts");
+    let chart = &p.body[at..at + p.body[at..].find("</figure>").unwrap()];
+    assert_eq!(chart.matches("<g class=\"bar\"").count(), 31);
+    // (The three requests may straddle midnight: count them over the bars.)
+    let count = |class: &str| -> i64 {
+        chart
+            .match_indices(&format!(" · {class} "))
+            .map(|(at, m)| {
+                let rest = &chart[at + m.len()..];
+                rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()]
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert_eq!((count("2xx"), count("5xx")), (2, 1), "{chart}");
+    // Beta costs more: it comes first.
+    let beta_at = p.body.find("href=\"/beta/dashboard\"").unwrap();
+    let alpha_at = p.body.find("href=\"/alpha/dashboard\"").unwrap();
+    assert!(beta_at < alpha_at, "organisations by cost");
+
+    // The playground relay: parameters are checked before anything is sent.
+    let cat = common::db::seed_catalog(&e.db, &e._mock, "Gamma", "chat-x", "up-chat-x").await;
+    let slug: String = sqlx::query_scalar("SELECT slug FROM organisations WHERE id = $1")
+        .bind(cat.org)
+        .fetch_one(&e.db.pool)
+        .await
+        .unwrap();
+    let (_, secret) = common::db::seed_key(&e.db, cat.org, "pg", &[cat.model]).await;
+    let csrf = b.page(&format!("/{slug}/playground")).await.csrf();
+    let relay = format!("/{slug}/playground/chat");
+    let p = b
+        .post(
+            &relay,
+            &[
+                ("_csrf", &csrf),
+                ("key", &secret),
+                ("model", "chat-x"),
+                ("prompt", "hi"),
+                ("temperature", "5"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.body.contains("temperature: a number from 0 to 2"),
+        "{}",
+        p.body
+    );
+    let p = b
+        .post(
+            &relay,
+            &[
+                ("_csrf", &csrf),
+                ("key", &secret),
+                ("model", "chat-x"),
+                ("prompt", "hi"),
+                ("history", "[{\"role\": \"system\", \"content\": \"x\"}]"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    // A system prompt and two earlier turns count as input.
+    let send = |history: &'static str, system: &'static str| {
+        let (relay, csrf, secret) = (relay.clone(), csrf.clone(), secret.clone());
+        let http = b.http.clone();
+        let base = b.base.clone();
+        let cookie = b.cookie_header();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let r = http
+                    .post(format!("{base}{relay}"))
+                    .header("cookie", &cookie)
+                    .form(&[
+                        ("_csrf", csrf.as_str()),
+                        ("key", secret.as_str()),
+                        ("model", "chat-x"),
+                        ("prompt", "And now?"),
+                        ("history", history),
+                        ("system", system),
+                        ("temperature", "0.5"),
+                        ("max_tokens", "32"),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 200 {
+                    break r.headers()["x-request-id"].to_str().unwrap().to_string();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the relay answered {}",
+                    r.status()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let short = send("[]", "").await;
+    let long = send(
+        "[{\"role\": \"user\", \"content\": \"What is the capital of France, in one word?\"}, {\"role\": \"assistant\", \"content\": \"Paris, the capital and largest city of France.\"}]",
+        "You are a terse assistant that answers in as few words as possible.",
+    )
+    .await;
+    let tokens = |rid: String| {
+        let pool = e.db.pool.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let t: Option<i64> = sqlx::query_scalar(
+                    "SELECT input_tokens FROM usage_records WHERE request_id = $1",
+                )
+                .bind(&rid)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                if let Some(t) = t {
+                    break t;
+                }
+                assert!(Instant::now() < deadline, "no usage record of {rid}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (s, l) = (tokens(short).await, tokens(long).await);
+    assert!(
+        l > s + 10,
+        "the earlier turns and the system prompt were not sent: {s} vs {l}"
+    );
 }

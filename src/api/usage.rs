@@ -240,7 +240,14 @@ pub async fn records(ctx: &Ctx<'_>) -> ApiResult<Reply> {
     let p = period(ctx, None)?;
     let (limit, offset) = page(ctx)?;
     let mut q = Sql::new(String::new());
-    usage_where(ctx, &mut q, "r", "created_at", &p, RECORD_DIMS, &[])?;
+    usage_where(ctx, &mut q, "r", "created_at", &p, RECORD_DIMS, &["errors"])?;
+    match ctx.req.q("errors") {
+        None | Some("false") => {}
+        Some("true") => {
+            q.push(" AND (r.status >= 400 OR r.outcome <> 'success')");
+        }
+        Some(_) => return Err(ApiError::invalid("errors", "must be true or false")),
+    }
     let mut conn = ctx.pool.acquire().await?;
     let total = q
         .with_text(format!("SELECT count(*) FROM usage_records r{}", q.text))
@@ -263,6 +270,117 @@ pub async fn records(ctx: &Ctx<'_>) -> ApiResult<Reply> {
         200,
         &json!({
             "data": rows, "total": total, "limit": limit, "offset": offset,
+            "period": {"name": p.name, "from": rfc(p.from), "to": rfc(p.to)},
+        }),
+    ))
+}
+
+/// Longest series [`series`] answers.
+pub const MAX_BUCKETS: i64 = 2000;
+
+/// The bucket starts of `[from, to)` at `granularity` (`HOUR` or `DAY`, UTC): every bucket the
+/// range touches, the first one truncated back to its boundary.
+pub fn buckets(
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    granularity: &str,
+) -> ApiResult<Vec<OffsetDateTime>> {
+    let from = from.to_offset(time::UtcOffset::UTC);
+    let (start, step) = match granularity {
+        "HOUR" => (
+            from.replace_minute(0)
+                .and_then(|t| t.replace_second(0))
+                .and_then(|t| t.replace_nanosecond(0))
+                .unwrap_or(from),
+            Duration::hours(1),
+        ),
+        _ => (from.date().midnight().assume_utc(), Duration::days(1)),
+    };
+    let n = ((to - start).whole_seconds() + step.whole_seconds() - 1) / step.whole_seconds();
+    if n > MAX_BUCKETS {
+        return Err(ApiError::invalid(
+            "granularity",
+            format!("the period has {n} buckets at this granularity (at most {MAX_BUCKETS})"),
+        ));
+    }
+    Ok((0..n.max(0)).map(|i| start + step * (i as i32)).collect())
+}
+
+/// `GET …/usage/series`: one point per hour (`granularity=HOUR`) or day (`DAY`, the default) of
+/// the period, zero points included, from the usage records: requests by status class, errors,
+/// tokens, cost, and latency and time-to-first-byte percentiles (p50, p95). Same filters and
+/// visibility as the records.
+pub async fn series(ctx: &Ctx<'_>) -> ApiResult<Reply> {
+    let p = period(ctx, Some("last_30_days"))?;
+    let granularity = ctx
+        .req
+        .q("granularity")
+        .unwrap_or("DAY")
+        .to_ascii_uppercase();
+    if !["HOUR", "DAY"].contains(&granularity.as_str()) {
+        return Err(ApiError::invalid("granularity", "must be HOUR or DAY"));
+    }
+    let (Some(from), Some(to)) = (p.from, p.to) else {
+        return Err(ApiError::invalid("period", "a bounded period is required"));
+    };
+    let starts = buckets(from, to, &granularity)?;
+    let mut q = Sql::new(String::new());
+    usage_where(
+        ctx,
+        &mut q,
+        "r",
+        "created_at",
+        &p,
+        RECORD_DIMS,
+        &["granularity"],
+    )?;
+    let unit = if granularity == "HOUR" { "hour" } else { "day" };
+    let mut conn = ctx.pool.acquire().await?;
+    let rows = q
+        .with_text(format!(
+            "SELECT jsonb_build_object(
+                'bucket_start', to_char(date_trunc('{unit}', r.created_at, 'UTC') AT TIME ZONE 'UTC',
+                                        'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                'requests', count(*),
+                'status_2xx', count(*) FILTER (WHERE r.status BETWEEN 200 AND 299),
+                'status_4xx', count(*) FILTER (WHERE r.status BETWEEN 400 AND 499),
+                'status_5xx', count(*) FILTER (WHERE r.status BETWEEN 500 AND 599),
+                'status_other', count(*) FILTER (WHERE r.status < 200 OR r.status BETWEEN 300 AND 399
+                                                  OR r.status > 599),
+                'errors', count(*) FILTER (WHERE r.status >= 400 OR r.outcome <> 'success'),
+                'input_tokens', coalesce(sum(r.input_tokens), 0),
+                'output_tokens', coalesce(sum(r.output_tokens), 0),
+                'cost_nanos', coalesce(sum(r.cost_nanos), 0),
+                'latency_p50_ms', percentile_cont(0.5) WITHIN GROUP (ORDER BY r.latency_ms),
+                'latency_p95_ms', percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms),
+                'ttfb_p50_ms', percentile_cont(0.5) WITHIN GROUP (ORDER BY r.ttfb_ms),
+                'ttfb_p95_ms', percentile_cont(0.95) WITHIN GROUP (ORDER BY r.ttfb_ms))
+             FROM usage_records r{} GROUP BY date_trunc('{unit}', r.created_at, 'UTC')",
+            q.text
+        ))
+        .json_rows(&mut conn)
+        .await?;
+    let mut by_start: std::collections::HashMap<String, Value> = rows
+        .into_iter()
+        .filter_map(|r| Some((r["bucket_start"].as_str()?.to_string(), r)))
+        .collect();
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    let data: Vec<Value> = starts
+        .iter()
+        .map(|t| {
+            let key = t.format(&fmt).unwrap_or_default();
+            by_start.remove(&key).unwrap_or_else(|| {
+                json!({"bucket_start": key, "requests": 0, "status_2xx": 0, "status_4xx": 0,
+                       "status_5xx": 0, "status_other": 0, "errors": 0, "input_tokens": 0,
+                       "output_tokens": 0, "cost_nanos": 0, "latency_p50_ms": null,
+                       "latency_p95_ms": null, "ttfb_p50_ms": null, "ttfb_p95_ms": null})
+            })
+        })
+        .collect();
+    Ok(json_reply(
+        200,
+        &json!({
+            "granularity": granularity, "data": data,
             "period": {"name": p.name, "from": rfc(p.from), "to": rfc(p.to)},
         }),
     ))
@@ -534,6 +652,26 @@ mod tests {
             period_at(None, None, None, None, now).expect("all").from,
             None
         );
+    }
+
+    #[test]
+    fn series_buckets_cover_the_period() {
+        let t = |s: &str| OffsetDateTime::parse(s, &Rfc3339).expect("a timestamp");
+        // 24 hours from a time off the hour: the partial first hour and the current one.
+        let b =
+            buckets(t("2026-01-01T10:30:00Z"), t("2026-01-02T10:30:00Z"), "HOUR").expect("buckets");
+        assert_eq!(b.len(), 25);
+        assert_eq!(b[0], t("2026-01-01T10:00:00Z"));
+        assert_eq!(b[24], t("2026-01-02T10:00:00Z"));
+        // A calendar month by day.
+        let b =
+            buckets(t("2026-02-01T00:00:00Z"), t("2026-03-01T00:00:00Z"), "DAY").expect("buckets");
+        assert_eq!(b.len(), 28);
+        // Aligned hours: exactly 24.
+        let b =
+            buckets(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"), "HOUR").expect("buckets");
+        assert_eq!(b.len(), 24);
+        assert!(buckets(t("2020-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z"), "HOUR").is_err());
     }
 
     #[test]

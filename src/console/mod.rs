@@ -7,6 +7,7 @@
 //! (`console_sessions`, migration 0008), CSRF tokens and HTML.
 //!
 //! * `GET /login`, `POST /login`, `POST /logout`, `GET|POST /invite/{token}`.
+//! * `/api/auth/{login, session, me, logout, password}`: the same sign-in as JSON.
 //! * Platform pages (SUPER_ADMIN): `/admin/{dashboard, organisations, teams, users, …}`.
 //! * Organisation pages: `/{organisation slug}/{dashboard, providers, models, …}`.
 //! * Assets (compiled in): `/console/static/app.css`, `/console/static/app.js`.
@@ -15,6 +16,8 @@
 //! is HTML-escaped. No external resource is loaded (the console works offline) and the
 //! Content-Security-Policy allows only the console's own script and style.
 
+mod auth_api;
+mod chart;
 mod once;
 mod pages;
 mod reports;
@@ -40,10 +43,10 @@ const MAX_FORM_BYTES: usize = 1 << 20;
 const RESERVED: &[&str] = &["api", "v1", "v1beta", "metrics", "health", "healthz"];
 
 /// Whether the console answers `path`: in database mode, every path of the admin listener
-/// that is not one of its API or health routes.
+/// that is not one of its API or health routes, and the session routes `/api/auth/*`.
 pub fn handles(state: &State, path: &str) -> bool {
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    state.db.is_some() && !RESERVED.contains(&first)
+    state.db.is_some() && (!RESERVED.contains(&first) || auth_api::handles(path))
 }
 
 /// A parsed console request.
@@ -61,6 +64,12 @@ pub struct Req {
     /// The client address: the TCP peer, or `X-Forwarded-For`'s client when the peer is one of
     /// `server.trusted_proxies` (as the proxy's governance reads it).
     pub client: Option<std::net::IpAddr>,
+    /// `Content-Type` (the `/api/auth/*` routes take JSON).
+    pub content_type: Option<String>,
+    /// `X-CSRF-Token`: the session's CSRF token on `/api/auth/*` writes.
+    pub csrf_header: Option<String>,
+    /// The raw body of a POST or PUT.
+    pub body: Vec<u8>,
 }
 
 impl Req {
@@ -210,8 +219,11 @@ async fn read(state: &State, http: &mut ServerSession) -> Result<Req, Resp> {
         origin: header("origin"),
         user_agent: header("user-agent"),
         client,
+        content_type: header("content-type"),
+        csrf_header: header("x-csrf-token"),
+        body: Vec::new(),
     };
-    if req.method == Method::POST {
+    if req.method == Method::POST || req.method == Method::PUT {
         let mut body = Vec::new();
         loop {
             match http.read_request_body().await {
@@ -225,7 +237,8 @@ async fn read(state: &State, http: &mut ServerSession) -> Result<Req, Resp> {
                 Err(_) => return Err(view::error_page(None, 400, "The form could not be read.")),
             }
         }
-        let text = String::from_utf8_lossy(&body);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        req.body = body;
         req.form = text
             .split('&')
             .filter(|p| !p.is_empty())
@@ -320,11 +333,19 @@ async fn relay(state: &State, http: &mut ServerSession) -> Result<(), Resp> {
     }
     let key = cx.req.f("key").unwrap_or("").trim().to_string();
     let stream = cx.req.f("stream") == Some("true");
-    let body = serde_json::json!({
-        "model": cx.req.f("model").unwrap_or(""),
-        "messages": [{"role": "user", "content": cx.req.f("prompt").unwrap_or("")}],
-        "stream": stream,
-    });
+    let body = match playground_body(&cx.req, stream) {
+        Ok(b) => b,
+        Err(msg) => {
+            let e = ApiError::invalid("playground", msg);
+            let r = e.reply();
+            return Err(Resp {
+                status: r.status,
+                content_type: r.content_type,
+                headers: Vec::new(),
+                body: r.body.to_vec(),
+            });
+        }
+    };
     let client = loopback_client().map_err(|e| view::error_page(Some(&cx), 500, &e))?;
     let mut up = client
         .post(format!("{}/v1/chat/completions", loopback_gateway(state)))
@@ -363,6 +384,58 @@ async fn relay(state: &State, http: &mut ServerSession) -> Result<(), Resp> {
     }
     let _ = http.finish_body().await;
     Ok(())
+}
+
+/// The chat request of a playground form: the system prompt, the earlier turns (`history`, a
+/// JSON array of `{role, content}` with roles `user` and `assistant`), the new message, and
+/// the parameters given (`temperature` 0–2, `max_tokens` ≥ 1).
+fn playground_body(req: &Req, stream: bool) -> Result<Value, String> {
+    let mut messages = Vec::new();
+    if let Some(sys) = req.f("system").map(str::trim).filter(|s| !s.is_empty()) {
+        messages.push(serde_json::json!({"role": "system", "content": sys}));
+    }
+    if let Some(h) = req.f("history").map(str::trim).filter(|s| !s.is_empty()) {
+        let turns: Vec<Value> =
+            serde_json::from_str(h).map_err(|e| format!("history: invalid JSON: {e}"))?;
+        if turns.len() > 100 {
+            return Err("history: at most 100 turns".into());
+        }
+        for t in turns {
+            match (t["role"].as_str(), t["content"].as_str()) {
+                (Some(role @ ("user" | "assistant")), Some(content)) => {
+                    messages.push(serde_json::json!({"role": role, "content": content}))
+                }
+                _ => return Err("history: each turn is {role: user|assistant, content}".into()),
+            }
+        }
+    }
+    messages.push(serde_json::json!({"role": "user", "content": req.f("prompt").unwrap_or("")}));
+    let mut body = serde_json::json!({
+        "model": req.f("model").unwrap_or(""),
+        "messages": messages,
+        "stream": stream,
+    });
+    if let Some(t) = req
+        .f("temperature")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let v: f64 = t
+            .parse()
+            .ok()
+            .filter(|v: &f64| (0.0..=2.0).contains(v))
+            .ok_or("temperature: a number from 0 to 2")?;
+        body["temperature"] = serde_json::json!(v);
+    }
+    if let Some(m) = req.f("max_tokens").map(str::trim).filter(|s| !s.is_empty()) {
+        let v: u32 = m
+            .parse()
+            .ok()
+            .filter(|v: &u32| *v >= 1)
+            .ok_or("max_tokens: a whole number of at least 1")?;
+        body["max_tokens"] = serde_json::json!(v);
+    }
+    Ok(body)
 }
 
 /// A signed-in request: the session, its caller, and the request.
@@ -428,6 +501,9 @@ async fn route(state: &State, req: Req) -> Resp {
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let get = req.method == Method::GET || req.method == Method::HEAD;
     let post = req.method == Method::POST;
+    if auth_api::handles(&req.path) {
+        return auth_api::route(state, req, &segs).await;
+    }
     match (segs.as_slice(), get, post) {
         (["console", "static", "app.css"], true, _) => return view::asset_css(),
         (["console", "static", "app.js"], true, _) => return view::asset_js(),

@@ -56,7 +56,14 @@ fn pool(state: &crate::control::state::State) -> ApiResult<PgPool> {
     crate::api::pool(state)
 }
 
-fn cookie(name: &str, value: &str, path: &str, max_age: i64, tls: bool, same_site: &str) -> String {
+pub(super) fn cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: i64,
+    tls: bool,
+    same_site: &str,
+) -> String {
     format!(
         "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite={same_site}{}",
         if tls { "; Secure" } else { "" }
@@ -123,8 +130,8 @@ pub async fn current(
     }))
 }
 
-/// Starts a session for `user`: the `Set-Cookie` value.
-async fn start(pool: &PgPool, user: Uuid, req: &Req) -> ApiResult<String> {
+/// Starts a session for `user`: the `Set-Cookie` value and the session's CSRF token.
+async fn start(pool: &PgPool, user: Uuid, req: &Req) -> ApiResult<(String, String)> {
     let token = random_token("");
     let csrf = random_token("");
     sqlx::query(
@@ -133,7 +140,7 @@ async fn start(pool: &PgPool, user: Uuid, req: &Req) -> ApiResult<String> {
     )
     .bind(user)
     .bind(KeyHash::of(&token).to_hex())
-    .bind(csrf)
+    .bind(&csrf)
     .bind(SESSION_SECONDS as f64)
     .bind(
         req.user_agent
@@ -146,17 +153,13 @@ async fn start(pool: &PgPool, user: Uuid, req: &Req) -> ApiResult<String> {
     sqlx::query("DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'")
         .execute(pool)
         .await?;
-    Ok(cookie(
-        SESSION_COOKIE,
-        &token,
-        "/",
-        SESSION_SECONDS,
-        req.tls,
-        "Lax",
+    Ok((
+        cookie(SESSION_COOKIE, &token, "/", SESSION_SECONDS, req.tls, "Lax"),
+        csrf,
     ))
 }
 
-fn same_origin(req: &Req) -> bool {
+pub(super) fn same_origin(req: &Req) -> bool {
     match &req.origin {
         None => true,
         Some(o) => {
@@ -169,7 +172,7 @@ fn same_origin(req: &Req) -> bool {
     }
 }
 
-fn eq_ct(a: &str, b: &str) -> bool {
+pub(super) fn eq_ct(a: &str, b: &str) -> bool {
     !a.is_empty() && a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
@@ -363,6 +366,66 @@ impl Throttle {
     }
 }
 
+/// The outcome of a sign-in attempt (the console form and `POST /api/auth/login` alike).
+pub enum SignIn {
+    /// Signed in: the session's `Set-Cookie` value, its CSRF token and the user's home.
+    Started {
+        set_cookie: String,
+        csrf: String,
+        user: Uuid,
+        home: String,
+    },
+    /// Wrong e-mail or password (the same answer for unknown and known addresses).
+    Wrong,
+    /// Throttled: try again in this many seconds.
+    Refused(u64),
+    Failed(ApiError),
+}
+
+/// Checks a password with the throttling above and starts a session when it is right.
+pub async fn sign_in(
+    state: &crate::control::state::State,
+    req: &Req,
+    email: &str,
+    password: &str,
+) -> SignIn {
+    let pool = match pool(state) {
+        Ok(p) => p,
+        Err(e) => return SignIn::Failed(e),
+    };
+    let email = email.trim();
+    let who = email.to_lowercase();
+    let (refused, slowdown) = {
+        let t = throttle();
+        let now = Instant::now();
+        (t.refused_for(req.client, &who, now), t.slowdown(&who, now))
+    };
+    if let Some(wait) = refused {
+        return SignIn::Refused(wait.as_secs_f64().ceil().max(1.0) as u64);
+    }
+    if !slowdown.is_zero() {
+        tokio::time::sleep(slowdown).await;
+    }
+    let user = match auth::check_login(&pool, email, password).await {
+        Ok(u) => u,
+        Err(e) => return SignIn::Failed(e),
+    };
+    let Some(user) = user else {
+        throttle().failed(req.client, &who, Instant::now());
+        return SignIn::Wrong;
+    };
+    throttle().succeeded(req.client, &who);
+    match start(&pool, user, req).await {
+        Ok((set_cookie, csrf)) => SignIn::Started {
+            set_cookie,
+            csrf,
+            user,
+            home: home_of(&pool, user).await,
+        },
+        Err(e) => SignIn::Failed(e),
+    }
+}
+
 /// `POST /login`.
 pub async fn login(state: &crate::control::state::State, req: Req) -> Resp {
     let form_token = req.f("_csrf").unwrap_or("");
@@ -378,55 +441,35 @@ pub async fn login(state: &crate::control::state::State, req: Req) -> Resp {
             "The form's CSRF token is missing or invalid. Reload the page and try again.",
         );
     }
-    let pool = match pool(state) {
-        Ok(p) => p,
-        Err(e) => return view::error_page(None, e.status(), &e.message),
-    };
-    let email = req.f("email").unwrap_or("").trim().to_string();
+    let email = req.f("email").unwrap_or("").to_string();
     let password = req.f("password").unwrap_or("").to_string();
-    let who = email.to_lowercase();
-    let (refused, slowdown) = {
-        let t = throttle();
-        let now = Instant::now();
-        (t.refused_for(req.client, &who, now), t.slowdown(&who, now))
-    };
-    if let Some(wait) = refused {
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut r = login_page(
-            state,
-            &req,
-            Some(&format!(
-                "Too many failed sign-ins from this address: try again in {secs} seconds."
-            )),
-        )
-        .await;
-        r.status = 429;
-        return r.header("retry-after", secs.to_string());
+    match sign_in(state, &req, &email, &password).await {
+        SignIn::Refused(secs) => {
+            let mut r = login_page(
+                state,
+                &req,
+                Some(&format!(
+                    "Too many failed sign-ins from this address: try again in {secs} seconds."
+                )),
+            )
+            .await;
+            r.status = 429;
+            r.header("retry-after", secs.to_string())
+        }
+        SignIn::Wrong => login_page(state, &req, Some("Wrong e-mail or password.")).await,
+        SignIn::Failed(e) => view::error_page(None, e.status(), &e.message),
+        SignIn::Started {
+            set_cookie, home, ..
+        } => {
+            let target = safe_next(req.f("next")).unwrap_or(home);
+            Resp::redirect(&target)
+                .header("set-cookie", set_cookie)
+                .header(
+                    "set-cookie",
+                    cookie(LOGIN_CSRF_COOKIE, "", "/login", 0, false, "Strict"),
+                )
+        }
     }
-    if !slowdown.is_zero() {
-        tokio::time::sleep(slowdown).await;
-    }
-    let user = match auth::check_login(&pool, &email, &password).await {
-        Ok(u) => u,
-        Err(e) => return view::error_page(None, e.status(), &e.message),
-    };
-    let Some(user) = user else {
-        throttle().failed(req.client, &who, Instant::now());
-        return login_page(state, &req, Some("Wrong e-mail or password.")).await;
-    };
-    throttle().succeeded(req.client, &who);
-    let set = match start(&pool, user, &req).await {
-        Ok(c) => c,
-        Err(e) => return view::error_page(None, e.status(), &e.message),
-    };
-    let target = match safe_next(req.f("next")) {
-        Some(n) => n,
-        None => home_of(&pool, user).await,
-    };
-    Resp::redirect(&target).header("set-cookie", set).header(
-        "set-cookie",
-        cookie(LOGIN_CSRF_COOKIE, "", "/login", 0, false, "Strict"),
-    )
 }
 
 /// The landing page of a user (by role and organisation).
@@ -513,7 +556,7 @@ pub async fn invite_accept(state: &crate::control::state::State, req: Req, token
     }
     match auth::accept(&pool, token, req.f("name"), password).await {
         Ok((user, inv)) => match start(&pool, user, &req).await {
-            Ok(set) => Resp::redirect(&format!("/{}/dashboard", inv.organisation_slug))
+            Ok((set, _)) => Resp::redirect(&format!("/{}/dashboard", inv.organisation_slug))
                 .header("set-cookie", set),
             Err(e) => view::error_page(None, e.status(), &e.message),
         },

@@ -312,6 +312,83 @@ pub fn usd(nanos: i64) -> String {
     }
 }
 
+/// The unit of a money column (`*_nanos`): what one entered or shown dollar amount counts.
+/// Money is nanos-USD inside (1 USD = 10^9); the console reads and writes dollars.
+pub fn money_unit(col: &str) -> Option<&'static str> {
+    let base = col.strip_suffix("_nanos")?;
+    Some(match base {
+        "input_price" | "output_price" | "cached_input_price" | "reasoning_price" => {
+            "USD per 1M tokens"
+        }
+        "image_price" => "USD per image",
+        "unit_price" | "price_per_call" => "USD per call",
+        "price_per_input_byte" | "price_per_output_byte" => "USD per byte",
+        _ => "USD",
+    })
+}
+
+/// The form field of a column: a money column is entered in dollars, under a name that says
+/// so (`input_price_usd` for `input_price_nanos`).
+pub fn form_name(col: &str) -> String {
+    match col.strip_suffix("_nanos") {
+        Some(base) => format!("{base}_usd"),
+        None => col.to_string(),
+    }
+}
+
+/// The label of a column with its unit (`Input price (USD per 1M tokens)`).
+pub fn label_with_unit(col: &str) -> String {
+    match (money_unit(col), col.strip_suffix("_nanos")) {
+        (Some(unit), Some(base)) => format!("{} ({unit})", label(base)),
+        _ => label(col),
+    }
+}
+
+/// Nanos-USD as the exact dollar amount of a form field: at least two decimals, trailing
+/// zeros dropped (`2.50`, `0.15`, `0.000000042`).
+pub fn usd_input(nanos: i64) -> String {
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    let frac = format!("{:09}", n % 1_000_000_000);
+    let frac = frac.trim_end_matches('0');
+    let frac = if frac.len() < 2 {
+        format!("{frac:0<2}")
+    } else {
+        frac.to_string()
+    };
+    format!("{sign}{}.{frac}", n / 1_000_000_000)
+}
+
+/// A dollar amount typed in a form (`2.5`, `$0.15`, `1,000.00`) as nanos-USD, exactly (no
+/// floating point): at most nine decimals.
+pub fn parse_usd(raw: &str) -> Result<i64, String> {
+    let s: String = raw
+        .trim()
+        .trim_start_matches('$')
+        .trim()
+        .chars()
+        .filter(|c| *c != ',' && *c != '_')
+        .collect();
+    let (whole, frac) = s.split_once('.').unwrap_or((s.as_str(), ""));
+    let digits = |x: &str| x.chars().all(|c| c.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) {
+        return Err("must be a dollar amount such as 2.50".into());
+    }
+    if frac.len() > 9 {
+        return Err("at most nine decimals (1 nano-dollar)".into());
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| "is too large".to_string())?
+    };
+    let frac: i64 = format!("{frac:0<9}").parse().unwrap_or(0);
+    whole
+        .checked_mul(1_000_000_000)
+        .and_then(|w| w.checked_add(frac))
+        .ok_or_else(|| "is too large".to_string())
+}
+
 /// A readable cell of a JSON value (column name decides money and time formats).
 pub fn cell(col: &str, v: &Value) -> String {
     match v {
@@ -362,6 +439,9 @@ pub fn field(
     let text = cur
         .map(|v| match (col.ty, v) {
             (Ty::Time, Value::String(s)) => datetime_input(s),
+            (Ty::Amount, Value::Number(n)) if money_unit(col.name).is_some() => {
+                usd_input(n.as_i64().unwrap_or(0))
+            }
             (Ty::Amount | Ty::PosInt, Value::Number(n)) => n.to_string(),
             (Ty::Object, v) => serde_json::to_string_pretty(v).unwrap_or_default(),
             (Ty::Strings | Ty::Percents, Value::Array(a)) => a
@@ -383,13 +463,15 @@ pub fn field(
         Ty::Object => Some("JSON object"),
         Ty::Strings => Some("comma-separated"),
         Ty::Percents => Some("comma-separated percentages"),
-        _ if col.name.ends_with("_nanos") => Some("nanos-USD: 1 USD = 1000000000"),
         _ => None,
     };
+    let money = col.ty == Ty::Amount && money_unit(col.name).is_some();
+    let name = form_name(col.name);
+    let id = if money { format!("{prefix}{name}") } else { id };
     html! {
         div.field {
             label for=(id) {
-                (label(col.name))
+                (label_with_unit(col.name))
                 @if required { " " abbr title="required" { "*" } }
                 @if let Some(h) = hint { " " span.muted { "(" (h) ")" } }
             }
@@ -423,6 +505,9 @@ pub fn field(
                 (Ty::Time, None) => {
                     input id=(id) type="datetime-local" name=(col.name) value=(text) required[required];
                 }
+                (Ty::Amount, None) if money => {
+                    input id=(id) type="text" inputmode="decimal" name=(name) value=(text) placeholder="0.00" required[required];
+                }
                 (Ty::Amount | Ty::PosInt, None) => {
                     input id=(id) type="number" min="0" step="1" name=(col.name) value=(text) required[required];
                 }
@@ -453,6 +538,9 @@ pub fn form_value(col: &Col, raw: &str, updating: bool) -> Result<Option<Value>,
     }
     let v = match col.ty {
         Ty::Bool => Value::Bool(raw == "true"),
+        Ty::Amount if money_unit(col.name).is_some() => {
+            Value::from(parse_usd(raw).map_err(|e| format!("{}: {e}", label_with_unit(col.name)))?)
+        }
         Ty::Amount | Ty::PosInt => Value::from(
             raw.parse::<i64>()
                 .map_err(|_| format!("{}: must be an integer", col.name))?,
@@ -614,6 +702,65 @@ mod tests {
             Ok(Some(Value::Null))
         );
         assert_eq!(v(col(&MODELS, "name"), "", true), Ok(None));
+    }
+
+    #[test]
+    fn money_is_entered_and_shown_in_dollars() {
+        for (raw, nanos) in [
+            ("2.50", 2_500_000_000),
+            ("$0.15", 150_000_000),
+            ("1,000", 1_000_000_000_000),
+            (".5", 500_000_000),
+            ("0.000000042", 42),
+            ("3", 3_000_000_000),
+        ] {
+            assert_eq!(parse_usd(raw), Ok(nanos), "{raw}");
+        }
+        for bad in [
+            "",
+            "abc",
+            "1.2.3",
+            "0.0000000001",
+            "-1",
+            "99999999999999999999",
+        ] {
+            assert!(parse_usd(bad).is_err(), "{bad}");
+        }
+        assert_eq!(usd_input(2_500_000_000), "2.50");
+        assert_eq!(usd_input(150_000_000), "0.15");
+        assert_eq!(usd_input(42), "0.000000042");
+        assert_eq!(usd_input(0), "0.00");
+        // A price round-trips exactly through its form field.
+        for n in [
+            1,
+            42,
+            150_000_000,
+            2_500_000_000,
+            15_000_000_000,
+            123_456_789_012,
+        ] {
+            assert_eq!(parse_usd(&usd_input(n)), Ok(n));
+        }
+        assert_eq!(money_unit("input_price_nanos"), Some("USD per 1M tokens"));
+        assert_eq!(money_unit("image_price_nanos"), Some("USD per image"));
+        assert_eq!(money_unit("amount_nanos"), Some("USD"));
+        assert_eq!(money_unit("timeout_ms"), None);
+        assert_eq!(form_name("input_price_nanos"), "input_price_usd");
+        assert_eq!(
+            label_with_unit("output_price_nanos"),
+            "Output price (USD per 1M tokens)"
+        );
+        // The form value of a money column is nanos.
+        assert_eq!(
+            form_value(&col(&MODELS, "input_price_nanos"), "$2.50", false),
+            Ok(Some(json!(2_500_000_000i64)))
+        );
+        assert!(form_value(
+            &col(&MODELS, "input_price_nanos"),
+            "2500000000 nanos",
+            false
+        )
+        .is_err());
     }
 
     #[test]

@@ -30,6 +30,32 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     })
 }
 
+/// The versions recorded as applied (none before the first migration).
+async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, DbError> {
+    match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+    {
+        Ok(v) => Ok(v),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_TABLE) => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(DbError::Query(e)),
+    }
+}
+
+/// [`migrate`], answering what it applied: `(version, description)` of each migration this
+/// run applied, oldest first (empty when the schema was already up to date).
+pub async fn migrate_report(pool: &PgPool) -> Result<Vec<(i64, String)>, DbError> {
+    let before = applied_versions(pool).await?;
+    migrate(pool).await?;
+    let after = applied_versions(pool).await?;
+    Ok(embedded()
+        .filter(|m| !before.contains(&m.version) && after.contains(&m.version))
+        .map(|m| (m.version, m.description.to_string()))
+        .collect())
+}
+
 /// Checks that every migration this build embeds was applied, unchanged and successfully.
 ///
 /// Versions present in the database but unknown to this build (a newer build migrated it)

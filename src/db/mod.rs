@@ -16,7 +16,7 @@ mod migrate;
 pub mod secrets;
 pub mod usage_store;
 
-pub use migrate::{check_schema, expected_version, migrate};
+pub use migrate::{check_schema, expected_version, migrate, migrate_report};
 
 use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -24,6 +24,10 @@
     if (b) { ev.preventDefault(); copy(b); return; }
     if (ev.target.closest("[data-print]")) { window.print(); }
   });
+  // A picker that reloads its page (the API docs' model): submit on change.
+  document.addEventListener("change", function (ev) {
+    if (ev.target.matches("select[data-autosubmit]") && ev.target.form) ev.target.form.submit();
+  });
   document.addEventListener("submit", function (ev) {
     var f = ev.target;
     var q = f.getAttribute("data-confirm");
@@ -58,14 +62,43 @@
           if (keep) sel.value = keep;
         }).catch(function () { });
     });
+    // Several turns: the earlier ones go with each message; the transcript shows them.
+    var history = [];
+    var transcript = document.getElementById("pg_transcript");
+    var errBox = document.getElementById("pg_error");
+    var pending = "";
+    function turn(role, text) {
+      var li = document.createElement("li"); li.className = "turn " + role;
+      var who = document.createElement("strong"); who.textContent = role === "user" ? "You" : "Assistant";
+      var p = document.createElement("div"); p.textContent = text;
+      li.appendChild(who); li.appendChild(p); transcript.appendChild(li);
+    }
+    // An error answer, readably: status, Wharf's code and its message.
+    function showError(status, raw) {
+      var msg = raw;
+      try {
+        var j = JSON.parse(raw); var e = j.error || j;
+        msg = (e.code || e.type || "error") + ": " + (e.message || JSON.stringify(e));
+      } catch (x) { /* not JSON */ }
+      errBox.textContent = "The gateway answered " + status + " — " + msg; errBox.hidden = false;
+    }
+    function usd(n) { var v = n / 1e9; return n === 0 ? "$0" : (Math.abs(v) >= 1 ? "$" + v.toFixed(2) : "$" + v.toFixed(6)); }
+    document.getElementById("pg_reset").addEventListener("click", function () {
+      history = []; transcript.textContent = ""; out.textContent = ""; errBox.hidden = true; usage.textContent = "—";
+    });
     pg.addEventListener("submit", function (ev) {
       ev.preventDefault();
-      out.textContent = ""; usage.textContent = "waiting for the usage record…";
+      out.textContent = ""; errBox.hidden = true; usage.textContent = "waiting for the usage record…";
+      pending = pg.elements.prompt.value;
       var body = new URLSearchParams();
       body.set("_csrf", csrf);
       body.set("key", pg.elements.key.value);
       body.set("model", pg.elements.model.value);
-      body.set("prompt", pg.elements.prompt.value);
+      body.set("system", pg.elements.system.value);
+      body.set("temperature", pg.elements.temperature.value);
+      body.set("max_tokens", pg.elements.max_tokens.value);
+      body.set("history", JSON.stringify(history));
+      body.set("prompt", pending);
       body.set("stream", pg.elements.stream.checked ? "true" : "false");
       fetch(relay, { method: "POST", body: body, credentials: "same-origin" }).then(function (r) {
         var rid = r.headers.get("x-request-id");
@@ -81,7 +114,11 @@
               ev.split("\n").forEach(function (line) {
                 if (line.indexOf("data: ") !== 0) return;
                 var d = line.slice(6); if (d === "[DONE]") return;
-                try { var j = JSON.parse(d); var t = j.choices && j.choices[0] && j.choices[0].delta && j.choices[0].delta.content; if (t) out.textContent += t; } catch (e) { }
+                try {
+                  var j = JSON.parse(d);
+                  if (j.error) { showError(r.status, d); return; }
+                  var t = j.choices && j.choices[0] && j.choices[0].delta && j.choices[0].delta.content; if (t) out.textContent += t;
+                } catch (e) { }
               });
             });
             return pump();
@@ -91,15 +128,23 @@
       }).catch(function (e) { out.textContent = "error: " + e; });
     });
     function finish(r, rid, raw) {
-      if (!pg.elements.stream.checked || r.status !== 200) {
+      if (r.status !== 200) {
+        showError(r.status, raw);
+      } else if (!pg.elements.stream.checked) {
         try { var j = JSON.parse(raw); out.textContent = (j.choices && j.choices[0] && j.choices[0].message && j.choices[0].message.content) || JSON.stringify(j, null, 2); } catch (e) { out.textContent = raw; }
+      }
+      if (r.status === 200 && out.textContent) {
+        history.push({ role: "user", content: pending }, { role: "assistant", content: out.textContent });
+        turn("user", pending); turn("assistant", out.textContent);
+        pg.elements.history.value = JSON.stringify(history);
+        pg.elements.prompt.value = "";
       }
       if (!rid) { usage.textContent = "—"; return; }
       var tries = 0;
       (function poll() {
         fetch(usageUrl + "?request_id=" + encodeURIComponent(rid), { credentials: "same-origin" }).then(function (u) { return u.json(); }).then(function (rec) {
           if (rec && rec.request_id) {
-            usage.textContent = "request " + rec.request_id + "\nmodel " + rec.model + " · " + rec.input_tokens + " in / " + rec.output_tokens + " out tokens\ncost " + (rec.cost_nanos / 1e9).toFixed(9) + " USD · " + rec.latency_ms + " ms · " + rec.outcome;
+            usage.textContent = "request " + rec.request_id + "\nmodel " + rec.model + " · " + rec.input_tokens + " in / " + rec.output_tokens + " out tokens\ncost " + usd(rec.cost_nanos) + " · " + rec.latency_ms + " ms · " + rec.outcome;
           } else if (++tries < 20) { setTimeout(poll, 500); } else { usage.textContent = "no usage record yet"; }
         });
       })();

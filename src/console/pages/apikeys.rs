@@ -87,6 +87,75 @@ pub(super) fn ids(cx: &Cx<'_>, name: &str) -> Vec<Value> {
         .collect()
 }
 
+/// What the keys list shows of each key beyond its row.
+pub(super) struct KeyStats {
+    models: usize,
+    last_used: Option<String>,
+    /// This month's spend (`None` when the caller may not read invoices).
+    spend: Option<i64>,
+    /// `spent of limit` of the key's own active budget.
+    budget: Option<String>,
+}
+
+/// Per key of `rows`: its model grants, its last request, this month's spend (one invoice) and
+/// its active budget, all read through the admin API as the caller.
+pub(super) async fn key_stats(cx: &Cx<'_>, org: Uuid, rows: &[Value]) -> Vec<KeyStats> {
+    let base = format!("/api/organisations/{org}");
+    let spend: Option<std::collections::HashMap<String, i64>> = cx
+        .api(
+            Method::GET,
+            &format!("{base}/invoices"),
+            vec![("period".into(), "this_month".into())],
+            None,
+        )
+        .await
+        .ok()
+        .map(|inv| {
+            inv["api_keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| (str_of(r, "id"), r["cost_nanos"].as_i64().unwrap_or(0)))
+                .collect()
+        });
+    let budgets = if cx.caller().role >= Role::Manager {
+        crate::console::reports::burn_down(cx, org).await
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for k in rows {
+        let id = str_of(k, "id");
+        let models = cx
+            .get(&format!("{base}/api-keys/{id}/models"))
+            .await
+            .ok()
+            .and_then(|v| v["data"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        let last_used = cx
+            .api(
+                Method::GET,
+                &format!("{base}/usage/records"),
+                vec![
+                    ("api_key_id".into(), id.clone()),
+                    ("limit".into(), "1".into()),
+                ],
+                None,
+            )
+            .await
+            .ok()
+            .and_then(|v| v["data"][0]["created_at"].as_str().map(str::to_string));
+        let budget = budgets.iter().find(|b| b.is_key(&id)).map(|b| b.summary());
+        out.push(KeyStats {
+            models,
+            last_used,
+            spend: spend.as_ref().map(|m| m.get(&id).copied().unwrap_or(0)),
+            budget,
+        });
+    }
+    out
+}
+
 pub(super) async fn apikeys_list(
     cx: &Cx<'_>,
     scope: &Scope,
@@ -104,23 +173,30 @@ pub(super) async fn apikeys_list(
     let href = scope.href("apikeys");
     let failed = error.map(|_| submitted(cx, &API_KEYS));
     let may_create = cx.caller().role >= Role::Manager;
+    let stats = key_stats(cx, org, &rows).await;
     let body = html! {
         div.toolbar { (search_box(cx, &href)) }
-        div.tablewrap { table {
+        div.tablewrap { table.apikeys {
             thead { tr {
                 th scope="col" { "Name" } th scope="col" { "Key" } th scope="col" { "Type" }
-                th scope="col" { "Owner" } th scope="col" { "Expires" } th scope="col" { "State" }
+                th scope="col" { "Owner" } th scope="col" { "Models" } th scope="col" { "Last used" }
+                th scope="col" { "Spend this month" } th scope="col" { "Budget" }
+                th scope="col" { "Expires" } th scope="col" { "State" }
                 th scope="col" { span.sr { "Actions" } }
             } }
             tbody {
-                @if rows.is_empty() { tr { td.muted colspan="7" { "No API key yet." } } }
-                @for k in &rows {
+                @if rows.is_empty() { tr { td.muted colspan="11" { "No API key yet." } } }
+                @for (k, st) in rows.iter().zip(&stats) {
                     @let owner = k["team_id"].as_str().or(k["user_id"].as_str()).map(|s| names.get(s).cloned().unwrap_or(s.to_string())).unwrap_or("organisation".into());
-                    tr {
+                    tr data-key-id=(str_of(k, "id")) {
                         td { (str_of(k, "name")) }
                         td { code { (str_of(k, "key_prefix")) "…" } }
                         td { (str_of(k, "key_type")) }
                         td { (owner) }
+                        td.models { (st.models) }
+                        td.nowrap.last-used { @match &st.last_used { Some(t) => { (view::fmt_time_str(t)) } None => { span.muted { "never" } } } }
+                        td.nowrap.spend { @match st.spend { Some(n) => { (view::usd(n)) } None => { span.muted { "—" } } } }
+                        td.nowrap.budget { @match &st.budget { Some(b) => { (b) } None => { span.muted { "none" } } } }
                         td { (view::cell("expires_at", &k["expires_at"])) }
                         td { span class=(format!("badge {}", key_state(k))) { (key_state(k)) } }
                         td { a href=(format!("{href}/{}", str_of(k, "id"))) { "Manage" } }
@@ -305,9 +381,46 @@ pub(super) async fn once_page(cx: &Cx<'_>, scope: &Scope, id: &str) -> Resp {
         return Resp::html(200, view::layout(cx, scope, "users", &title, body));
     }
     let href = format!("{}/{}", scope.href("apikeys"), str_of(&v, "id"));
+    let gateway = crate::console::reports::gateway_base(cx);
+    // A model the key may call, for a curl that works as pasted.
+    let model = match scope.org {
+        Some(org) => cx
+            .get(&format!(
+                "/api/organisations/{org}/api-keys/{}/models",
+                str_of(&v, "id")
+            ))
+            .await
+            .ok()
+            .and_then(|m| {
+                m["data"].as_array().and_then(|a| {
+                    a.iter()
+                        .find(|m| {
+                            ["chat", "reasoning"].contains(&m["model_type"].as_str().unwrap_or(""))
+                        })
+                        .map(|m| str_of(m, "name"))
+                })
+            }),
+        None => None,
+    };
+    let curl = format!(
+        "curl {gateway}/v1/chat/completions \\\n  -H \"Authorization: Bearer {}\" \\\n  -H \"Content-Type: application/json\" \\\n  -d '{{\"model\": \"{}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
+        str_of(&v, "secret"),
+        model.as_deref().unwrap_or("MODEL")
+    );
     let body = html! {
         (view::secret_once(&format!("The secret of “{}”.", str_of(&v, "name")), &str_of(&v, "secret")))
-        p { "Use it as " code { "Authorization: Bearer <key>" } " against the gateway." }
+        dl.details {
+            dt { "Base URL" } dd { code #once-base { (gateway) "/v1" } " " button type="button" data-copy="#once-base" { "Copy" } }
+            dt { "Header" } dd { code { "Authorization: Bearer <key>" } }
+        }
+        section.snippet {
+            h2 { "Try it" }
+            @if model.is_none() { p.muted { "This key has no chat model granted yet: grant one on its page and replace MODEL." } }
+            div.copyrow {
+                pre #once-curl { code { (curl) } }
+                button type="button" data-copy="#once-curl" { "Copy" }
+            }
+        }
         p { a href=(href) { "Manage this key" } " · " a href=(scope.href("apikeys")) { "All API keys" } }
     };
     Resp::html(200, view::layout(cx, scope, "apikeys", &title, body))

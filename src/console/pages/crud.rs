@@ -60,6 +60,33 @@ pub(super) async fn choices(
             }
         }
     }
+    // Budget and quota owners: a team, a user or an API key of the organisation, by name.
+    if let (true, Some(base)) = (cols.contains(&"scope_id"), &org) {
+        let mut owners = Choices::new();
+        for (what, label, kind) in [
+            ("teams", "name", "Team"),
+            ("users", "email", "User"),
+            ("api-keys", "name", "API key"),
+        ] {
+            if let Some(c) = list(format!("{base}/{what}"), label).await {
+                owners.extend(c.into_iter().map(|(id, n)| (id, format!("{kind} · {n}"))));
+            }
+        }
+        out.insert("scope_id", owners);
+    }
+    // A model's provider key: every key of the organisation's providers, by provider and name.
+    if let (true, Some(base)) = (cols.contains(&"provider_api_key_id"), &org) {
+        let providers = list(format!("{base}/providers"), "name")
+            .await
+            .unwrap_or_default();
+        let mut keys = Choices::new();
+        for (pid, pname) in providers {
+            if let Some(c) = list(format!("{base}/providers/{pid}/keys"), "name").await {
+                keys.extend(c.into_iter().map(|(id, n)| (id, format!("{pname} · {n}"))));
+            }
+        }
+        out.insert("provider_api_key_id", keys);
+    }
     if cols.contains(&"organisation_id") && cx.caller().role == Role::SuperAdmin {
         if let Some(c) = list("/api/admin/organisations".into(), "name").await {
             out.insert("organisation_id", c);
@@ -84,7 +111,7 @@ pub(super) fn body_of(
         if !writable || col.virtual_field {
             continue;
         }
-        let Some(raw) = cx.req.f(col.name) else {
+        let Some(raw) = cx.req.f(&view::form_name(col.name)) else {
             continue;
         };
         if let Some(v) = view::form_value(col, raw, updating)? {
@@ -166,7 +193,7 @@ pub(super) fn error_box(e: Option<&ApiError>) -> Markup {
 pub(super) fn submitted(cx: &Cx<'_>, res: &Resource) -> Value {
     let mut m = Map::new();
     for col in res.columns {
-        if let Some(v) = cx.req.f(col.name) {
+        if let Some(v) = cx.req.f(&view::form_name(col.name)) {
             if let Ok(Some(v)) = view::form_value(col, v, false) {
                 m.insert(col.name.to_string(), v);
             }
@@ -215,6 +242,9 @@ pub(super) async fn list_page(
         @if page.section == "users" && scope.org.is_some() {
             (invitations_block(cx, scope).await)
         }
+        @if let (true, Some(org)) = (page.section == "budgets", scope.org) {
+            (crate::console::reports::budget_meters(cx, scope, org, None).await)
+        }
         details.create #create open[error.is_some() || cx.req.q("create").is_some()] {
             summary { "Create" }
             form method="post" action=(href) {
@@ -246,11 +276,15 @@ pub(super) async fn item_page(
     };
     let cols: Vec<&str> = page.res.columns.iter().map(|c| c.name).collect();
     let ch = choices(cx, scope, &cols).await;
+    let names = names_of(&ch);
     let href = format!("{}/{id}", scope.href(page.section));
     let extra = match (page.section, scope.org) {
         ("providers", Some(_)) => provider_keys_block(cx, &base, id, &href).await,
         ("teams", Some(_)) => members_block(cx, scope, &base, id, &href).await,
         ("users", _) => password_block(cx, &href),
+        ("budgets", Some(org)) => {
+            crate::console::reports::budget_meters(cx, scope, org, Some(id)).await
+        }
         _ => html! {},
     };
     let title = row[page.title].as_str().unwrap_or(id).to_string();
@@ -258,7 +292,8 @@ pub(super) async fn item_page(
         p { a href=(scope.href(page.section)) { "← All " (page.section) } }
         dl.details {
             @for (k, v) in row.as_object().into_iter().flatten() {
-                dt { (view::label(k)) } dd { (view::cell(k, v)) }
+                dt { (view::label_with_unit(k)) }
+                dd { (v.as_str().filter(|_| k.ends_with("_id")).and_then(|id| names.get(id).cloned()).unwrap_or_else(|| view::cell(k, v))) }
             }
         }
         section aria-labelledby="edit-h" {

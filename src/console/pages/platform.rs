@@ -195,7 +195,7 @@ pub(super) async fn platform_dashboard(cx: &Cx<'_>, scope: &Scope) -> Resp {
     let users = count("/api/admin/users").await;
     let list = organisations(cx).await.unwrap_or_default();
     // This month's totals of each organisation (the first 50), from their invoices.
-    let mut month = Vec::new();
+    let mut month: Vec<(&Value, Value)> = Vec::new();
     for o in list.iter().take(50) {
         let inv = cx
             .api(
@@ -210,20 +210,117 @@ pub(super) async fn platform_dashboard(cx: &Cx<'_>, scope: &Scope) -> Resp {
             .unwrap_or(Value::Null);
         month.push((o, inv));
     }
+    // Top organisations by cost first.
+    month.sort_by_key(|(_, t)| std::cmp::Reverse(t["cost_nanos"].as_i64().unwrap_or(0)));
     let sum = |f: &str| {
         month
             .iter()
             .map(|(_, t)| t[f].as_i64().unwrap_or(0))
             .sum::<i64>()
     };
+    // The last 30 days of every organisation (the first 50), bucket by bucket.
+    let mut points: Vec<Value> = Vec::new();
+    for o in list.iter().take(50) {
+        let Ok(v) = cx
+            .api(
+                Method::GET,
+                &format!("/api/organisations/{}/usage/series", str_of(o, "id")),
+                vec![("period".into(), "last_30_days".into())],
+                None,
+            )
+            .await
+        else {
+            continue;
+        };
+        let data = v["data"].as_array().cloned().unwrap_or_default();
+        if points.is_empty() {
+            points = data;
+            continue;
+        }
+        for (acc, p) in points.iter_mut().zip(&data) {
+            for f in [
+                "requests",
+                "status_2xx",
+                "status_4xx",
+                "status_5xx",
+                "status_other",
+                "errors",
+                "input_tokens",
+                "output_tokens",
+                "cost_nanos",
+            ] {
+                acc[f] = json!(acc[f].as_i64().unwrap_or(0) + p[f].as_i64().unwrap_or(0));
+            }
+            // Percentiles do not add up: the platform chart shows the slowest organisation's.
+            for f in ["latency_p50_ms", "latency_p95_ms"] {
+                let m = acc[f]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    .max(p[f].as_f64().unwrap_or(0.0));
+                acc[f] = json!(m);
+            }
+        }
+    }
+    let total = |f: &str| {
+        points
+            .iter()
+            .map(|p| p[f].as_i64().unwrap_or(0))
+            .sum::<i64>()
+    };
+    let err_rate = if total("requests") > 0 {
+        total("errors") as f64 / total("requests") as f64 * 100.0
+    } else {
+        0.0
+    };
+    // Provider health: every organisation's providers, as the gateway probes them.
+    let status = crate::endpoints::status(cx.state, &crate::endpoints::StatusView::Gateway);
+    let providers: Vec<Value> = serde_json::from_slice::<Value>(&status.body)
+        .ok()
+        .and_then(|v| v["providers"].as_array().cloned())
+        .unwrap_or_default();
+    let org_names: HashMap<String, String> = list
+        .iter()
+        .map(|o| (str_of(o, "id"), str_of(o, "name")))
+        .collect();
     let body = html! {
         div.cards {
             div.stat { span.k { "Organisations" } span.v { (orgs) } }
             div.stat { span.k { "Users" } span.v { (users) } }
             div.stat { span.k { "Requests this month" } span.v { (sum("requests")) } }
             div.stat { span.k { "Cost this month" } span.v { (view::usd(sum("cost_nanos"))) } }
+            div.stat { span.k { "Error rate (30 days)" } span.v #platform-error-rate { (format!("{err_rate:.1}%")) } }
         }
+        @if !points.is_empty() {
+            h2 { "Last 30 days, every organisation" }
+            (crate::console::reports::series_charts(&points, false))
+        }
+        h2 { "Provider health" }
+        div.tablewrap { table #provider-health {
+            thead { tr { th scope="col" { "Provider" } th scope="col" { "Organisation" } th scope="col" { "Type" } th scope="col" { "Reachable" } th scope="col" { "Latency" } th scope="col" { "Checked" } } }
+            tbody {
+                @if providers.is_empty() { tr { td.muted colspan="6" { "No provider yet." } } }
+                @for p in &providers {
+                    @let org = p["organisation_id"].as_str().map(|o| org_names.get(o).cloned().unwrap_or_else(|| o.to_string())).unwrap_or_else(|| "configuration file".into());
+                    tr {
+                        td { (str_of(p, "name")) }
+                        td { (org) }
+                        td { (str_of(p, "type")) }
+                        td {
+                            @match (p["enabled"].as_bool(), p["reachable"].as_bool()) {
+                                (Some(false), _) => { span.badge.expired { "disabled" } }
+                                (_, Some(true)) => { span.badge.active { "up" } }
+                                (_, Some(false)) => { span.badge.revoked { "down" } @if let Some(e) = p["error"].as_str() { br; span.muted { (e) } } }
+                                _ => { span.muted { "not probed yet" } }
+                            }
+                        }
+                        td { (p["latency_ms"].as_f64().map(|l| format!("{l:.0} ms")).unwrap_or_else(|| "—".into())) }
+                        td { (view::cell("checked_at", &p["checked_at"])) }
+                    }
+                }
+            }
+        } }
         h2 { "Organisations this month" }
+        p.muted { "Top organisations by cost first." }
         div.tablewrap { table {
             thead { tr { th scope="col" { "Organisation" } th scope="col" { "Requests" } th scope="col" { "Input tokens" } th scope="col" { "Output tokens" } th scope="col" { "Cost" } } }
             tbody {
