@@ -218,7 +218,10 @@ async fn gemini_generate_and_stream() {
     // google.rpc.Status: the HTTP status as a number, Wharf's code in an ErrorInfo detail.
     assert_eq!(v["error"]["code"], 400, "{v}");
     assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
-    assert_eq!(v["error"]["details"][0]["reason"], "provider_not_allowed", "{v}");
+    assert_eq!(
+        v["error"]["details"][0]["reason"], "provider_not_allowed",
+        "{v}"
+    );
     assert_eq!(v["error"]["details"][0]["domain"], "wharf", "{v}");
     let r = c
         .post(gw.url("/v1beta/models/gem:generateContent"))
