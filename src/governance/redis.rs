@@ -17,8 +17,9 @@
 //! A slice is what one lease grants a node beyond the request that asked: `spare` requests of
 //! each window, burst units, tokens and concurrency slots. Its size follows the node's recent
 //! rate (what it admitted since its previous lease, scaled to [`HORIZON`]) and is
-//! never more than `1/`[`SHARE`] of what the limit has left, so near a limit slices shrink to
-//! the one request that asked (and a concurrency slot or token refund then goes back to Redis
+//! never more than `1/`[`SHARE`] of what the limit has left, and nothing while fewer than
+//! `SHARE²` (64) units are left, so near a limit, and always under a small limit, slices shrink
+//! to the one request that asked (and a concurrency slot or token refund then goes back to Redis
 //! as soon as the request ends). A slice expires at the end of its shortest sub-window bucket
 //! and at the latest after [`HORIZON`]; what it did not spend goes back to Redis then (batched
 //! with the node's next lease, or sent by its ticker after [`RETURN_WAIT`]). Only one lease per scope and
@@ -102,6 +103,9 @@ local function retry(vals, cur, B, sum, limit, need)
   return 11 * B
 end
 local function spare(want, avail, need)
+  -- No spare while fewer than F * F units are left: a small limit is checked per request, so
+  -- no node holds spare that another node is then refused for.
+  if avail - need < F * F then return 0 end
   return math.max(0, math.min(want, math.floor((avail - need) / F)))
 end
 local G = {}
