@@ -426,20 +426,29 @@ pub async fn sign_in(
     }
 }
 
-/// `POST /login`.
-pub async fn login(state: &crate::control::state::State, req: Req) -> Resp {
+/// The CSRF check of the forms posted before a session exists (sign-in, invitation): same
+/// origin, and the form's token equal to the sign-in CSRF cookie. `Some`: the 403 to answer.
+fn refuse_signed_out_form(req: &Req) -> Option<Resp> {
     let form_token = req.f("_csrf").unwrap_or("");
     let cookie_token = req
         .cookies
         .get(LOGIN_CSRF_COOKIE)
         .map(String::as_str)
         .unwrap_or("");
-    if !same_origin(&req) || !eq_ct(form_token, cookie_token) {
-        return view::error_page(
-            None,
-            403,
-            "The form's CSRF token is missing or invalid. Reload the page and try again.",
-        );
+    if same_origin(req) && eq_ct(form_token, cookie_token) {
+        return None;
+    }
+    Some(view::error_page(
+        None,
+        403,
+        "The form's CSRF token is missing or invalid. Reload the page and try again.",
+    ))
+}
+
+/// `POST /login`.
+pub async fn login(state: &crate::control::state::State, req: Req) -> Resp {
+    if let Some(refused) = refuse_signed_out_form(&req) {
+        return refused;
     }
     let email = req.f("email").unwrap_or("").to_string();
     let password = req.f("password").unwrap_or("").to_string();
@@ -527,19 +536,10 @@ pub async fn invite_page(state: &crate::control::state::State, req: &Req, token:
 
 /// `POST /invite/{token}`: creates the user, signs them in.
 pub async fn invite_accept(state: &crate::control::state::State, req: Req, token: &str) -> Resp {
-    let form_token = req.f("_csrf").unwrap_or("");
-    let cookie_token = req
-        .cookies
-        .get(LOGIN_CSRF_COOKIE)
-        .map(String::as_str)
-        .unwrap_or("");
-    if !same_origin(&req) || !eq_ct(form_token, cookie_token) {
-        return view::error_page(
-            None,
-            403,
-            "The form's CSRF token is missing or invalid. Reload the page and try again.",
-        );
+    if let Some(refused) = refuse_signed_out_form(&req) {
+        return refused;
     }
+    let form_token = req.f("_csrf").unwrap_or("");
     let pool = match pool(state) {
         Ok(p) => p,
         Err(e) => return view::error_page(None, e.status(), &e.message),

@@ -440,15 +440,13 @@ impl UsageCounts {
         let reasoning = (self.completion_tokens_details.reasoning_tokens)
             .or(self.output_tokens_details.reasoning_tokens)
             .unwrap_or(0);
-        let total = self.total_tokens.unwrap_or(input + output);
-        Some(Tokens {
+        Some(Tokens::openai(
             input,
             output,
-            cached_input: cached_input.min(input),
-            reasoning: reasoning.min(output),
-            total,
-            images: 0,
-        })
+            cached_input,
+            reasoning,
+            self.total_tokens,
+        ))
     }
 
     /// As [`Tokens::from_anthropic_usage`].
@@ -456,18 +454,12 @@ impl UsageCounts {
         if !self.object {
             return None;
         }
-        let read = self.cache_read_input_tokens.unwrap_or(0);
-        let input =
-            self.input_tokens.unwrap_or(0) + self.cache_creation_input_tokens.unwrap_or(0) + read;
-        let output = self.output_tokens.unwrap_or(0);
-        Some(Tokens {
-            input,
-            output,
-            cached_input: read,
-            reasoning: 0,
-            total: input + output,
-            images: 0,
-        })
+        Some(Tokens::anthropic(
+            self.input_tokens.unwrap_or(0),
+            self.cache_creation_input_tokens.unwrap_or(0),
+            self.cache_read_input_tokens.unwrap_or(0),
+            self.output_tokens.unwrap_or(0),
+        ))
     }
 }
 

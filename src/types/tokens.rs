@@ -46,15 +46,13 @@ impl Tokens {
         let reasoning = u(usage, &["completion_tokens_details", "reasoning_tokens"])
             .or_else(|| u(usage, &["output_tokens_details", "reasoning_tokens"]))
             .unwrap_or(0);
-        let total = u(usage, &["total_tokens"]).unwrap_or(input + output);
-        Some(Tokens {
+        Some(Tokens::openai(
             input,
             output,
-            cached_input: cached_input.min(input),
-            reasoning: reasoning.min(output),
-            total,
-            images: 0,
-        })
+            cached_input,
+            reasoning,
+            u(usage, &["total_tokens"]),
+        ))
     }
 
     /// Reads an Anthropic `usage` object. Anthropic's `input_tokens` excludes cache reads and
@@ -63,19 +61,46 @@ impl Tokens {
         if !usage.is_object() {
             return None;
         }
-        let plain = u(usage, &["input_tokens"]).unwrap_or(0);
-        let created = u(usage, &["cache_creation_input_tokens"]).unwrap_or(0);
-        let read = u(usage, &["cache_read_input_tokens"]).unwrap_or(0);
-        let output = u(usage, &["output_tokens"]).unwrap_or(0);
-        let input = plain + created + read;
-        Some(Tokens {
+        Some(Tokens::anthropic(
+            u(usage, &["input_tokens"]).unwrap_or(0),
+            u(usage, &["cache_creation_input_tokens"]).unwrap_or(0),
+            u(usage, &["cache_read_input_tokens"]).unwrap_or(0),
+            u(usage, &["output_tokens"]).unwrap_or(0),
+        ))
+    }
+
+    /// Tokens from the counts of an OpenAI `usage` object, already read: the total defaults to
+    /// input + output, and the cached and reasoning counts never exceed what they are part of.
+    /// (The JSON tree reader above and the proxy's streaming usage reader both end here.)
+    pub fn openai(
+        input: u64,
+        output: u64,
+        cached_input: u64,
+        reasoning: u64,
+        total: Option<u64>,
+    ) -> Tokens {
+        Tokens {
             input,
             output,
-            cached_input: read,
+            cached_input: cached_input.min(input),
+            reasoning: reasoning.min(output),
+            total: total.unwrap_or(input + output),
+            images: 0,
+        }
+    }
+
+    /// Tokens from the counts of an Anthropic `usage` object: input counts the plain input,
+    /// cache writes and cache reads; `cached_input` is the reads.
+    pub fn anthropic(plain: u64, cache_created: u64, cache_read: u64, output: u64) -> Tokens {
+        let input = plain + cache_created + cache_read;
+        Tokens {
+            input,
+            output,
+            cached_input: cache_read,
             reasoning: 0,
             total: input + output,
             images: 0,
-        })
+        }
     }
 
     /// Reads a Gemini `usageMetadata` object (thoughts count as output and as reasoning).
