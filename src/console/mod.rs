@@ -465,6 +465,21 @@ impl Cx<'_> {
         serde_json::from_slice(&reply.body).map_err(ApiError::internal)
     }
 
+    /// The first 500 rows of a list route (`GET path?limit=500`, its `data`), as the pages'
+    /// pickers and name tables use them; empty when the caller may not list them.
+    pub async fn list(&self, path: &str) -> Vec<Value> {
+        self.api(
+            Method::GET,
+            path,
+            vec![("limit".into(), "500".into())],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|v| v["data"].as_array().cloned())
+        .unwrap_or_default()
+    }
+
     /// `GET` of an API path.
     pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
         self.api(Method::GET, path, Vec::new(), None).await

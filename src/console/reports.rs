@@ -53,19 +53,11 @@ async fn filter_form(
 ) -> Markup {
     let period = cx.req.q("period").unwrap_or(periods[0]).to_string();
     let list = |what: &'static str, label: &'static str| async move {
-        cx.api(
-            Method::GET,
-            &format!("/api/organisations/{org}/{what}"),
-            vec![("limit".into(), "500".into())],
-            None,
-        )
-        .await
-        .ok()
-        .and_then(|v| v["data"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .map(|r| (str_of(r, "id"), str_of(r, label)))
-        .collect::<Vec<_>>()
+        cx.list(&format!("/api/organisations/{org}/{what}"))
+            .await
+            .iter()
+            .map(|r| (str_of(r, "id"), str_of(r, label)))
+            .collect::<Vec<_>>()
     };
     let mut selects: Vec<(&str, &str, view::Choices)> = Vec::new();
     for d in dims {
@@ -455,25 +447,20 @@ pub(super) async fn burn_down(cx: &Cx<'_>, org: Uuid) -> Vec<Burn> {
     };
     // The configured thresholds (the markers), by budget.
     let mut thresholds: HashMap<String, Vec<i64>> = HashMap::new();
-    if let Ok(v) = cx
-        .api(
-            Method::GET,
-            &format!("/api/organisations/{org}/budgets"),
-            vec![("limit".into(), "500".into())],
-            None,
-        )
+    for b in cx
+        .list(&format!("/api/organisations/{org}/budgets"))
         .await
+        .iter()
     {
-        for b in v["data"].as_array().into_iter().flatten() {
-            let t = b["warning_thresholds"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(i)
-                .collect();
-            thresholds.insert(str_of(b, "id"), t);
-        }
+        let t = b["warning_thresholds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(i)
+            .collect();
+        thresholds.insert(str_of(b, "id"), t);
     }
+
     let ints = |v: &Value| -> Vec<i64> { v.as_array().into_iter().flatten().map(i).collect() };
     limits["data"]
         .as_array()
@@ -576,22 +563,7 @@ pub async fn dashboard(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
     };
     let avg_lat = if tot[0] > 0.0 { tot[4] / tot[0] } else { 0.0 };
     // Names of keys and teams for the top lists.
-    let mut names: HashMap<String, String> = HashMap::new();
-    for (what, label) in [("teams", "name"), ("api-keys", "name")] {
-        if let Ok(v) = cx
-            .api(
-                Method::GET,
-                &format!("/api/organisations/{org}/{what}"),
-                vec![("limit".into(), "500".into())],
-                None,
-            )
-            .await
-        {
-            for r in v["data"].as_array().into_iter().flatten() {
-                names.insert(str_of(r, "id"), str_of(r, label));
-            }
-        }
-    }
+    let names = owner_names(cx, org).await;
     let top = |dim: &str| -> Vec<(String, [f64; 3])> {
         let mut v: Vec<(String, [f64; 3])> = by
             .get(dim)
@@ -691,18 +663,12 @@ const USAGE_DIMS: &[&str] = &[
 async fn owner_names(cx: &Cx<'_>, org: Uuid) -> HashMap<String, String> {
     let mut names = HashMap::new();
     for (what, label) in [("api-keys", "name"), ("teams", "name"), ("users", "email")] {
-        if let Ok(v) = cx
-            .api(
-                Method::GET,
-                &format!("/api/organisations/{org}/{what}"),
-                vec![("limit".into(), "500".into())],
-                None,
-            )
+        for r in cx
+            .list(&format!("/api/organisations/{org}/{what}"))
             .await
+            .iter()
         {
-            for r in v["data"].as_array().into_iter().flatten() {
-                names.insert(str_of(r, "id"), str_of(r, label));
-            }
+            names.insert(str_of(r, "id"), str_of(r, label));
         }
     }
     names
@@ -1076,17 +1042,7 @@ async fn enabled_models(cx: &Cx<'_>, org: Uuid) -> Vec<Value> {
 /// The enabled models granted to the caller's own keys (each once).
 async fn own_key_models(cx: &Cx<'_>, org: Uuid) -> Vec<Value> {
     let base = format!("/api/organisations/{org}/api-keys");
-    let keys = cx
-        .api(
-            Method::GET,
-            &base,
-            vec![("limit".into(), "500".into())],
-            None,
-        )
-        .await
-        .ok()
-        .and_then(|v| v["data"].as_array().cloned())
-        .unwrap_or_default();
+    let keys = cx.list(&base).await;
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for k in keys {
@@ -1209,16 +1165,8 @@ pub async fn docs(cx: &Cx<'_>, scope: &Scope, org: Uuid) -> Resp {
     let models = enabled_models(cx, org).await;
     // Provider types, for who may read them (a USER may not: it gets the unified endpoint).
     let types: HashMap<String, String> = cx
-        .api(
-            Method::GET,
-            &format!("/api/organisations/{org}/providers"),
-            vec![("limit".into(), "500".into())],
-            None,
-        )
+        .list(&format!("/api/organisations/{org}/providers"))
         .await
-        .ok()
-        .and_then(|v| v["data"].as_array().cloned())
-        .unwrap_or_default()
         .iter()
         .map(|p| (str_of(p, "id"), str_of(p, "provider_type")))
         .collect();

@@ -41,16 +41,7 @@ pub(super) fn key_state(k: &Value) -> &'static str {
 
 pub(super) async fn grant_choices(cx: &Cx<'_>, org: Uuid) -> (Vec<Value>, Vec<Value>) {
     let list = |what: &'static str| async move {
-        cx.api(
-            Method::GET,
-            &format!("/api/organisations/{org}/{what}"),
-            vec![("limit".into(), "500".into())],
-            None,
-        )
-        .await
-        .ok()
-        .and_then(|v| v["data"].as_array().cloned())
-        .unwrap_or_default()
+        cx.list(&format!("/api/organisations/{org}/{what}")).await
     };
     (list("models").await, list("mcp-servers").await)
 }

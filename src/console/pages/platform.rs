@@ -55,18 +55,8 @@ pub(super) async fn names_from(
     label: &str,
     into: &mut HashMap<String, String>,
 ) {
-    if let Ok(v) = cx
-        .api(
-            Method::GET,
-            path,
-            vec![("limit".into(), "500".into())],
-            None,
-        )
-        .await
-    {
-        for r in v["data"].as_array().into_iter().flatten() {
-            into.insert(str_of(r, "id"), str_of(r, label));
-        }
+    for r in cx.list(path).await.iter() {
+        into.insert(str_of(r, "id"), str_of(r, label));
     }
 }
 
