@@ -1541,13 +1541,12 @@ async fn until_status(
 /// A budget (or quota) created, raised, lowered or deleted through the admin API of one node
 /// counts on the other node within a second: both reload their meter list on the change
 /// notification, as they drop a changed key (the periodic refresh used to take up to 5 s).
-#[tokio::test]
-async fn a_budget_changed_on_one_node_counts_on_the_other_within_a_second() {
+async fn budget_changes_count_on_the_other_node_within_a_second(redis: fn() -> Option<WithRedis>) {
     let mock = mock().await;
     let db = TestDb::migrated().await;
     let (org, key_id, secret) = db_seed(&db, &mock).await;
-    let a = db_gw(&mock, &db, None).await;
-    let b = db_gw(&mock, &db, None).await;
+    let a = db_gw_with(&mock, &db, None, redis()).await;
+    let b = db_gw_with(&mock, &db, None, redis()).await;
     let api = Api::root(&a, &db).await;
     // Both nodes have loaded their (empty) meter list just now.
     chat_ok(&a, &secret).await;
@@ -1608,72 +1607,15 @@ async fn a_budget_changed_on_one_node_counts_on_the_other_within_a_second() {
     eprintln!("new quota counted after {took:?}");
 }
 
+#[tokio::test]
+async fn a_budget_changed_on_one_node_counts_on_the_other_within_a_second() {
+    budget_changes_count_on_the_other_node_within_a_second(|| None).await;
+}
+
 /// The same with the Redis fast path of budgets: raising a budget counts within a second too.
 #[tokio::test]
 async fn a_budget_changed_with_redis_counts_within_a_second() {
-    let mock = mock().await;
-    let db = TestDb::migrated().await;
-    let (org, key_id, secret) = db_seed(&db, &mock).await;
-    let a = db_gw_with(&mock, &db, None, WithRedis::shared()).await;
-    let b = db_gw_with(&mock, &db, None, WithRedis::shared()).await;
-    let api = Api::root(&a, &db).await;
-    // Both nodes have loaded their (empty) meter list just now.
-    chat_ok(&a, &secret).await;
-    chat_ok(&b, &secret).await;
-    let limit = Duration::from_secs(1);
-    let budgets = format!("/api/organisations/{org}/budgets");
-    let (st, budget) = api
-        .post(
-            &budgets,
-            json!({"scope": "APIKEY", "scope_id": key_id.to_string(), "amount_nanos": 0,
-                   "period": "DAILY"}),
-        )
-        .await;
-    assert_eq!(st, 201, "{budget}");
-    let one = format!("{budgets}/{}", budget["id"].as_str().unwrap());
-    let (took, code) = until_status(&b, &secret, 402, limit, "a new budget").await;
-    assert_eq!(code, "budget_exceeded");
-    eprintln!("new budget counted on the other node after {took:?}");
-
-    let (st, v) = api
-        .call(
-            reqwest::Method::PATCH,
-            &one,
-            Some(json!({"amount_nanos": 1_000_000_000_000i64})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    let (took, _) = until_status(&b, &secret, 200, limit, "a raised budget").await;
-    eprintln!("raised budget counted after {took:?}");
-
-    let (st, v) = api
-        .call(
-            reqwest::Method::PATCH,
-            &one,
-            Some(json!({"amount_nanos": 0})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    let (took, code) = until_status(&b, &secret, 402, limit, "a lowered budget").await;
-    assert_eq!(code, "budget_exceeded");
-    eprintln!("lowered budget counted after {took:?}");
-
-    let (st, v) = api.call(reqwest::Method::DELETE, &one, None).await;
-    assert!(st == 204 || st == 200, "{st} {v}");
-    let (took, _) = until_status(&b, &secret, 200, limit, "a deleted budget").await;
-    eprintln!("deleted budget gone after {took:?}");
-
-    let (st, quota) = api
-        .post(
-            &format!("/api/organisations/{org}/quotas"),
-            json!({"scope": "APIKEY", "scope_id": key_id.to_string(), "metric": "REQUESTS",
-                   "limit_value": 0, "period": "DAILY"}),
-        )
-        .await;
-    assert_eq!(st, 201, "{quota}");
-    let (took, code) = until_status(&b, &secret, 429, limit, "a new quota").await;
-    assert_eq!(code, "quota_exceeded");
-    eprintln!("new quota counted after {took:?}");
+    budget_changes_count_on_the_other_node_within_a_second(WithRedis::shared).await;
 }
 
 /// A throwaway `redis-server` (no persistence: a restart loses every key) on its own port, so a
