@@ -1268,6 +1268,35 @@ async fn wave(gw: &Gw, secret: &'static str, n: usize) -> usize {
     ok
 }
 
+/// Four requests of `K1` through `gw` that the provider never answers (each holds a concurrency
+/// slot), once all four have reached the provider.
+async fn hang_four(
+    mock: &wharf_mock::MockServer,
+    gw: &Gw,
+    what: &str,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let before = mock.request_count();
+    let mut hung = Vec::new();
+    for _ in 0..4 {
+        let url = gw.url("/v1/chat/completions");
+        hung.push(tokio::spawn(async move {
+            let _ = client()
+                .post(url)
+                .bearer_auth(K1)
+                .header("x-mock-fault", "hang")
+                .json(&chat_body("chat-slow", false))
+                .send()
+                .await;
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.request_count() < before + 4 {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    hung
+}
+
 #[tokio::test]
 async fn a_node_killed_holding_slices_frees_them_within_the_lease_ttl_and_admits_nothing_twice() {
     let mock = mock().await;
@@ -1293,28 +1322,7 @@ async fn a_node_killed_holding_slices_frees_them_within_the_lease_ttl_and_admits
     }
     assert_eq!(on_a, 40);
     // Then A holds every concurrency slot with requests its provider never answers.
-    let before = mock.request_count();
-    let mut hung = Vec::new();
-    for _ in 0..4 {
-        let url = a.url("/v1/chat/completions");
-        hung.push(tokio::spawn(async move {
-            let _ = client()
-                .post(url)
-                .bearer_auth(K1)
-                .header("x-mock-fault", "hang")
-                .json(&chat_body("chat-slow", false))
-                .send()
-                .await;
-        }));
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mock.request_count() < before + 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the requests never reached the provider"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let hung = hang_four(&mock, &a, "the requests never reached the provider").await;
     on_a += 4;
     denial(
         chat(&b, K1, chat_body("chat-slow", false), &[]).await,
@@ -1337,25 +1345,7 @@ async fn a_node_killed_holding_slices_frees_them_within_the_lease_ttl_and_admits
     let waited = until_admitted(&b, K1, Duration::from_secs(5)).await;
     assert!(waited < Duration::from_secs(3), "{waited:?}");
     let mut on_b = 1;
-    let before = mock.request_count();
-    let mut hung = Vec::new();
-    for _ in 0..4 {
-        let url = b.url("/v1/chat/completions");
-        hung.push(tokio::spawn(async move {
-            let _ = client()
-                .post(url)
-                .bearer_auth(K1)
-                .header("x-mock-fault", "hang")
-                .json(&chat_body("chat-slow", false))
-                .send()
-                .await;
-        }));
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mock.request_count() < before + 4 {
-        assert!(Instant::now() < deadline, "B did not admit four");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let hung = hang_four(&mock, &b, "B did not admit four").await;
     on_b += 4;
     denial(
         chat(&b, K1, chat_body("chat-slow", false), &[]).await,
